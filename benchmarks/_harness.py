@@ -1,0 +1,58 @@
+"""Shared benchmark harness: machine info, warm-up then median timing, ratio tables."""
+
+from __future__ import annotations
+
+import os
+import platform
+import statistics
+import time
+from typing import Callable, Iterable, Sequence
+
+import torch
+
+
+def machine_info() -> str:
+    """One line: CPU, cores, torch/Triton versions, threads."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    try:
+        import triton
+
+        triton_v = triton.__version__
+    except ImportError:
+        triton_v = "not installed"
+    gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else "none"
+    return (
+        f"machine: {cpu}, {os.cpu_count()} cores, torch threads {torch.get_num_threads()}; "
+        f"GPU: {gpu}; python {platform.python_version()}, torch {torch.__version__}, triton {triton_v}"
+    )
+
+
+def median_ms(fn: Callable[[], object], *, warmup: int = 2, repeat: int = 7) -> tuple[float, float, float]:
+    """(p50, p20, p80) wall time of ``fn()`` in milliseconds, after ``warmup`` calls."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeat):
+        start = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - start) * 1e3)
+    times.sort()
+    q = statistics.quantiles(times, n=5) if len(times) >= 2 else [times[0]] * 4
+    return statistics.median(times), q[0], q[3]
+
+
+def print_table(headers: Sequence[str], rows: Iterable[Sequence[object]]) -> None:
+    """A Markdown table (pastes into an issue note as is)."""
+    rows = [[f"{c:.2f}" if isinstance(c, float) else str(c) for c in r] for r in rows]
+    print("| " + " | ".join(headers) + " |")
+    print("|" + "|".join("---" for _ in headers) + "|")
+    for r in rows:
+        print("| " + " | ".join(r) + " |")

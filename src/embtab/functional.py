@@ -1,0 +1,238 @@
+"""``embedding()`` and ``embedding_bag()``: validate, resolve out-of-vocabulary ids, dispatch.
+
+Drop-in for ``torch.nn.functional.embedding`` / ``embedding_bag`` (same arguments, same
+order, same results and gradients) plus keyword-only options:
+
+- ``oov``: what an id ``< 0`` or ``>= num_embeddings`` does (see :mod:`embtab.oov`);
+- ``num_oov_buckets``: with ``oov="hash"``, the last ``num_oov_buckets`` rows of
+  ``weight`` are the hash buckets and ``num_embeddings = weight.shape[0] - num_oov_buckets``;
+- ``backend``: ``"auto"`` (default), ``"torch"``, ``"reference"`` or ``"triton"``
+  (see :mod:`embtab.ops.dispatch`).
+
+Host syncs on CUDA: ``oov="error"`` reads back one small tensor per call (to raise
+before anything is wrong) and also checks the offsets' values then; other policies
+never sync, and offsets are trusted.
+"""
+
+from __future__ import annotations
+
+from types import ModuleType
+from typing import cast
+
+import torch
+
+from . import _checks, oov as _oov
+from .ops import dispatch
+from .ops.autograd import EmbeddingBagFunction, EmbeddingFunction
+
+__all__ = ["embedding", "embedding_bag"]
+
+
+def embedding(
+    input: torch.Tensor,
+    weight: torch.Tensor,
+    padding_idx: int | None = None,
+    max_norm: float | None = None,
+    norm_type: float = 2.0,
+    scale_grad_by_freq: bool = False,
+    sparse: bool = False,
+    *,
+    oov: str = "error",
+    num_oov_buckets: int = 0,
+    backend: str = "auto",
+) -> torch.Tensor:
+    """Look up rows of ``weight``: ``(*) -> (*, D)``, as ``torch.nn.functional.embedding``.
+
+    Args:
+        input: int64 or int32 ids, any shape.
+        weight: ``(num_embeddings + num_oov_buckets, D)`` floating-point table.
+        padding_idx: a row that gets no gradient (negative counts from the end of the
+            in-vocabulary rows). The lookup still returns the row's values.
+        max_norm: if set, each referenced row whose ``norm_type``-norm exceeds it is
+            rescaled in place before the lookup (no gradient flows through this).
+        scale_grad_by_freq: divide each row's gradient by the id's count in ``input``.
+        sparse: return the weight gradient as a sparse COO tensor.
+        oov: ``"error"`` | ``"padding"`` | ``"zero"`` | ``"hash"``.
+        num_oov_buckets: hash buckets at the end of ``weight`` (``oov="hash"`` only).
+        backend: ``"auto"`` | ``"torch"`` | ``"reference"`` | ``"triton"``.
+
+    Example:
+        >>> w = torch.randn(10, 3)
+        >>> embedding(torch.tensor([[1, 2], [11, 4]]), w, padding_idx=0, oov="padding").shape
+        torch.Size([2, 2, 3])
+    """
+    return _embedding(
+        input, weight, padding_idx, max_norm, norm_type, scale_grad_by_freq, sparse,
+        oov, num_oov_buckets, backend, where="embedding()",
+    )
+
+
+def embedding_bag(
+    input: torch.Tensor,
+    weight: torch.Tensor,
+    offsets: torch.Tensor | None = None,
+    max_norm: float | None = None,
+    norm_type: float = 2.0,
+    scale_grad_by_freq: bool = False,
+    mode: str = "mean",
+    sparse: bool = False,
+    per_sample_weights: torch.Tensor | None = None,
+    include_last_offset: bool = False,
+    padding_idx: int | None = None,
+    *,
+    oov: str = "error",
+    num_oov_buckets: int = 0,
+    backend: str = "auto",
+) -> torch.Tensor:
+    """Reduce bags of rows: ``(B, L)`` or ``(N,)`` with ``offsets`` ``-> (B, D)``, as
+    ``torch.nn.functional.embedding_bag``.
+
+    Args:
+        input: int64 or int32 ids: ``(B, L)`` fixed-length bags, or ``(N,)`` with ``offsets``.
+        weight: ``(num_embeddings + num_oov_buckets, D)`` floating-point table.
+        offsets: with a 1-D input, where each bag starts (``offsets[0] == 0``).
+        max_norm, norm_type, scale_grad_by_freq, sparse: as in :func:`embedding`.
+        mode: ``"sum"``, ``"mean"`` or ``"max"``; empty bags give zeros.
+        per_sample_weights: weights of the same shape as ``input`` (``mode="sum"`` only).
+        include_last_offset: ``offsets`` has B + 1 entries, the last one the end.
+        padding_idx: a row left out of every bag (and of the mean's count).
+        oov, num_oov_buckets, backend: as in :func:`embedding`. Under ``oov="zero"``
+            an out-of-range id is dropped from its bag, like a padding id.
+
+    Example:
+        >>> w = torch.randn(10, 3)
+        >>> embedding_bag(torch.tensor([1, 2, 4, 5]), w, torch.tensor([0, 2]), mode="sum").shape
+        torch.Size([2, 3])
+    """
+    return _embedding_bag(
+        input, weight, offsets, max_norm, norm_type, scale_grad_by_freq, mode, sparse,
+        per_sample_weights, include_last_offset, padding_idx, oov, num_oov_buckets, backend,
+        where="embedding_bag()",
+    )
+
+
+# --- shared by the functionals and the modules ---------------------------------------
+
+
+def _check_table(
+    weight: torch.Tensor, padding_idx: int | None, max_norm: float | None, norm_type: float,
+    scale_grad_by_freq: bool, sparse: bool, oov: str, num_oov_buckets: int, backend: str, where: str,
+) -> tuple[int, int | None, int]:
+    """Checks common to both lookups; returns (num_embeddings, padding_idx, num_oov_buckets)."""
+    _checks.check_weight(weight, where)
+    # The policy first (padding_idx=0 stands in: its requirement is checked below).
+    buckets = _checks.check_oov(oov, num_oov_buckets, 0, where)
+    num_embeddings = _checks.num_embeddings_of(weight, buckets, where)
+    padding_idx = _checks.normalize_padding_idx(padding_idx, num_embeddings, where)
+    _checks.check_oov(oov, buckets, padding_idx, where)
+    _checks.check_max_norm(max_norm, norm_type, where)
+    _checks.check_sparse(sparse, scale_grad_by_freq, where)
+    dispatch.check_backend_name(backend, where)
+    return num_embeddings, padding_idx, buckets
+
+
+def _needs_grad(*tensors: torch.Tensor | None) -> bool:
+    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
+
+
+def _embedding(
+    input: torch.Tensor, weight: torch.Tensor, padding_idx: int | None, max_norm: float | None,
+    norm_type: float, scale_grad_by_freq: bool, sparse: bool, oov: str, num_oov_buckets: int,
+    backend: str, *, where: str, counter: torch.Tensor | None = None,
+) -> torch.Tensor:
+    num_embeddings, padding_idx, buckets = _check_table(
+        weight, padding_idx, max_norm, norm_type, scale_grad_by_freq, sparse, oov, num_oov_buckets,
+        backend, where,
+    )
+    _checks.check_ids(input, "input", where)
+    _checks.check_same_device(input, weight, "input", where)
+    be = dispatch.select(backend, weight.device, where)
+    ids, has_skip = _oov.resolve(input, num_embeddings, oov, padding_idx, buckets, where, counter)
+    if has_skip and not be.supports_skip:
+        return _embedding_compacted(ids, weight, be, padding_idx, max_norm, norm_type, scale_grad_by_freq, sparse)
+    if max_norm is not None:
+        be.renorm_(weight.detach(), ids, max_norm, norm_type)
+    if not _needs_grad(weight):
+        return be.embedding_forward(weight, ids)
+    return EmbeddingFunction.apply(weight, ids, be, padding_idx, scale_grad_by_freq, sparse)
+
+
+def _embedding_compacted(
+    ids: torch.Tensor, weight: torch.Tensor, be: ModuleType, padding_idx: int | None,
+    max_norm: float | None, norm_type: float, scale_grad_by_freq: bool, sparse: bool,
+) -> torch.Tensor:
+    """Lookup for a backend without SKIP support: look up the kept ids, zeros elsewhere."""
+    keep = ids.reshape(-1) >= 0  # (N,)
+    kept = ids.reshape(-1)[keep]
+    if max_norm is not None:
+        be.renorm_(weight.detach(), kept, max_norm, norm_type)
+    if _needs_grad(weight):
+        rows = EmbeddingFunction.apply(weight, kept, be, padding_idx, scale_grad_by_freq, sparse)
+    else:
+        rows = be.embedding_forward(weight, kept)
+    out = rows.new_zeros(keep.numel(), weight.shape[1]).masked_scatter(keep.unsqueeze(1), rows)
+    return out.reshape(*ids.shape, weight.shape[1])
+
+
+def _canonical_bags(
+    input: torch.Tensor, offsets: torch.Tensor | None, per_sample_weights: torch.Tensor | None,
+    include_last_offset: bool, check_values: bool, where: str,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """Flat ids (N,), offsets (B + 1,) ending at N, flat per-sample weights (N,)."""
+    if input.dim() == 2:
+        num_bags, length = input.shape
+        ids = input.reshape(-1)
+        ends = torch.arange(num_bags + 1, dtype=input.dtype, device=input.device) * length
+        psw = None if per_sample_weights is None else per_sample_weights.reshape(-1)
+        return ids, ends, psw
+    offsets = cast(torch.Tensor, offsets)  # not None: check_offsets_shape saw to it
+    num_ids = input.numel()
+    if check_values and offsets.numel() > 0:
+        steps = offsets[1:] - offsets[:-1]
+        min_step = steps.min() if steps.numel() else offsets.new_zeros(())
+        first, last, low = torch.stack([offsets[0], offsets[-1], min_step]).tolist()
+        _checks.check_offsets_values(first, last, low, num_ids, where)
+        if include_last_offset and last < num_ids:
+            # torch ignores ids after the last offset; so do we.
+            input = input[:last]
+            per_sample_weights = None if per_sample_weights is None else per_sample_weights[:last]
+            num_ids = last
+    starts = offsets[:-1] if include_last_offset else offsets
+    ends = torch.cat([starts, starts.new_full((1,), num_ids)])
+    return input, ends, per_sample_weights
+
+
+def _embedding_bag(
+    input: torch.Tensor, weight: torch.Tensor, offsets: torch.Tensor | None, max_norm: float | None,
+    norm_type: float, scale_grad_by_freq: bool, mode: str, sparse: bool,
+    per_sample_weights: torch.Tensor | None, include_last_offset: bool, padding_idx: int | None,
+    oov: str, num_oov_buckets: int, backend: str, *, where: str, counter: torch.Tensor | None = None,
+) -> torch.Tensor:
+    num_embeddings, padding_idx, buckets = _check_table(
+        weight, padding_idx, max_norm, norm_type, scale_grad_by_freq, sparse, oov, num_oov_buckets,
+        backend, where,
+    )
+    _checks.check_bag_mode(mode, scale_grad_by_freq, sparse, where)
+    _checks.check_ids(input, "input", where)
+    _checks.check_same_device(input, weight, "input", where)
+    _checks.check_offsets_shape(input, offsets, include_last_offset, where)
+    _checks.check_per_sample_weights(per_sample_weights, input, weight, mode, where)
+    be = dispatch.select(backend, weight.device, where)
+    check_values = input.device.type == "cpu" or oov == "error"
+    ids, ends, psw = _canonical_bags(input, offsets, per_sample_weights, include_last_offset, check_values, where)
+    ids, has_skip = _oov.resolve(ids, num_embeddings, oov, padding_idx, buckets, where, counter, input.shape)
+    if has_skip and not be.supports_skip:
+        # Drop skipped ids and shift the offsets; psw[keep] keeps its autograd link.
+        keep = ids >= 0
+        dropped = torch.cat([ids.new_zeros(1), torch.cumsum(~keep, 0).to(ids.dtype)])  # (N + 1,)
+        ends = ends - dropped[ends.to(torch.int64)]
+        ids = ids[keep]
+        psw = None if psw is None else psw[keep]
+    if max_norm is not None:
+        be.renorm_(weight.detach(), ids, max_norm, norm_type)
+    if not _needs_grad(weight, psw):
+        out, _ = be.embedding_bag_forward(weight, ids, ends, mode, psw, padding_idx)
+        return out
+    return EmbeddingBagFunction.apply(
+        weight, psw, ids, ends, be, mode, padding_idx, scale_grad_by_freq, sparse
+    )

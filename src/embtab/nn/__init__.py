@@ -1,0 +1,6 @@
+"""Modules: thin holders of state whose forward is one functional call."""
+
+from .embedding import Embedding as Embedding
+from .embedding_bag import EmbeddingBag as EmbeddingBag
+
+__all__ = ["Embedding", "EmbeddingBag"]

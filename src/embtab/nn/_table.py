@@ -1,0 +1,130 @@
+"""State shared by ``Embedding`` and ``EmbeddingBag``: the weight and the table's options.
+
+A module holds state and checks its options once here; the functional does the work.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+from torch.nn import Module, Parameter
+
+from .. import _checks
+from ..init import Init, apply_init, check_init
+from ..ops import dispatch
+
+
+class _Table(Module):
+    num_embeddings: int
+    embedding_dim: int
+    padding_idx: int | None
+    max_norm: float | None
+    norm_type: float
+    scale_grad_by_freq: bool
+    sparse: bool
+    oov: str
+    num_oov_buckets: int
+    init: Init
+    backend: str
+    weight: Tensor
+
+    def _setup_table(
+        self,
+        where: str,
+        num_embeddings: int,
+        embedding_dim: int,
+        padding_idx: int | None,
+        max_norm: float | None,
+        norm_type: float,
+        scale_grad_by_freq: bool,
+        sparse: bool,
+        _weight: Tensor | None,
+        requires_grad: bool,
+        device: torch.device | str | None,
+        dtype: torch.dtype | None,
+        oov: str,
+        num_oov_buckets: int,
+        init: Init,
+        backend: str,
+    ) -> None:
+        self.num_embeddings = _checks.check_positive_int(num_embeddings, "num_embeddings", where)
+        self.embedding_dim = _checks.check_positive_int(embedding_dim, "embedding_dim", where)
+        self.padding_idx = _checks.normalize_padding_idx(padding_idx, self.num_embeddings, where)
+        self.num_oov_buckets = _checks.check_oov(oov, num_oov_buckets, self.padding_idx, where)
+        _checks.check_max_norm(max_norm, norm_type, where)
+        _checks.check_sparse(sparse, scale_grad_by_freq, where)
+        self.oov = oov
+        self.max_norm = max_norm
+        self.norm_type = norm_type
+        self.scale_grad_by_freq = scale_grad_by_freq
+        self.sparse = sparse
+        self.init = check_init(init, where)
+        self.backend = dispatch.check_backend_name(backend, where)
+        rows = self.num_embeddings + self.num_oov_buckets
+        if _weight is None:
+            factory_kwargs = {"device": device, "dtype": dtype}
+            self.weight = Parameter(
+                torch.empty((rows, self.embedding_dim), **factory_kwargs), requires_grad=requires_grad
+            )
+            self.reset_parameters()
+        else:
+            _checks.check_weight(_weight, where, "_weight")
+            if tuple(_weight.shape) != (rows, self.embedding_dim):
+                extra = f" + num_oov_buckets={self.num_oov_buckets}" if self.num_oov_buckets else ""
+                raise ValueError(
+                    f"{where}: _weight must have shape (num_embeddings{extra}, embedding_dim) = "
+                    f"{(rows, self.embedding_dim)}, got {tuple(_weight.shape)}"
+                )
+            self.weight = Parameter(_weight, requires_grad=requires_grad)
+        # Out-of-range ids seen so far; a tensor so that counting never syncs with the GPU.
+        # Not persistent: the state_dict holds exactly `weight`, as torch's does.
+        self.register_buffer(
+            "_oov_count", torch.zeros((), dtype=torch.int64, device=self.weight.device), persistent=False
+        )
+
+    def reset_parameters(self) -> None:
+        """Re-initialise the weight with ``init`` and zero the padding row."""
+        apply_init(self.weight, self.init)
+        self._fill_padding_idx_with_zero()
+
+    def _fill_padding_idx_with_zero(self) -> None:
+        if self.padding_idx is not None:
+            with torch.no_grad():
+                self.weight[self.padding_idx].fill_(0)
+
+    @property
+    def oov_count(self) -> int:
+        """How many out-of-range ids this module has looked up (reads the device once)."""
+        return int(self._oov_count)
+
+    def reset_oov_count(self) -> None:
+        self._oov_count.zero_()
+
+    def _extra_repr_tail(self) -> str:
+        s = ""
+        if self.oov != "error":
+            s += f", oov={self.oov!r}"
+        if self.num_oov_buckets:
+            s += f", num_oov_buckets={self.num_oov_buckets}"
+        if self.init != "normal":
+            name = self.init if isinstance(self.init, str) else getattr(self.init, "__name__", "custom")
+            s += f", init={name!r}"
+        if self.backend != "auto":
+            s += f", backend={self.backend!r}"
+        return s
+
+
+def pretrained_weight(embeddings: Tensor, num_oov_buckets: int, where: str) -> Tensor:
+    """``embeddings`` plus ``num_oov_buckets`` hash rows drawn from N(0, std(embeddings)^2).
+
+    Without buckets the tensor itself is returned, so the module shares its storage
+    as torch's ``from_pretrained`` does.
+    """
+    _checks.check_weight(embeddings, where, "embeddings")
+    if not num_oov_buckets:
+        return embeddings
+    std = float(embeddings.detach().float().std()) if embeddings.numel() > 1 else 1.0
+    extra = torch.randn(
+        num_oov_buckets, embeddings.shape[1], dtype=embeddings.dtype, device=embeddings.device
+    ) * std
+    return torch.cat([embeddings.detach(), extra])

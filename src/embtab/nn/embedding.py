@@ -1,0 +1,140 @@
+"""``embtab.Embedding``: a drop-in ``torch.nn.Embedding`` with explicit out-of-vocabulary policies."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from .. import _checks
+from ..functional import _embedding
+from ..init import Init
+from ._table import _Table, pretrained_weight
+
+
+class Embedding(_Table):
+    r"""A lookup table of ``num_embeddings`` learnable vectors of size ``embedding_dim``.
+
+    Same arguments, results, gradients and ``state_dict`` as ``torch.nn.Embedding``
+    (a checkpoint loads into either), plus keyword-only options.
+
+    Args:
+        num_embeddings: in-vocabulary rows; ids ``0 .. num_embeddings - 1``.
+        embedding_dim: size of each vector.
+        padding_idx: a row that gets no gradient and starts at zero (negative values
+            count from the end).
+        max_norm: rescale each looked-up row whose norm exceeds it, in place.
+        norm_type: the p of the p-norm for ``max_norm``.
+        scale_grad_by_freq: divide gradients by the id's frequency in the batch.
+        sparse: produce a sparse COO weight gradient.
+        oov: what an id ``< 0`` or ``>= num_embeddings`` does: ``"error"`` (default;
+            ``IndexError`` naming the id, its position and the valid range),
+            ``"padding"`` (look up ``padding_idx``), ``"zero"`` (a zero vector, no
+            gradient) or ``"hash"`` (one of ``num_oov_buckets`` extra trainable rows,
+            by :func:`embtab.oov.hash_bucket`).
+        num_oov_buckets: extra rows after the vocabulary, for ``oov="hash"``.
+        init: ``"normal"`` (N(0, 1), torch's default), ``"uniform"``,
+            ``"xavier_uniform"``, ``"xavier_normal"``, ``"kaiming_uniform"``,
+            ``"kaiming_normal"``, ``"truncated_normal"``, ``"zeros"``, or a callable
+            that fills a tensor in place. The padding row is zeroed afterwards.
+        backend: ``"auto"``, ``"torch"``, ``"reference"`` or ``"triton"``.
+
+    Shape:
+        input ``(*)`` int64 or int32 ids; output ``(*, embedding_dim)``.
+
+    Attributes:
+        weight: ``(num_embeddings + num_oov_buckets, embedding_dim)``.
+        oov_count: out-of-range ids seen so far.
+
+    Examples:
+        >>> emb = Embedding(10, 3, padding_idx=0, oov="padding")
+        >>> emb(torch.tensor([[1, 2, 42]])).shape   # 42 reads the padding row
+        torch.Size([1, 3, 3])
+        >>> emb.oov_count
+        1
+    """
+
+    def __init__(
+        self,
+        num_embeddings: int,
+        embedding_dim: int,
+        padding_idx: int | None = None,
+        max_norm: float | None = None,
+        norm_type: float = 2.0,
+        scale_grad_by_freq: bool = False,
+        sparse: bool = False,
+        _weight: Tensor | None = None,
+        _freeze: bool = False,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+        *,
+        oov: str = "error",
+        num_oov_buckets: int = 0,
+        init: Init = "normal",
+        backend: str = "auto",
+    ) -> None:
+        super().__init__()
+        self._setup_table(
+            "Embedding", num_embeddings, embedding_dim, padding_idx, max_norm, norm_type,
+            scale_grad_by_freq, sparse, _weight, not _freeze, device, dtype, oov,
+            num_oov_buckets, init, backend,
+        )
+
+    def forward(self, input: Tensor) -> Tensor:
+        return _embedding(
+            input, self.weight, self.padding_idx, self.max_norm, self.norm_type,
+            self.scale_grad_by_freq, self.sparse, self.oov, self.num_oov_buckets, self.backend,
+            where="Embedding", counter=self._oov_count,
+        )
+
+    def extra_repr(self) -> str:
+        s = f"{self.num_embeddings}, {self.embedding_dim}"
+        if self.padding_idx is not None:
+            s += f", padding_idx={self.padding_idx}"
+        if self.max_norm is not None:
+            s += f", max_norm={self.max_norm}"
+        if self.norm_type != 2:
+            s += f", norm_type={self.norm_type}"
+        if self.scale_grad_by_freq is not False:
+            s += f", scale_grad_by_freq={self.scale_grad_by_freq}"
+        if self.sparse is not False:
+            s += ", sparse=True"
+        return s + self._extra_repr_tail()
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        embeddings: Tensor,
+        freeze: bool = True,
+        padding_idx: int | None = None,
+        max_norm: float | None = None,
+        norm_type: float = 2.0,
+        scale_grad_by_freq: bool = False,
+        sparse: bool = False,
+        *,
+        oov: str = "error",
+        num_oov_buckets: int = 0,
+        backend: str = "auto",
+    ) -> "Embedding":
+        """An ``Embedding`` whose in-vocabulary rows are ``embeddings`` (V, D).
+
+        The padding row keeps its pretrained values. With ``oov="hash"`` the
+        ``num_oov_buckets`` bucket rows are appended, drawn from N(0, std(embeddings)^2).
+        """
+        where = "Embedding.from_pretrained"
+        _checks.check_oov(oov, num_oov_buckets, padding_idx, where)
+        weight = pretrained_weight(embeddings, num_oov_buckets, where)
+        return cls(
+            embeddings.shape[0], embeddings.shape[1], padding_idx, max_norm, norm_type,
+            scale_grad_by_freq, sparse, _weight=weight, _freeze=freeze, oov=oov,
+            num_oov_buckets=num_oov_buckets, backend=backend,
+        )
+
+    @classmethod
+    def from_vectors(cls, vectors, vocab, **kwargs):  # type: ignore[no-untyped-def]
+        """An ``Embedding`` aligned to ``vocab`` from pretrained ``vectors``, and its coverage report.
+
+        See :func:`embtab.vectors.align.embedding_from_vectors` for the arguments.
+        """
+        from ..vectors.align import embedding_from_vectors
+
+        return embedding_from_vectors(vectors, vocab, embedding_cls=cls, **kwargs)

@@ -1,0 +1,114 @@
+"""``embtab.EmbeddingBag``: a drop-in ``torch.nn.EmbeddingBag`` with explicit out-of-vocabulary policies."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from .. import _checks
+from ..functional import _embedding_bag
+from ..init import Init
+from ._table import _Table, pretrained_weight
+
+
+class EmbeddingBag(_Table):
+    r"""Sums, means or maxes of bags of embeddings, without materialising the rows.
+
+    Same arguments, results, gradients and ``state_dict`` as ``torch.nn.EmbeddingBag``,
+    plus the keyword-only ``oov``, ``num_oov_buckets``, ``init`` and ``backend`` of
+    :class:`embtab.Embedding`. Under ``oov="zero"`` an out-of-range id is dropped from
+    its bag (it adds nothing and is not counted by the mean), like a padding id.
+
+    Shape:
+        input ``(B, L)`` (fixed-length bags, ``offsets=None``) or ``(N,)`` with
+        ``offsets`` ``(B,)`` (``(B + 1,)`` with ``include_last_offset=True``);
+        ``per_sample_weights`` the input's shape (``mode="sum"`` only);
+        output ``(B, embedding_dim)``. Empty bags give zeros.
+
+    Examples:
+        >>> bag = EmbeddingBag(10, 3, mode="sum")
+        >>> bag(torch.tensor([1, 2, 4, 5, 4]), torch.tensor([0, 2])).shape
+        torch.Size([2, 3])
+    """
+
+    def __init__(
+        self,
+        num_embeddings: int,
+        embedding_dim: int,
+        max_norm: float | None = None,
+        norm_type: float = 2.0,
+        scale_grad_by_freq: bool = False,
+        mode: str = "mean",
+        sparse: bool = False,
+        _weight: Tensor | None = None,
+        include_last_offset: bool = False,
+        padding_idx: int | None = None,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+        *,
+        oov: str = "error",
+        num_oov_buckets: int = 0,
+        init: Init = "normal",
+        backend: str = "auto",
+    ) -> None:
+        super().__init__()
+        _checks.check_bag_mode(mode, scale_grad_by_freq, sparse, "EmbeddingBag")
+        self.mode = mode
+        self.include_last_offset = include_last_offset
+        self._setup_table(
+            "EmbeddingBag", num_embeddings, embedding_dim, padding_idx, max_norm, norm_type,
+            scale_grad_by_freq, sparse, _weight, True, device, dtype, oov, num_oov_buckets,
+            init, backend,
+        )
+
+    def forward(
+        self, input: Tensor, offsets: Tensor | None = None, per_sample_weights: Tensor | None = None
+    ) -> Tensor:
+        return _embedding_bag(
+            input, self.weight, offsets, self.max_norm, self.norm_type, self.scale_grad_by_freq,
+            self.mode, self.sparse, per_sample_weights, self.include_last_offset, self.padding_idx,
+            self.oov, self.num_oov_buckets, self.backend, where="EmbeddingBag", counter=self._oov_count,
+        )
+
+    def extra_repr(self) -> str:
+        s = f"{self.num_embeddings}, {self.embedding_dim}"
+        if self.max_norm is not None:
+            s += f", max_norm={self.max_norm}"
+        if self.norm_type != 2:
+            s += f", norm_type={self.norm_type}"
+        if self.scale_grad_by_freq is not False:
+            s += f", scale_grad_by_freq={self.scale_grad_by_freq}"
+        s += f", mode={self.mode!r}"
+        if self.padding_idx is not None:
+            s += f", padding_idx={self.padding_idx}"
+        return s + self._extra_repr_tail()
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        embeddings: Tensor,
+        freeze: bool = True,
+        max_norm: float | None = None,
+        norm_type: float = 2.0,
+        scale_grad_by_freq: bool = False,
+        mode: str = "mean",
+        sparse: bool = False,
+        include_last_offset: bool = False,
+        padding_idx: int | None = None,
+        *,
+        oov: str = "error",
+        num_oov_buckets: int = 0,
+        backend: str = "auto",
+    ) -> "EmbeddingBag":
+        """An ``EmbeddingBag`` whose in-vocabulary rows are ``embeddings`` (V, D); see
+        :meth:`embtab.Embedding.from_pretrained`."""
+        where = "EmbeddingBag.from_pretrained"
+        _checks.check_oov(oov, num_oov_buckets, padding_idx, where)
+        weight = pretrained_weight(embeddings, num_oov_buckets, where)
+        bag = cls(
+            embeddings.shape[0], embeddings.shape[1], max_norm, norm_type, scale_grad_by_freq,
+            mode, sparse, _weight=weight, include_last_offset=include_last_offset,
+            padding_idx=padding_idx, oov=oov, num_oov_buckets=num_oov_buckets, backend=backend,
+        )
+        bag.weight.requires_grad = not freeze
+        return bag

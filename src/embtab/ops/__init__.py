@@ -1,0 +1,1 @@
+"""Backends: the reference semantics, torch's kernels, Triton kernels; one dispatch point."""

@@ -1,0 +1,175 @@
+"""embtab.Embedding and embtab.functional.embedding against torch.nn, across the argument space."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from hypothesis import given, settings, strategies as st
+
+import embtab
+from embtab import functional as EF
+from tests.conftest import TOLERANCES, assert_close
+
+BACKENDS = ["torch", "reference"]
+DTYPES = [torch.float32, torch.float64, torch.float16, torch.bfloat16]
+
+
+@st.composite
+def embedding_cases(draw: st.DrawFn) -> dict:
+    num = draw(st.integers(1, 40))
+    dim = draw(st.integers(1, 9))
+    shape = tuple(draw(st.lists(st.integers(0, 5), min_size=0, max_size=3)))
+    # Few distinct ids so that duplicates (and the padding row) are common.
+    pool = draw(st.lists(st.integers(0, num - 1), min_size=1, max_size=4))
+    numel = 1
+    for s in shape:
+        numel *= s
+    ids = draw(st.lists(st.sampled_from(pool), min_size=numel, max_size=numel))
+    sparse = draw(st.booleans())
+    return {
+        "num": num,
+        "dim": dim,
+        "ids": torch.tensor(ids, dtype=draw(st.sampled_from([torch.int64, torch.int32]))).reshape(shape),
+        "padding_idx": draw(st.none() | st.integers(-num, num - 1)),
+        "max_norm": draw(st.none() | st.floats(0.1, 3.0)),
+        "norm_type": draw(st.sampled_from([2.0, 1.0, 3.5])),
+        "scale_grad_by_freq": False if sparse else draw(st.booleans()),
+        "sparse": sparse,
+        "dtype": draw(st.sampled_from(DTYPES)),
+        "backend": draw(st.sampled_from(BACKENDS)),
+    }
+
+
+def _torch_lookup(module: torch.nn.Embedding, ids: torch.Tensor) -> torch.Tensor:
+    # torch's sparse backward with padding_idx fails on 0-d ids (IndexError: too many
+    # indices); ours does not, so the oracle sees them as 1-element vectors.
+    if ids.dim() == 0:
+        return module(ids.reshape(1)).reshape(module.embedding_dim)
+    return module(ids)
+
+
+@settings(max_examples=150, deadline=None)
+@given(embedding_cases())
+def test_module_matches_torch(case: dict) -> None:
+    dtype = case["dtype"]
+    kwargs = dict(
+        padding_idx=case["padding_idx"], max_norm=case["max_norm"], norm_type=case["norm_type"],
+        scale_grad_by_freq=case["scale_grad_by_freq"], sparse=case["sparse"], dtype=dtype,
+    )
+    ref = torch.nn.Embedding(case["num"], case["dim"], **kwargs)
+    ours = embtab.Embedding(case["num"], case["dim"], backend=case["backend"], **kwargs)
+    ours.load_state_dict(ref.state_dict())
+
+    expected = _torch_lookup(ref, case["ids"])
+    actual = ours(case["ids"])
+    assert actual.shape == (*case["ids"].shape, case["dim"])
+    assert actual.dtype == dtype
+    assert_close(actual, expected)
+    # max_norm renormalises the referenced rows in place, identically.
+    assert_close(ours.weight.detach(), ref.weight.detach())
+
+    grad = torch.randn(expected.shape, dtype=torch.float64).to(dtype)
+    expected.backward(grad)
+    actual.backward(grad)
+    assert ours.weight.grad.is_sparse == case["sparse"]
+    assert_close(ours.weight.grad, ref.weight.grad)
+
+
+@settings(max_examples=60, deadline=None)
+@given(embedding_cases())
+def test_functional_matches_torch(case: dict) -> None:
+    dtype = case["dtype"]
+    w_ref = torch.randn(case["num"], case["dim"], dtype=torch.float64).to(dtype).requires_grad_()
+    w_ours = w_ref.detach().clone().requires_grad_()
+    args = (case["padding_idx"], case["max_norm"], case["norm_type"], case["scale_grad_by_freq"], case["sparse"])
+    ref_ids = case["ids"].reshape(1) if case["ids"].dim() == 0 else case["ids"]  # see _torch_lookup
+    expected = torch.nn.functional.embedding(ref_ids, w_ref, *args).reshape(*case["ids"].shape, case["dim"])
+    actual = EF.embedding(case["ids"], w_ours, *args, backend=case["backend"])
+    assert_close(actual, expected)
+    grad = torch.randn(expected.shape, dtype=torch.float64).to(dtype)
+    expected.backward(grad)
+    actual.backward(grad)
+    assert_close(w_ours.grad, w_ref.grad)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_gradcheck_float64(backend: str) -> None:
+    weight = torch.randn(7, 3, dtype=torch.float64, requires_grad=True)
+    ids = torch.tensor([[0, 2, 2], [6, 1, 2]])
+    # padding_idx and scale_grad_by_freq deliberately depart from the true gradient;
+    # those are checked against torch above.
+    assert torch.autograd.gradcheck(lambda w: EF.embedding(ids, w, backend=backend), (weight,))
+    hashed = lambda w: EF.embedding(ids * 3, w, oov="hash", num_oov_buckets=2, backend=backend)  # noqa: E731
+    assert torch.autograd.gradcheck(hashed, (weight,))
+
+
+def test_default_init_is_torchs() -> None:
+    """Same seed, same weights: N(0, 1) with the padding row zeroed, as torch does."""
+    torch.manual_seed(3)
+    ours = embtab.Embedding(20, 4, padding_idx=-1)
+    torch.manual_seed(3)
+    ref = torch.nn.Embedding(20, 4, padding_idx=-1)
+    assert torch.equal(ours.weight, ref.weight)
+    assert ours.padding_idx == ref.padding_idx == 19
+
+
+def test_from_pretrained_keeps_padding_row_and_freezes() -> None:
+    pre = torch.randn(5, 3)
+    ours = embtab.Embedding.from_pretrained(pre, padding_idx=1)
+    ref = torch.nn.Embedding.from_pretrained(pre, padding_idx=1)
+    assert torch.equal(ours.weight, ref.weight)  # padding row not zeroed
+    assert not ours.weight.requires_grad
+    assert ours.weight.data_ptr() == pre.data_ptr()  # shares storage, like torch
+    trainable = embtab.Embedding.from_pretrained(pre, freeze=False)
+    assert trainable.weight.requires_grad
+
+
+def test_state_dict_interchanges_with_torch() -> None:
+    ours = embtab.Embedding(11, 5, padding_idx=0, oov="padding")
+    assert list(ours.state_dict()) == ["weight"]
+    ref = torch.nn.Embedding(11, 5, padding_idx=0)
+    ref.load_state_dict(ours.state_dict())
+    assert torch.equal(ref.weight, ours.weight)
+    back = embtab.Embedding(11, 5, padding_idx=0)
+    back.load_state_dict(ref.state_dict())
+    assert torch.equal(back.weight, ref.weight)
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {},
+        {"padding_idx": 3},
+        {"max_norm": 1.5, "norm_type": 1.0},
+        {"scale_grad_by_freq": True},
+        {"sparse": True},
+    ],
+)
+def test_extra_repr_like_torch(kwargs: dict) -> None:
+    assert repr(embtab.Embedding(10, 4, **kwargs)) == repr(torch.nn.Embedding(10, 4, **kwargs))
+
+
+def test_extra_repr_shows_our_options() -> None:
+    r = repr(embtab.Embedding(10, 4, oov="hash", num_oov_buckets=3, init="uniform"))
+    assert r == "Embedding(10, 4, oov='hash', num_oov_buckets=3, init='uniform')"
+
+
+def test_device_and_dtype_factory_kwargs() -> None:
+    emb = embtab.Embedding(4, 2, device="cpu", dtype=torch.float64)
+    assert emb.weight.dtype == torch.float64 and emb.weight.device.type == "cpu"
+    assert emb(torch.tensor([1])).dtype == torch.float64
+
+
+def test_freeze_and_no_grad_paths() -> None:
+    frozen = embtab.Embedding(4, 2, _freeze=True)
+    assert not frozen.weight.requires_grad
+    assert not frozen(torch.tensor([1, 2])).requires_grad
+    emb = embtab.Embedding(4, 2)
+    with torch.no_grad():
+        out = emb(torch.tensor([1, 2]))
+    assert not out.requires_grad
+    assert torch.equal(out, emb.weight[[1, 2]])
+
+
+def test_tolerance_table_covers_every_dtype() -> None:
+    assert set(DTYPES) <= set(TOLERANCES)
