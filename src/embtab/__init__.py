@@ -8,7 +8,13 @@ pure-PyTorch reference implementation behind every faster backend.
 from . import functional as functional
 from .nn import Embedding as Embedding, EmbeddingBag as EmbeddingBag
 from .oov import hash_bucket as hash_bucket
+from .configs import TableConfig as TableConfig
+from .nn import EmbeddingBagCollection as EmbeddingBagCollection
+from . import optim as optim
+from .vocab import Vocab as Vocab
+from . import vectors as vectors
 
 __version__ = "0.1.0"
 
-__all__ = ["Embedding", "EmbeddingBag", "functional", "hash_bucket", "__version__"]
+__all__ = ["Embedding", "EmbeddingBag", "functional", "hash_bucket", "Vocab", "vectors", "__version__",
+           "TableConfig", "EmbeddingBagCollection", "optim"]

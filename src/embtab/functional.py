@@ -23,7 +23,12 @@ import torch
 
 from . import _checks, oov as _oov
 from .ops import dispatch
-from .ops.autograd import EmbeddingBagFunction, EmbeddingFunction
+from .ops.autograd import (
+    EmbeddingBagFunction,
+    EmbeddingFunction,
+    FusedEmbeddingBagFunction,
+    FusedEmbeddingFunction,
+)
 
 __all__ = ["embedding", "embedding_bag"]
 
@@ -138,7 +143,7 @@ def _needs_grad(*tensors: torch.Tensor | None) -> bool:
 def _embedding(
     input: torch.Tensor, weight: torch.Tensor, padding_idx: int | None, max_norm: float | None,
     norm_type: float, scale_grad_by_freq: bool, sparse: bool, oov: str, num_oov_buckets: int,
-    backend: str, *, where: str, counter: torch.Tensor | None = None,
+    backend: str, *, where: str, counter: torch.Tensor | None = None, fused: object = None,
 ) -> torch.Tensor:
     num_embeddings, padding_idx, buckets = _check_table(
         weight, padding_idx, max_norm, norm_type, scale_grad_by_freq, sparse, oov, num_oov_buckets,
@@ -149,24 +154,28 @@ def _embedding(
     be = dispatch.select(backend, weight.device, where)
     ids, has_skip = _oov.resolve(input, num_embeddings, oov, padding_idx, buckets, where, counter)
     if has_skip and not be.supports_skip:
-        return _embedding_compacted(ids, weight, be, padding_idx, max_norm, norm_type, scale_grad_by_freq, sparse)
+        return _embedding_compacted(ids, weight, be, padding_idx, max_norm, norm_type, scale_grad_by_freq, sparse, fused)
     if max_norm is not None:
         be.renorm_(weight.detach(), ids, max_norm, norm_type)
     if not _needs_grad(weight):
         return be.embedding_forward(weight, ids)
+    if fused is not None:  # a fused optimizer: backward updates the rows
+        return FusedEmbeddingFunction.apply(weight, ids, be, padding_idx, scale_grad_by_freq, fused)
     return EmbeddingFunction.apply(weight, ids, be, padding_idx, scale_grad_by_freq, sparse)
 
 
 def _embedding_compacted(
     ids: torch.Tensor, weight: torch.Tensor, be: ModuleType, padding_idx: int | None,
-    max_norm: float | None, norm_type: float, scale_grad_by_freq: bool, sparse: bool,
+    max_norm: float | None, norm_type: float, scale_grad_by_freq: bool, sparse: bool, fused: object = None,
 ) -> torch.Tensor:
     """Lookup for a backend without SKIP support: look up the kept ids, zeros elsewhere."""
     keep = ids.reshape(-1) >= 0  # (N,)
     kept = ids.reshape(-1)[keep]
     if max_norm is not None:
         be.renorm_(weight.detach(), kept, max_norm, norm_type)
-    if _needs_grad(weight):
+    if _needs_grad(weight) and fused is not None:
+        rows = FusedEmbeddingFunction.apply(weight, kept, be, padding_idx, scale_grad_by_freq, fused)
+    elif _needs_grad(weight):
         rows = EmbeddingFunction.apply(weight, kept, be, padding_idx, scale_grad_by_freq, sparse)
     else:
         rows = be.embedding_forward(weight, kept)
@@ -207,6 +216,7 @@ def _embedding_bag(
     norm_type: float, scale_grad_by_freq: bool, mode: str, sparse: bool,
     per_sample_weights: torch.Tensor | None, include_last_offset: bool, padding_idx: int | None,
     oov: str, num_oov_buckets: int, backend: str, *, where: str, counter: torch.Tensor | None = None,
+    fused: object = None,
 ) -> torch.Tensor:
     num_embeddings, padding_idx, buckets = _check_table(
         weight, padding_idx, max_norm, norm_type, scale_grad_by_freq, sparse, oov, num_oov_buckets,
@@ -233,6 +243,10 @@ def _embedding_bag(
     if not _needs_grad(weight, psw):
         out, _ = be.embedding_bag_forward(weight, ids, ends, mode, psw, padding_idx)
         return out
+    if fused is not None and _needs_grad(weight):  # a fused optimizer: backward updates the rows
+        return FusedEmbeddingBagFunction.apply(
+            weight, psw, ids, ends, be, mode, padding_idx, scale_grad_by_freq, fused
+        )
     return EmbeddingBagFunction.apply(
         weight, psw, ids, ends, be, mode, padding_idx, scale_grad_by_freq, sparse
     )

@@ -8,7 +8,7 @@ from hypothesis import given, settings, strategies as st
 
 import embtab
 from embtab import functional as EF
-from tests.conftest import TOLERANCES, assert_close
+from tests.conftest import TOLERANCES, assert_close_to_torch
 
 BACKENDS = ["torch", "reference"]
 DTYPES = [torch.float32, torch.float64, torch.float16, torch.bfloat16]
@@ -60,19 +60,28 @@ def test_module_matches_torch(case: dict) -> None:
     ours = embtab.Embedding(case["num"], case["dim"], backend=case["backend"], **kwargs)
     ours.load_state_dict(ref.state_dict())
 
+    # float64 twin: the exact answer, for judging 16-bit results (see assert_close_to_torch).
+    twin = None
+    if dtype in (torch.float16, torch.bfloat16):
+        twin = torch.nn.Embedding(case["num"], case["dim"], **{**kwargs, "dtype": torch.float64})
+        twin.weight.data.copy_(ref.weight.detach())
+
     expected = _torch_lookup(ref, case["ids"])
     actual = ours(case["ids"])
+    exact = None if twin is None else _torch_lookup(twin, case["ids"])
     assert actual.shape == (*case["ids"].shape, case["dim"])
     assert actual.dtype == dtype
-    assert_close(actual, expected)
+    assert_close_to_torch(actual, expected, exact)
     # max_norm renormalises the referenced rows in place, identically.
-    assert_close(ours.weight.detach(), ref.weight.detach())
+    assert_close_to_torch(ours.weight.detach(), ref.weight.detach(), None if twin is None else twin.weight.detach())
 
     grad = torch.randn(expected.shape, dtype=torch.float64).to(dtype)
     expected.backward(grad)
     actual.backward(grad)
+    if exact is not None:
+        exact.backward(grad.double())
     assert ours.weight.grad.is_sparse == case["sparse"]
-    assert_close(ours.weight.grad, ref.weight.grad)
+    assert_close_to_torch(ours.weight.grad, ref.weight.grad, None if twin is None else twin.weight.grad)
 
 
 @settings(max_examples=60, deadline=None)
@@ -83,13 +92,17 @@ def test_functional_matches_torch(case: dict) -> None:
     w_ours = w_ref.detach().clone().requires_grad_()
     args = (case["padding_idx"], case["max_norm"], case["norm_type"], case["scale_grad_by_freq"], case["sparse"])
     ref_ids = case["ids"].reshape(1) if case["ids"].dim() == 0 else case["ids"]  # see _torch_lookup
-    expected = torch.nn.functional.embedding(ref_ids, w_ref, *args).reshape(*case["ids"].shape, case["dim"])
+    w_twin = w_ref.detach().double().requires_grad_()  # the exact answer for 16-bit dtypes
+    out_shape = (*case["ids"].shape, case["dim"])
+    expected = torch.nn.functional.embedding(ref_ids, w_ref, *args).reshape(out_shape)
     actual = EF.embedding(case["ids"], w_ours, *args, backend=case["backend"])
-    assert_close(actual, expected)
+    exact = torch.nn.functional.embedding(ref_ids, w_twin, *args).reshape(out_shape)
+    assert_close_to_torch(actual, expected, exact)
     grad = torch.randn(expected.shape, dtype=torch.float64).to(dtype)
     expected.backward(grad)
     actual.backward(grad)
-    assert_close(w_ours.grad, w_ref.grad)
+    exact.backward(grad.double())
+    assert_close_to_torch(w_ours.grad, w_ref.grad, w_twin.grad)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

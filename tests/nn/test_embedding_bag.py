@@ -8,7 +8,7 @@ from hypothesis import given, settings, strategies as st
 
 import embtab
 from embtab import functional as EF
-from tests.conftest import assert_close
+from tests.conftest import assert_close_to_torch
 
 BACKENDS = ["torch", "reference"]
 DTYPES = [torch.float32, torch.float64, torch.float16, torch.bfloat16]
@@ -67,22 +67,35 @@ def test_module_matches_torch(case: dict) -> None:
         psw_ref = torch.randn(case["ids"].shape, dtype=torch.float64).to(dtype).requires_grad_()
         psw_ours = psw_ref.detach().clone().requires_grad_()
 
+    # float64 twin: the exact answer, for judging 16-bit results (see assert_close_to_torch).
+    twin = psw_twin = None
+    if dtype in (torch.float16, torch.bfloat16):
+        twin = torch.nn.EmbeddingBag(case["num"], case["dim"], **{**kwargs, "dtype": torch.float64})
+        twin.weight.data.copy_(ref.weight.detach())
+        if case["psw"]:
+            psw_twin = psw_ref.detach().double().requires_grad_()
+
     expected = ref(case["ids"], case["offsets"], psw_ref)
     actual = ours(case["ids"], case["offsets"], psw_ours)
+    exact = None if twin is None else twin(case["ids"], case["offsets"], psw_twin)
     assert actual.shape == expected.shape and actual.dtype == dtype
-    assert_close(actual, expected)
-    assert_close(ours.weight.detach(), ref.weight.detach())  # max_norm renorm, in place
+    assert_close_to_torch(actual, expected, exact)
+    # max_norm renorm, in place
+    assert_close_to_torch(ours.weight.detach(), ref.weight.detach(), None if twin is None else twin.weight.detach())
 
     grad = torch.randn(expected.shape, dtype=torch.float64).to(dtype)
     expected.backward(grad)
     actual.backward(grad)
+    if exact is not None:
+        exact.backward(grad.double())
     assert ours.weight.grad.is_sparse == case["sparse"]
-    expected_grad = ref.weight.grad
+    expected_grad, exact_grad = ref.weight.grad, None if twin is None else twin.weight.grad
     if case["scale_grad_by_freq"]:
         expected_grad = _freq_scaled(expected_grad, case["ids"], case["num"])
-    assert_close(ours.weight.grad, expected_grad)
+        exact_grad = None if exact_grad is None else _freq_scaled(exact_grad, case["ids"], case["num"])
+    assert_close_to_torch(ours.weight.grad, expected_grad, exact_grad)
     if case["psw"]:
-        assert_close(psw_ours.grad, psw_ref.grad)
+        assert_close_to_torch(psw_ours.grad, psw_ref.grad, None if psw_twin is None else psw_twin.grad)
 
 
 @settings(max_examples=60, deadline=None)
@@ -95,16 +108,20 @@ def test_functional_matches_torch(case: dict) -> None:
         case["ids"], w, case["offsets"], case["max_norm"], 2.0, sgbf, case["mode"],
         case["sparse"], None, case["include_last_offset"], case["padding_idx"],
     )
+    w_twin = w_ref.detach().double().requires_grad_()  # the exact answer for 16-bit dtypes
     expected = torch.nn.functional.embedding_bag(*args(w_ref, False))
     actual = EF.embedding_bag(*args(w_ours, case["scale_grad_by_freq"]), backend=case["backend"])
-    assert_close(actual, expected)
+    exact = torch.nn.functional.embedding_bag(*args(w_twin, False))
+    assert_close_to_torch(actual, expected, exact)
     grad = torch.randn(expected.shape, dtype=torch.float64).to(dtype)
     expected.backward(grad)
     actual.backward(grad)
-    expected_grad = w_ref.grad
+    exact.backward(grad.double())
+    expected_grad, exact_grad = w_ref.grad, w_twin.grad
     if case["scale_grad_by_freq"]:
         expected_grad = _freq_scaled(expected_grad, case["ids"], case["num"])
-    assert_close(w_ours.grad, expected_grad)
+        exact_grad = _freq_scaled(exact_grad, case["ids"], case["num"])
+    assert_close_to_torch(w_ours.grad, expected_grad, exact_grad)
 
 
 def _freq_scaled(grad: torch.Tensor, ids: torch.Tensor, num: int) -> torch.Tensor:

@@ -12,6 +12,7 @@ from torch.nn import Module, Parameter
 from .. import _checks
 from ..init import Init, apply_init, check_init
 from ..ops import dispatch
+from ..optim import _fused
 
 
 class _Table(Module):
@@ -27,6 +28,7 @@ class _Table(Module):
     init: Init
     backend: str
     weight: Tensor
+    optimizer: _fused.FusedOptimizer | None
 
     def _setup_table(
         self,
@@ -82,6 +84,29 @@ class _Table(Module):
             "_oov_count", torch.zeros((), dtype=torch.int64, device=self.weight.device), persistent=False
         )
 
+    def _setup_optimizer(self, optimizer: _fused.FusedSpec | None, where: str) -> None:
+        """Bind a fused optimizer: its per-row state becomes buffers ``optim_<name>``."""
+        if optimizer is not None and self.sparse:
+            raise ValueError(
+                f"{where}: optimizer= updates the rows during backward, so no gradient is built "
+                f"and sparse=True has nothing to do; drop sparse=True (or drop optimizer= and "
+                f"use embtab.optim.SparseAdamW / SparseRowWiseAdagrad on sparse gradients)"
+            )
+        self.optimizer = _fused.bind(self, optimizer, where)
+
+    def _fused_target(self) -> _fused.FusedTarget | None:
+        """What the functional needs to run the fused backward, or None without an optimizer."""
+        opt = self.optimizer
+        if opt is None:
+            return None
+        return _fused.FusedTarget(opt, self.weight, _fused.module_state(self, opt.spec))
+
+    def reset_optimizer_state(self) -> None:
+        """Reset the fused optimizer's per-row state to its initial values."""
+        if self.optimizer is not None:
+            for name, fresh in _fused.new_state(self.optimizer.spec, self.weight).items():
+                getattr(self, _fused.STATE_PREFIX + name).copy_(fresh)
+
     def reset_parameters(self) -> None:
         """Re-initialise the weight with ``init`` and zero the padding row."""
         apply_init(self.weight, self.init)
@@ -111,7 +136,22 @@ class _Table(Module):
             s += f", init={name!r}"
         if self.backend != "auto":
             s += f", backend={self.backend!r}"
+        if getattr(self, "optimizer", None) is not None:
+            s += f", optimizer={self.optimizer.spec!r}"
         return s
+
+
+    @classmethod
+    def from_vectors(cls, vectors, vocab, **kwargs):  # type: ignore[no-untyped-def]
+        """A table aligned to ``vocab`` from pretrained ``vectors``, and its coverage report.
+
+        Works for ``Embedding`` and ``EmbeddingBag`` alike (built with the class's
+        ``from_pretrained``); see :func:`embtab.vectors.align.embedding_from_vectors`
+        for the arguments.
+        """
+        from ..vectors.align import embedding_from_vectors
+
+        return embedding_from_vectors(vectors, vocab, embedding_cls=cls, **kwargs)
 
 
 def pretrained_weight(embeddings: Tensor, num_oov_buckets: int, where: str) -> Tensor:

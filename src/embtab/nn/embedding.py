@@ -8,6 +8,7 @@ from torch import Tensor
 from .. import _checks
 from ..functional import _embedding
 from ..init import Init
+from ..optim import FusedSpec
 from ._table import _Table, pretrained_weight
 
 
@@ -32,6 +33,10 @@ class Embedding(_Table):
             gradient) or ``"hash"`` (one of ``num_oov_buckets`` extra trainable rows,
             by :func:`embtab.oov.hash_bucket`).
         num_oov_buckets: extra rows after the vocabulary, for ``oov="hash"``.
+        optimizer: a fused optimizer from :mod:`embtab.optim` (e.g.
+            ``embtab.optim.Adam(lr=1e-3)``): backward then updates the looked-up
+            rows in place, ``weight.grad`` stays None, the optimizer's per-row state
+            is in the ``state_dict`` and ``module.optimizer`` holds the learning rate.
         init: ``"normal"`` (N(0, 1), torch's default), ``"uniform"``,
             ``"xavier_uniform"``, ``"xavier_normal"``, ``"kaiming_uniform"``,
             ``"kaiming_normal"``, ``"truncated_normal"``, ``"zeros"``, or a callable
@@ -71,6 +76,7 @@ class Embedding(_Table):
         num_oov_buckets: int = 0,
         init: Init = "normal",
         backend: str = "auto",
+        optimizer: FusedSpec | None = None,
     ) -> None:
         super().__init__()
         self._setup_table(
@@ -78,12 +84,13 @@ class Embedding(_Table):
             scale_grad_by_freq, sparse, _weight, not _freeze, device, dtype, oov,
             num_oov_buckets, init, backend,
         )
+        self._setup_optimizer(optimizer, "Embedding")
 
     def forward(self, input: Tensor) -> Tensor:
         return _embedding(
             input, self.weight, self.padding_idx, self.max_norm, self.norm_type,
             self.scale_grad_by_freq, self.sparse, self.oov, self.num_oov_buckets, self.backend,
-            where="Embedding", counter=self._oov_count,
+            where="Embedding", counter=self._oov_count, fused=self._fused_target(),
         )
 
     def extra_repr(self) -> str:
@@ -114,6 +121,7 @@ class Embedding(_Table):
         oov: str = "error",
         num_oov_buckets: int = 0,
         backend: str = "auto",
+        optimizer: FusedSpec | None = None,
     ) -> "Embedding":
         """An ``Embedding`` whose in-vocabulary rows are ``embeddings`` (V, D).
 
@@ -126,15 +134,5 @@ class Embedding(_Table):
         return cls(
             embeddings.shape[0], embeddings.shape[1], padding_idx, max_norm, norm_type,
             scale_grad_by_freq, sparse, _weight=weight, _freeze=freeze, oov=oov,
-            num_oov_buckets=num_oov_buckets, backend=backend,
+            num_oov_buckets=num_oov_buckets, backend=backend, optimizer=optimizer,
         )
-
-    @classmethod
-    def from_vectors(cls, vectors, vocab, **kwargs):  # type: ignore[no-untyped-def]
-        """An ``Embedding`` aligned to ``vocab`` from pretrained ``vectors``, and its coverage report.
-
-        See :func:`embtab.vectors.align.embedding_from_vectors` for the arguments.
-        """
-        from ..vectors.align import embedding_from_vectors
-
-        return embedding_from_vectors(vectors, vocab, embedding_cls=cls, **kwargs)

@@ -8,6 +8,7 @@ from torch import Tensor
 from .. import _checks
 from ..functional import _embedding_bag
 from ..init import Init
+from ..optim import FusedSpec
 from ._table import _Table, pretrained_weight
 
 
@@ -15,9 +16,10 @@ class EmbeddingBag(_Table):
     r"""Sums, means or maxes of bags of embeddings, without materialising the rows.
 
     Same arguments, results, gradients and ``state_dict`` as ``torch.nn.EmbeddingBag``,
-    plus the keyword-only ``oov``, ``num_oov_buckets``, ``init`` and ``backend`` of
-    :class:`embtab.Embedding`. Under ``oov="zero"`` an out-of-range id is dropped from
-    its bag (it adds nothing and is not counted by the mean), like a padding id.
+    plus the keyword-only ``oov``, ``num_oov_buckets``, ``init``, ``backend`` and
+    ``optimizer`` (a fused optimizer from :mod:`embtab.optim`) of :class:`embtab.Embedding`.
+    Under ``oov="zero"`` an out-of-range id is dropped from its bag (it adds nothing
+    and is not counted by the mean), like a padding id.
 
     Shape:
         input ``(B, L)`` (fixed-length bags, ``offsets=None``) or ``(N,)`` with
@@ -50,6 +52,7 @@ class EmbeddingBag(_Table):
         num_oov_buckets: int = 0,
         init: Init = "normal",
         backend: str = "auto",
+        optimizer: FusedSpec | None = None,
     ) -> None:
         super().__init__()
         _checks.check_bag_mode(mode, scale_grad_by_freq, sparse, "EmbeddingBag")
@@ -60,6 +63,7 @@ class EmbeddingBag(_Table):
             scale_grad_by_freq, sparse, _weight, True, device, dtype, oov, num_oov_buckets,
             init, backend,
         )
+        self._setup_optimizer(optimizer, "EmbeddingBag")
 
     def forward(
         self, input: Tensor, offsets: Tensor | None = None, per_sample_weights: Tensor | None = None
@@ -68,6 +72,7 @@ class EmbeddingBag(_Table):
             input, self.weight, offsets, self.max_norm, self.norm_type, self.scale_grad_by_freq,
             self.mode, self.sparse, per_sample_weights, self.include_last_offset, self.padding_idx,
             self.oov, self.num_oov_buckets, self.backend, where="EmbeddingBag", counter=self._oov_count,
+            fused=self._fused_target(),
         )
 
     def extra_repr(self) -> str:
@@ -99,6 +104,7 @@ class EmbeddingBag(_Table):
         oov: str = "error",
         num_oov_buckets: int = 0,
         backend: str = "auto",
+        optimizer: FusedSpec | None = None,
     ) -> "EmbeddingBag":
         """An ``EmbeddingBag`` whose in-vocabulary rows are ``embeddings`` (V, D); see
         :meth:`embtab.Embedding.from_pretrained`."""
@@ -109,6 +115,7 @@ class EmbeddingBag(_Table):
             embeddings.shape[0], embeddings.shape[1], max_norm, norm_type, scale_grad_by_freq,
             mode, sparse, _weight=weight, include_last_offset=include_last_offset,
             padding_idx=padding_idx, oov=oov, num_oov_buckets=num_oov_buckets, backend=backend,
+            optimizer=optimizer,
         )
         bag.weight.requires_grad = not freeze
         return bag

@@ -76,3 +76,79 @@ class EmbeddingBagFunction(torch.autograd.Function):
             ctx.scale_grad_by_freq, ctx.sparse, ctx.needs_input_grad[0], ctx.needs_input_grad[1],
         )
         return grad_weight, grad_psw, None, None, None, None, None, None, None
+
+
+# --- fused optimizers: backward updates the weight instead of returning its gradient ----
+
+
+class FusedEmbeddingFunction(torch.autograd.Function):
+    """``EmbeddingFunction`` whose backward hands the gradient to a fused optimizer.
+
+    ``fused`` (an ``embtab.optim._fused.FusedTarget``) updates the looked-up rows in
+    place; the weight's gradient is None, so no dense or sparse gradient is built.
+    """
+
+    @staticmethod
+    def forward(  # type: ignore[override]
+        ctx: Any,
+        weight: torch.Tensor,  # (V, D)
+        ids: torch.Tensor,  # (*)
+        backend: ModuleType,
+        padding_idx: int | None,
+        scale_grad_by_freq: bool,
+        fused: Any,
+    ) -> torch.Tensor:  # (*, D)
+        ctx.save_for_backward(ids)
+        ctx.padding_idx, ctx.scale_grad_by_freq, ctx.fused = padding_idx, scale_grad_by_freq, fused
+        return backend.embedding_forward(weight, ids)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[Any, ...]:
+        (ids,) = ctx.saved_tensors
+        ctx.fused.embedding_backward(grad, ids, ctx.padding_idx, ctx.scale_grad_by_freq)
+        return None, None, None, None, None, None
+
+
+class FusedEmbeddingBagFunction(torch.autograd.Function):
+    """``EmbeddingBagFunction`` whose backward hands the gradient to a fused optimizer.
+
+    The per-sample-weights gradient is computed first, from the weight as the forward
+    saw it; then ``fused.bag_backward`` updates the rows. For ``mode="max"`` the
+    backend's ``aux[2]`` must be the (B, D) rows that gave each maximum.
+    """
+
+    @staticmethod
+    def forward(  # type: ignore[override]
+        ctx: Any,
+        weight: torch.Tensor,  # (V, D)
+        per_sample_weights: torch.Tensor | None,  # (N,)
+        ids: torch.Tensor,  # (N,)
+        offsets: torch.Tensor,  # (B + 1,)
+        backend: ModuleType,
+        mode: str,
+        padding_idx: int | None,
+        scale_grad_by_freq: bool,
+        fused: Any,
+    ) -> torch.Tensor:  # (B, D)
+        out, aux = backend.embedding_bag_forward(weight, ids, offsets, mode, per_sample_weights, padding_idx)
+        need_psw = per_sample_weights is not None and ctx.needs_input_grad[1]
+        ctx.save_for_backward(weight if need_psw else None, per_sample_weights, ids, offsets, *aux)
+        ctx.backend, ctx.mode, ctx.padding_idx = backend, mode, padding_idx
+        ctx.scale_grad_by_freq, ctx.fused = scale_grad_by_freq, fused
+        return out
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[Any, ...]:
+        weight, psw, ids, offsets, *aux = ctx.saved_tensors
+        grad = grad.contiguous()
+        grad_psw = None
+        if ctx.needs_input_grad[1]:
+            _, grad_psw = ctx.backend.embedding_bag_backward(
+                grad, weight, ids, offsets, tuple(aux), ctx.mode, psw, ctx.padding_idx,
+                ctx.scale_grad_by_freq, False, False, True,
+            )
+        max_rows = aux[2] if ctx.mode == "max" else None
+        ctx.fused.bag_backward(grad, ids, offsets, max_rows, ctx.mode, psw, ctx.padding_idx, ctx.scale_grad_by_freq)
+        return None, grad_psw, None, None, None, None, None, None, None

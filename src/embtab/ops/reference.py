@@ -191,13 +191,21 @@ def renorm_(weight: torch.Tensor, ids: torch.Tensor, max_norm: float, norm_type:
     """Rescale, in place, each referenced row whose norm exceeds ``max_norm`` to ``max_norm``.
 
     The scale is ``max_norm / (norm + 1e-7)``, torch's formula, so rows land just
-    below ``max_norm``.
+    below ``max_norm``. The rounding follows torch's too: the norm is rounded to the
+    weight's dtype, the comparison and the scale are computed in float64, and the scale
+    is applied in the accumulation dtype. Bit-equal rows matter: in ``mode="max"`` two
+    rows renormalised to the same length can tie, and the tie decides the gradient.
     """
     rows = torch.unique(ids[ids >= 0]).to(torch.int64)
     if rows.numel() == 0:
         return
+    acc = _acc_dtype(weight.dtype)
     values = weight.index_select(0, rows)
-    norms = torch.linalg.vector_norm(values.to(_acc_dtype(weight.dtype)), ord=norm_type, dim=1)
+    norms = torch.linalg.vector_norm(values.to(acc), ord=norm_type, dim=1).to(weight.dtype).double()
     over = norms > max_norm
-    scale = torch.where(over, max_norm / (norms + 1e-7), torch.ones_like(norms))
-    weight.index_copy_(0, rows[over], (values[over] * scale[over].unsqueeze(1)).to(weight.dtype))
+    # A tensor numerator: `scalar / tensor` is computed as `scalar * (1 / tensor)`,
+    # one rounding more than torch's kernel makes. Half types scale in their own dtype,
+    # as `row *= scale` does there.
+    scale = torch.full_like(norms[over], max_norm) / (norms[over] + 1e-7)
+    scale = scale.to(weight.dtype).to(acc)
+    weight.index_copy_(0, rows[over], (values[over].to(acc) * scale.unsqueeze(1)).to(weight.dtype))

@@ -1,0 +1,239 @@
+"""Checkpoints: weights, optimizer state, RNG states and loop state in one safetensors file.
+
+One file per checkpoint, written atomically (temp file, fsync, rename), so a run killed
+at any moment, ``kill -9`` included, leaves either the previous complete checkpoint or
+the new one, never half of one. Tensors (the model's ``state_dict``, which holds the
+fused optimizers' per-row state, the ``torch.optim`` optimizers' tensors, the RNG
+states) are safetensors tensors; everything else (loop state, optimizer
+hyperparameters, step counts) is JSON in the safetensors metadata, with a format name
+and version so that a foreign or corrupt file is rejected with a clear error.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from .._io import atomic_write_bytes
+from .common import AppError
+
+FORMAT_NAME = "embtab.checkpoint"
+FORMAT_VERSION = 1
+WEIGHTS_FORMAT_NAME = "embtab.weights"
+
+
+def _tensor_for_file(t: Tensor) -> Tensor:
+    # safetensors wants dense, contiguous CPU tensors that share no storage.
+    if t.is_sparse:
+        t = t.to_dense()
+    return t.detach().cpu().contiguous().clone()
+
+
+@dataclass
+class Checkpoint:
+    """What :func:`load_checkpoint` read.
+
+    Attributes:
+        model_state: the model's ``state_dict``.
+        optimizer_states: ``torch.optim`` ``state_dict`` per optimizer name.
+        state: the training loop's JSON state (epoch, history, best score, ...).
+        rng: RNG states (see :func:`restore_rng`).
+    """
+
+    path: Path
+    model_state: dict[str, Tensor]
+    optimizer_states: dict[str, dict[str, Any]]
+    state: dict[str, Any]
+    rng: dict[str, Any]
+
+
+def capture_rng(generator: torch.Generator | None = None) -> tuple[dict[str, Tensor], dict[str, Any]]:
+    """The torch, numpy and Python RNG states (and ``generator``'s): (tensors, JSON)."""
+    tensors = {"rng/torch": torch.get_rng_state()}
+    if generator is not None:
+        tensors["rng/generator"] = generator.get_state()
+    name, keys, pos, has_gauss, cached = np.random.get_state()
+    tensors["rng/numpy_keys"] = torch.from_numpy(np.asarray(keys, dtype=np.int64))
+    version, internal, gauss = random.getstate()
+    meta = {"numpy": [name, int(pos), int(has_gauss), float(cached)], "python": [version, list(internal), gauss]}
+    return tensors, meta
+
+
+def restore_rng(ckpt: Checkpoint, generator: torch.Generator | None = None) -> None:
+    """Put back the RNG states saved by :func:`save_checkpoint`."""
+    rng = ckpt.rng
+    torch.set_rng_state(rng["torch"])
+    if generator is not None and "generator" in rng:
+        generator.set_state(rng["generator"])
+    if "numpy_keys" in rng and "numpy" in rng["json"]:
+        name, pos, has_gauss, cached = rng["json"]["numpy"]
+        np.random.set_state((name, rng["numpy_keys"].numpy().astype(np.uint32), pos, has_gauss, cached))
+    if "python" in rng["json"]:
+        version, internal, gauss = rng["json"]["python"]
+        random.setstate((version, tuple(internal), gauss))
+
+
+def save_checkpoint(
+    path: str | os.PathLike[str],
+    *,
+    model: torch.nn.Module,
+    optimizers: dict[str, torch.optim.Optimizer],
+    state: dict[str, Any],
+    generator: torch.Generator | None = None,
+) -> None:
+    """Write a complete training checkpoint to ``path``, atomically."""
+    from safetensors.torch import save
+
+    tensors: dict[str, Tensor] = {f"model/{k}": _tensor_for_file(v) for k, v in model.state_dict().items()}
+    optim_meta: dict[str, Any] = {}
+    for name, opt in optimizers.items():
+        sd = opt.state_dict()
+        scalars: dict[str, dict[str, Any]] = {}
+        tensor_keys: dict[str, list[str]] = {}
+        for pid, entry in sd["state"].items():
+            for key, value in entry.items():
+                if isinstance(value, Tensor):
+                    tensors[f"optim/{name}/{pid}/{key}"] = _tensor_for_file(value)
+                    tensor_keys.setdefault(str(pid), []).append(key)
+                else:
+                    scalars.setdefault(str(pid), {})[key] = value
+        optim_meta[name] = {"param_groups": sd["param_groups"], "scalars": scalars, "tensor_keys": tensor_keys}
+    rng_tensors, rng_json = capture_rng(generator)
+    tensors.update(rng_tensors)
+    metadata = {
+        "format": FORMAT_NAME,
+        "format_version": str(FORMAT_VERSION),
+        "state": json.dumps(state),
+        "optimizers": json.dumps(optim_meta),
+        "rng": json.dumps(rng_json),
+    }
+    atomic_write_bytes(path, save(tensors, metadata=metadata))
+
+
+def _open(path: Path, what: str) -> tuple[dict[str, str], dict[str, Tensor]]:
+    from safetensors import safe_open
+
+    if not path.is_file():
+        raise AppError(f"{what} not found: {str(path)!r}")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+    except Exception as exc:  # safetensors raises its own error types for a damaged header
+        raise AppError(f"{what} {str(path)!r} is not a readable safetensors file ({exc}); it is corrupt") from None
+    return meta, tensors
+
+
+def _check_format(meta: dict[str, str], expected: str, path: Path, what: str) -> None:
+    if meta.get("format") != expected:
+        raise AppError(
+            f"{what} {str(path)!r} is not an {expected} file (format {meta.get('format')!r}); "
+            f"it was not written by this program"
+        )
+    version = meta.get("format_version", "")
+    if not version.isdigit() or int(version) > FORMAT_VERSION:
+        raise AppError(
+            f"{what} {str(path)!r} has format version {version!r}; this embtab reads up to "
+            f"{FORMAT_VERSION}: upgrade embtab"
+        )
+
+
+def load_checkpoint(path: str | os.PathLike[str]) -> Checkpoint:
+    """Read a checkpoint written by :func:`save_checkpoint`; reject foreign or corrupt files."""
+    path = Path(path)
+    meta, tensors = _open(path, "checkpoint")
+    _check_format(meta, FORMAT_NAME, path, "checkpoint")
+    try:
+        state = json.loads(meta["state"])
+        optim_meta = json.loads(meta["optimizers"])
+        rng_json = json.loads(meta["rng"])
+    except (KeyError, json.JSONDecodeError) as exc:
+        raise AppError(f"checkpoint {str(path)!r} has damaged metadata ({exc})") from None
+    model_state = {k[len("model/"):]: v for k, v in tensors.items() if k.startswith("model/")}
+    optimizer_states: dict[str, dict[str, Any]] = {}
+    for name, om in optim_meta.items():
+        st: dict[int, dict[str, Any]] = {}
+        for pid, entries in om["scalars"].items():
+            st.setdefault(int(pid), {}).update(entries)
+        for pid, keys in om["tensor_keys"].items():
+            for key in keys:
+                st.setdefault(int(pid), {})[key] = tensors[f"optim/{name}/{pid}/{key}"]
+        optimizer_states[name] = {"state": st, "param_groups": om["param_groups"]}
+    rng: dict[str, Any] = {k[len("rng/"):]: v for k, v in tensors.items() if k.startswith("rng/")}
+    rng["json"] = rng_json
+    return Checkpoint(path, model_state, optimizer_states, state, rng)
+
+
+def restore(ckpt: Checkpoint, model: torch.nn.Module, optimizers: dict[str, torch.optim.Optimizer]) -> None:
+    """Load a checkpoint's weights and optimizer states into ``model`` and ``optimizers``."""
+    try:
+        model.load_state_dict(ckpt.model_state)
+    except RuntimeError as exc:
+        raise AppError(
+            f"checkpoint {str(ckpt.path)!r} does not fit this model ({str(exc).splitlines()[0]}); "
+            f"was the run folder's config.json changed?"
+        ) from None
+    missing = set(optimizers) - set(ckpt.optimizer_states)
+    if missing:
+        raise AppError(f"checkpoint {str(ckpt.path)!r} has no state for optimizer(s) {sorted(missing)}")
+    for name, opt in optimizers.items():
+        opt.load_state_dict(ckpt.optimizer_states[name])
+
+
+def _is_optimizer_state(key: str) -> bool:
+    # Fused optimizers keep their per-row state as module buffers named ``optim_<name>``.
+    return key.rsplit(".", 1)[-1].startswith("optim_")
+
+
+def save_weights(path: str | os.PathLike[str], model: torch.nn.Module, info: dict[str, Any] | None = None) -> None:
+    """The model's ``state_dict`` without optimizer state (the best model so far), atomically.
+
+    A fused optimizer's per-row state (``optim_*`` buffers, as large as the table or
+    twice that for Adam) is left out: these weights are for prediction, not for training.
+    """
+    from safetensors.torch import save
+
+    tensors = {k: _tensor_for_file(v) for k, v in model.state_dict().items() if not _is_optimizer_state(k)}
+    metadata = {"format": WEIGHTS_FORMAT_NAME, "format_version": str(FORMAT_VERSION),
+                "info": json.dumps(info or {})}
+    atomic_write_bytes(path, save(tensors, metadata=metadata))
+
+
+def load_weights(path: str | os.PathLike[str], model: torch.nn.Module) -> dict[str, Any]:
+    """Load weights written by :func:`save_weights` into ``model``; returns their ``info``."""
+    path = Path(path)
+    meta, tensors = _open(path, "weights file")
+    _check_format(meta, WEIGHTS_FORMAT_NAME, path, "weights file")
+    try:
+        result = model.load_state_dict(tensors, strict=False)
+    except RuntimeError as exc:
+        raise AppError(f"weights file {str(path)!r} does not fit this model ({str(exc).splitlines()[0]})") from None
+    missing = [k for k in result.missing_keys if not _is_optimizer_state(k)]
+    if missing or result.unexpected_keys:
+        raise AppError(
+            f"weights file {str(path)!r} does not fit this model (missing {missing[:3]}, unexpected "
+            f"{list(result.unexpected_keys)[:3]})"
+        )
+    return json.loads(meta.get("info", "{}"))
+
+
+def remove_stale_temp_files(folder: str | os.PathLike[str]) -> int:
+    """Delete temp files left by a write that was killed; returns how many."""
+    n = 0
+    folder = Path(folder)
+    if folder.is_dir():
+        for p in folder.glob(".*.tmp"):
+            try:
+                p.unlink()
+                n += 1
+            except OSError:
+                pass
+    return n

@@ -1,0 +1,166 @@
+"""Shared plumbing of the applications: errors, messages on stderr, run folders, JSON files."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+from torch import Tensor
+
+from .._io import atomic_write_text
+
+RUN_FORMAT = "embtab.run"
+RUN_FORMAT_VERSION = 1
+
+
+class AppError(ValueError):
+    """Bad input to an application (missing file, unknown column, ...).
+
+    The command line prints its message as one line and exits with status 2, so the
+    message must say what was wrong and what to do instead.
+    """
+
+
+def log(message: str, *, quiet: bool = False) -> None:
+    """A progress message on stderr (stdout is kept for results)."""
+    if not quiet:
+        print(message, file=sys.stderr, flush=True)
+
+
+def is_tty(stream: Any = None) -> bool:
+    stream = sys.stderr if stream is None else stream
+    try:
+        return bool(stream.isatty())
+    except (AttributeError, ValueError):
+        return False
+
+
+def set_threads(threads: int | None) -> None:
+    """Use ``threads`` intra-op threads (``None``: leave torch's default)."""
+    if threads is not None:
+        if threads < 1:
+            raise AppError(f"--threads must be at least 1, got {threads}")
+        torch.set_num_threads(threads)
+
+
+def require(module: str, extra: str = "apps") -> Any:
+    """Import an optional dependency or raise an :class:`AppError` with the install command."""
+    import importlib
+
+    try:
+        return importlib.import_module(module)
+    except ImportError as exc:
+        raise AppError(
+            f"this command needs the Python package {module!r} ({exc}); install it with "
+            f"pip install 'embtab[{extra}]'"
+        ) from exc
+
+
+def _json_default(obj: Any) -> Any:
+    if isinstance(obj, Path):
+        return str(obj)
+    if isinstance(obj, torch.Tensor):
+        return obj.tolist()
+    if hasattr(obj, "item"):  # numpy scalars
+        return obj.item()
+    raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
+
+
+def _clean(obj: Any) -> Any:
+    """NaN and infinities are not JSON: write them as null."""
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, dict):
+        return {k: _clean(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_clean(v) for v in obj]
+    return obj
+
+
+def write_json(path: str | os.PathLike[str], obj: Any) -> None:
+    """Write ``obj`` as indented JSON, atomically."""
+    text = json.dumps(_clean(obj), indent=2, default=_json_default, ensure_ascii=False) + "\n"
+    atomic_write_text(path, text)
+
+
+def read_json(path: str | os.PathLike[str], what: str) -> Any:
+    path = Path(path)
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise AppError(f"{what} not found: {str(path)!r}") from None
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise AppError(f"{what} {str(path)!r} is not valid JSON ({exc}); the file is corrupt") from None
+
+
+def default_run_dir(app: str, root: str | os.PathLike[str] = "runs") -> Path:
+    """``runs/<app>-YYYYmmdd-HHMMSS`` (a suffix is added if that exists already)."""
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    base = Path(root) / f"{app}-{stamp}"
+    path, n = base, 1
+    while path.exists():
+        n += 1
+        path = base.with_name(f"{base.name}-{n}")
+    return path
+
+
+def prepare_new_run_dir(path: str | os.PathLike[str], *, create: bool = True) -> Path:
+    """Create a fresh run folder; refuse one that already holds files (use --resume).
+
+    ``create=False`` only checks, so that a command can refuse early, before slow work.
+    """
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise AppError(f"--out {str(path)!r} exists and is not a folder")
+    if path.is_dir() and any(path.iterdir()):
+        raise AppError(
+            f"--out {str(path)!r} already holds files; choose a new folder, or continue that "
+            f"run with --resume {str(path)!r}"
+        )
+    if create:
+        path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def format_seconds(seconds: float) -> str:
+    if seconds < 60:
+        return f"{seconds:.1f}s"
+    minutes, sec = divmod(int(round(seconds)), 60)
+    return f"{minutes}m{sec:02d}s"
+
+
+@dataclass
+class Bags:
+    """Variable-length bags of ids: bag ``i`` is ``flat[starts[i]:starts[i + 1]]``."""
+
+    flat: Tensor  # (N,) int64
+    starts: Tensor  # (B + 1,) int64
+
+    @classmethod
+    def from_lists(cls, lists: Sequence[Sequence[int]]) -> "Bags":
+        lengths = torch.tensor([len(x) for x in lists], dtype=torch.int64)
+        starts = torch.zeros(len(lists) + 1, dtype=torch.int64)
+        starts[1:] = torch.cumsum(lengths, 0)
+        flat = torch.tensor([i for x in lists for i in x], dtype=torch.int64)
+        return cls(flat, starts)
+
+    def __len__(self) -> int:
+        return self.starts.numel() - 1
+
+    def take(self, idx: Tensor) -> tuple[Tensor, Tensor]:
+        """The ``input`` and ``offsets`` of ``EmbeddingBag`` for bags ``idx``."""
+        begin, end = self.starts[idx], self.starts[idx + 1]  # (b,)
+        lengths = end - begin
+        offsets = torch.zeros_like(lengths)
+        offsets[1:] = torch.cumsum(lengths, 0)[:-1]
+        total = int(lengths.sum())
+        # Position of each output id in `flat`: its bag's start plus its rank in the bag.
+        pos = torch.repeat_interleave(begin - offsets, lengths) + torch.arange(total)
+        return self.flat[pos], offsets

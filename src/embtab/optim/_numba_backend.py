@@ -1,0 +1,253 @@
+"""The numba backend of the fused update (CPU, contiguous float32/float64 weights).
+
+Importing this module imports numba; :func:`embtab.optim._fused.select_backend` falls
+back to the torch-ops path when that fails. Same functions as the other backends,
+plus :func:`run_jobs`, which runs a whole backward pass in two parallel phases:
+
+1. plan: a table per work item: write where every occurrence's gradient row is, sort
+   the occurrences by row, cut them into segments of equal rows;
+2. update: slices of about equal cost of every table's distinct rows (a row is
+   updated by exactly one thread, so no locks).
+
+Threads: ``torch.get_num_threads()`` of them: the caller plus pool threads running
+``nogil`` kernels, taking work items as they come (see :class:`_Pool`). Idle pool
+threads block, so they never spin against torch's OpenMP threads. Buffers are reused
+between steps: on a VM a fresh multi-MB array costs more in page faults than the
+work done in it.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Sequence
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from .._pool import POOL
+from . import _numba as K
+from ._fused import KIND_CODES, FusedHyper, TableJob
+
+name = "numba"
+
+
+# --- threads and buffers ---------------------------------------------------------------------
+
+
+_scratch = threading.local()
+
+
+def _buffer(key: str, size: int, dtype: type) -> np.ndarray:
+    """A reused (per calling thread) array of at least ``size`` elements."""
+    cache = getattr(_scratch, "arrays", None)
+    if cache is None:
+        cache = _scratch.arrays = {}
+    arr = cache.get((key, np.dtype(dtype)))
+    if arr is None or arr.shape[0] < size:
+        arr = np.empty(max(size, 1024, int(size * 1.25)), dtype)
+        cache[(key, np.dtype(dtype))] = arr
+    return arr
+
+
+def _threads() -> int:
+    return max(1, torch.get_num_threads())
+
+
+def _dummy(dtype: np.dtype, ndim: int) -> np.ndarray:
+    return np.zeros((1,) * ndim, dtype)
+
+
+def _np(t: Tensor) -> np.ndarray:
+    return t.detach().numpy()
+
+
+def _i64(t: Tensor) -> np.ndarray:
+    return t.detach().reshape(-1).to(torch.int64).contiguous().numpy()
+
+
+def _state_arrays(weight: np.ndarray, state: dict[str, Tensor]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(s1, s2, step) in the kernel's layout, with dummies for what the kind lacks."""
+    if "exp_avg" in state:
+        return _np(state["exp_avg"]), _np(state["exp_avg_sq"]), _np(state["step"])
+    s2, step = _dummy(weight.dtype, 2), _dummy(np.int64, 1)
+    if "sum" in state:
+        s = _np(state["sum"])
+        return (s.reshape(-1, 1) if s.ndim == 1 else s), s2, step
+    return _dummy(weight.dtype, 2), s2, step
+
+
+def _hyper_array(hyper: FusedHyper) -> np.ndarray:
+    return np.array([hyper.lr, hyper.eps, hyper.beta1, hyper.beta2, hyper.weight_decay], np.float64)
+
+
+def _usable(weight: Tensor, state: dict[str, Tensor]) -> bool:
+    return (
+        weight.device.type == "cpu" and weight.dtype in (torch.float32, torch.float64) and weight.is_contiguous()
+        and all(s.is_contiguous() and s.dtype in (weight.dtype, torch.int64) for s in state.values())
+    )
+
+
+# Rows per work item: enough to amortise a kernel call (~10 us), few enough that a
+# late thread still finds work and the caller never waits long for one in progress.
+_ROWS_PER_ITEM = 4096
+
+
+class _Updates:
+    """The update of several tables as work items: (table, first row, end row) slices
+    of about equal cost (``chunk_bounds``), handed to the pool."""
+
+    def __init__(self, kind: int, hyper: np.ndarray, grad: np.ndarray, scale: np.ndarray) -> None:
+        self.kind, self.hyper, self.grad, self.scale = kind, hyper, grad, scale
+        self.tables: list[tuple] = []
+        self.items: list[tuple[int, int, int]] = []
+
+    def add(self, weight: np.ndarray, state: tuple[np.ndarray, np.ndarray, np.ndarray], rows: np.ndarray,
+            starts: np.ndarray, src: np.ndarray, has_scale: bool, freq: bool, scale: np.ndarray | None = None) -> None:
+        num = rows.shape[0]
+        if num == 0:
+            return
+        t = len(self.tables)
+        self.tables.append((weight, state, rows, starts, src, has_scale, freq, self.scale if scale is None else scale))
+        pieces = max(1, min(64, num // _ROWS_PER_ITEM))
+        bounds = K.chunk_bounds(starts, num, pieces) if pieces > 1 else (0, num)
+        self.items += [(t, int(bounds[c]), int(bounds[c + 1])) for c in range(pieces)]
+
+    def item(self, i: int) -> None:
+        t, lo, hi = self.items[i]
+        w, st, rows, starts, src, has_scale, freq, scale = self.tables[t]
+        K.update_rows(self.kind, w, st[0], st[1], st[2], rows, starts, src, scale, has_scale, self.grad, self.hyper,
+                      freq, lo, hi)
+
+    def run(self) -> None:
+        POOL.run(self.item, len(self.items), _threads())
+
+
+# --- the backend interface ---------------------------------------------------------------------
+
+
+def fused_update(weight: Tensor, state: dict[str, Tensor], rows: Tensor, grads: Tensor, hyper: FusedHyper) -> None:
+    """Apply one step to the distinct ``rows`` (U,) given their summed ``grads`` (U, D)."""
+    num = rows.numel()
+    if num == 0:
+        return
+    if not _usable(weight, state):
+        from . import _torch_backend
+
+        _torch_backend.fused_update(weight, state, rows, grads, hyper)
+        return
+    w = _np(weight)
+    dim = w.shape[1]
+    g = grads.detach().to(weight.dtype).contiguous().reshape(-1).numpy()
+    st = _state_arrays(w, state)
+    starts = np.arange(num + 1, dtype=np.int64)
+    updates = _Updates(KIND_CODES[hyper.kind], _hyper_array(hyper), g, _dummy(w.dtype, 1))
+    updates.add(w, st, _i64(rows), starts, starts[:num] * dim, False, False)
+    updates.run()
+
+
+def segment_update(
+    weight: Tensor, state: dict[str, Tensor], rows: Tensor, starts: Tensor, order: Tensor, src: Tensor,
+    scale: Tensor | None, grad_flat: Tensor, hyper: FusedHyper, scale_grad_by_freq: bool,
+) -> None:
+    """Sum each row's occurrences and update it, in one pass (see :mod:`embtab.optim`)."""
+    if rows.numel() == 0:
+        return
+    w = _np(weight)
+    st = _state_arrays(w, state)
+    o = order.to(torch.int64)
+    # Occurrences in sorted order, so that the kernel reads them sequentially.
+    sc = _dummy(w.dtype, 1) if scale is None else _np(scale[o].to(weight.dtype).contiguous())
+    r, s, sr = _i64(rows), _i64(starts - starts[0]), _i64(src[o])
+    g = _np(grad_flat.to(weight.dtype).contiguous())
+    updates = _Updates(KIND_CODES[hyper.kind], _hyper_array(hyper), g, sc)
+    updates.add(w, st, r, s, sr, scale is not None, scale_grad_by_freq)
+    updates.run()
+
+
+def run_jobs(jobs: Sequence[TableJob], hyper: FusedHyper) -> None:
+    """Every job of a backward pass: planned and updated in two parallel phases."""
+    from . import _torch_backend
+    from ._fused import generic_run
+
+    groups: dict[tuple[int, torch.dtype], list[TableJob]] = {}
+    for job in jobs:
+        if not _usable(job.weight, job.state):
+            generic_run(_torch_backend, [job], hyper)
+        elif job.rows is not None:
+            fused_update(job.weight, job.state, job.rows, job.grads, hyper)
+        elif job.sources:
+            groups.setdefault((id(job.grad_flat), job.weight.dtype), []).append(job)
+    for group in groups.values():
+        _run_group(group, hyper)
+
+
+def _run_group(jobs: Sequence[TableJob], hyper: FusedHyper) -> None:
+    """Jobs of one weight dtype whose sources index the same flat gradient."""
+    dtype = _np(jobs[0].weight[:0]).dtype
+    sources = [(t, s) for t, job in enumerate(jobs) for s in job.sources]
+    num_tables, num_sources = len(jobs), len(sources)
+    table = np.empty((num_sources, K.NUM_COLUMNS), np.int64)
+    first_source = np.zeros(num_tables + 1, np.int64)  # table t's sources: first_source[t]:first_source[t + 1]
+    flags = np.zeros(num_sources, np.int64)
+    total = ends_total = 0
+    for i, (t, s) in enumerate(sources):
+        n, b = s.ids.numel(), s.ends.numel() - 1
+        table[i, K.ID_LO], table[i, K.ID_HI], table[i, K.ENDS_LO], table[i, K.NUM_BAGS] = total, total + n, ends_total, b
+        table[i, K.BASE], table[i, K.STRIDE] = s.base, s.stride
+        flags[i] = (K.MEAN if s.mean else 0) | (K.PSW if s.per_sample_weights is not None else 0)
+        first_source[t + 1] = i + 1
+        total += n
+        ends_total += b + 1
+    table[:, K.FLAGS] = flags
+    if num_sources == 1:  # the common single-lookup case: no copies
+        ids = _i64(sources[0][1].ids)
+        ends = _i64(sources[0][1].ends)
+    else:
+        # numpy, not torch.cat: one thread copies 2.6 MB in ~0.3 ms, while a torch op
+        # big enough to go parallel waits for a second core (many ms on a busy machine).
+        ids = np.concatenate([_i64(s.ids) for _, s in sources], out=_buffer("ids", total, np.int64)[:total])
+        ends = np.concatenate([_i64(s.ends) for _, s in sources])
+    psw = _dummy(dtype, 1)
+    if flags.any():
+        psw = _buffer("psw", total, dtype)
+        for i, (_, s) in enumerate(sources):
+            if s.per_sample_weights is not None:
+                psw[table[i, K.ID_LO]:table[i, K.ID_HI]] = _np(s.per_sample_weights.reshape(-1).to(jobs[0].weight.dtype))
+    scale = _buffer("scale", total, dtype) if flags.any() else _dummy(dtype, 1)
+    sorted_scale = _buffer("sorted_scale", total, dtype) if flags.any() else _dummy(dtype, 1)
+    src = _buffer("src", total, np.int64)
+    keys = _buffer("keys", total, np.int64)
+    order = _buffer("order", total, np.int64)
+    tmp_keys = _buffer("tmp_keys", total, np.int64)
+    tmp_order = _buffer("tmp_order", total, np.int64)
+    starts = _buffer("starts", total + num_tables, np.int64)
+    rows = _buffer("rows", total, np.int64)
+    num_unique = np.zeros(num_tables, np.int64)
+    pads = [-1 if job.padding_idx is None else job.padding_idx for job in jobs]
+
+    # Phase 1: a table per work item, the biggest first (so a late thread finds the rest).
+    by_size = sorted(range(num_tables), key=lambda t: -int(
+        table[first_source[t + 1] - 1, K.ID_HI] - table[first_source[t], K.ID_LO]))
+
+    def plan(i: int) -> None:
+        t = by_size[i]
+        num_unique[t] = K.plan_table(
+            ids, ends, table, first_source[t], first_source[t + 1], pads[t], jobs[t].weight.shape[0], psw,
+            src, scale, keys, order, tmp_keys, tmp_order, starts, table[first_source[t], K.ID_LO] + t, rows,
+            sorted_scale,
+        )
+
+    POOL.run(plan, num_tables, _threads())
+
+    # Phase 2: slices of every table's distinct rows. ``order`` now holds the sorted
+    # gradient offsets and ``sorted_scale`` the sorted scales (see plan_table).
+    grad = _np(jobs[0].grad_flat.to(jobs[0].weight.dtype).contiguous())
+    updates = _Updates(KIND_CODES[hyper.kind], _hyper_array(hyper), grad, sorted_scale)
+    for t, job in enumerate(jobs):
+        u = int(num_unique[t])
+        lo = int(table[first_source[t], K.ID_LO])
+        w = _np(job.weight)
+        updates.add(w, _state_arrays(w, job.state), rows[lo:lo + u], starts[lo + t:lo + t + u + 1], order,
+                    bool(flags[first_source[t]:first_source[t + 1]].any()), job.scale_grad_by_freq)
+    updates.run()

@@ -1,0 +1,108 @@
+"""The fused update in torch ops: any device and dtype, the fallback when numba is missing.
+
+Same functions and signatures as the other backends (see :mod:`embtab.optim`). Rows
+are gathered with ``index_select``, updated with a few vectorised ops in the
+accumulation dtype (float32 for 16-bit weights), and written back with
+``index_copy_``: correct everywhere, several passes over the touched rows.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from ._fused import FusedHyper
+
+name = "torch"
+
+
+def _acc(dtype: torch.dtype) -> torch.dtype:
+    return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
+
+
+def plan(ids: Tensor, padding_idx: int | None) -> tuple[Tensor, Tensor, Tensor]:
+    """Distinct kept rows (U,) ascending, segment starts (U + 1,), occurrence order (M,).
+
+    The occurrences of ``rows[u]`` are positions ``order[starts[u]:starts[u + 1]]`` of ``ids``,
+    in increasing position (a stable sort).
+    """
+    flat = ids.reshape(-1)
+    keep = flat >= 0
+    if padding_idx is not None:
+        keep &= flat != padding_idx
+    positions = keep.nonzero().squeeze(1)  # (M,)
+    sorted_ids, perm = torch.sort(flat[positions].to(torch.int64), stable=True)
+    order = positions[perm]
+    rows, counts = torch.unique_consecutive(sorted_ids, return_counts=True)
+    starts = torch.zeros(rows.numel() + 1, dtype=torch.int64, device=ids.device)
+    torch.cumsum(counts, 0, out=starts[1:])
+    return rows, starts, order
+
+
+def segment_sum(
+    rows: Tensor, starts: Tensor, order: Tensor, src: Tensor, scale: Tensor | None, grad_flat: Tensor,
+    dim: int, scale_grad_by_freq: bool,
+) -> Tensor:
+    """(U, dim) summed gradient rows: row u sums ``scale[j] * grad_flat[src[j]:src[j] + dim]``."""
+    acc = _acc(grad_flat.dtype)
+    counts = starts[1:] - starts[:-1]  # (U,)
+    offsets = src[order]  # (M,)
+    per_occurrence = grad_flat[offsets.unsqueeze(1) + torch.arange(dim, device=grad_flat.device)].to(acc)  # (M, D)
+    if scale is not None:
+        per_occurrence = per_occurrence * scale[order].to(acc).unsqueeze(1)
+    segment = torch.repeat_interleave(torch.arange(rows.numel(), device=rows.device), counts, output_size=order.numel())
+    out = torch.zeros(rows.numel(), dim, dtype=acc, device=grad_flat.device)
+    out.index_add_(0, segment, per_occurrence)
+    if scale_grad_by_freq:
+        out /= counts.to(acc).unsqueeze(1)
+    return out
+
+
+@torch.no_grad()
+def fused_update(weight: Tensor, state: dict[str, Tensor], rows: Tensor, grads: Tensor, hyper: FusedHyper) -> None:
+    """Apply one step of ``hyper.kind`` to ``weight[rows]`` (and its state) given summed ``grads``."""
+    if rows.numel() == 0:
+        return
+    acc = _acc(weight.dtype)
+    rows = rows.to(torch.int64)
+    w = weight.index_select(0, rows).to(acc)  # (U, D)
+    g = grads.to(acc)
+    lr, eps, wd = hyper.lr, hyper.eps, hyper.weight_decay
+    kind = hyper.kind
+    if kind != "adamw" and wd:
+        g = g + wd * w
+    if kind == "sgd":
+        w -= lr * g
+    elif kind == "adagrad":
+        s = state["sum"].index_select(0, rows) + g * g
+        state["sum"].index_copy_(0, rows, s)
+        w -= lr * g / (s.sqrt() + eps)
+    elif kind == "rowwise_adagrad":
+        s = state["sum"].index_select(0, rows) + (g * g).mean(1)
+        state["sum"].index_copy_(0, rows, s)
+        w -= (lr / (s.sqrt() + eps)).unsqueeze(1) * g
+    elif kind in ("adam", "adamw"):
+        step = state["step"].index_select(0, rows) + 1
+        state["step"].index_copy_(0, rows, step)
+        if kind == "adamw":
+            w *= 1 - lr * wd
+        m = state["exp_avg"].index_select(0, rows).lerp(g, 1 - hyper.beta1)
+        v = state["exp_avg_sq"].index_select(0, rows) * hyper.beta2 + (1 - hyper.beta2) * g * g
+        state["exp_avg"].index_copy_(0, rows, m)
+        state["exp_avg_sq"].index_copy_(0, rows, v)
+        t = step.to(torch.float64)
+        step_size = (lr / (1 - hyper.beta1**t)).to(acc).unsqueeze(1)
+        bc2_sqrt = (1 - hyper.beta2**t).sqrt().to(acc).unsqueeze(1)
+        w -= step_size * m / (v.sqrt() / bc2_sqrt + eps)
+    else:  # pragma: no cover - specs only produce the kinds above
+        raise ValueError(f"unknown fused optimizer kind {kind!r}")
+    weight.index_copy_(0, rows, w.to(weight.dtype))
+
+
+def segment_update(
+    weight: Tensor, state: dict[str, Tensor], rows: Tensor, starts: Tensor, order: Tensor, src: Tensor,
+    scale: Tensor | None, grad_flat: Tensor, hyper: FusedHyper, scale_grad_by_freq: bool,
+) -> None:
+    """:func:`segment_sum` then :func:`fused_update`."""
+    grads = segment_sum(rows, starts, order, src, scale, grad_flat, weight.shape[1], scale_grad_by_freq)
+    fused_update(weight, state, rows, grads, hyper)

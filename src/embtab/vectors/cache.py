@@ -1,0 +1,177 @@
+"""The cache format: a safetensors file that loads memory-mapped.
+
+Layout (a valid safetensors file, readable by ``safetensors.safe_open``):
+
+``token_lengths``  int64 ``(n,)``: the length of each token, in characters
+``vectors``        ``(n, dim)`` in the vectors' dtype, 8-byte aligned, memory-mapped on load
+``token_chars``    uint8: all tokens, UTF-8, one after the other
+
+and string metadata: ``format`` (``"embtab.vectors"``), ``format_version``, ``count``,
+``dim``, and where the vectors came from: ``source`` (file name), ``source_format``,
+``source_sha256`` (SHA-256 of the source file's bytes) and ``load_options`` (JSON).
+
+The file is written by us, not by ``safetensors.torch.save_file``, so that the matrix
+goes from memory to disk without an intermediate copy, and read by us, so that the
+matrix is an ``np.memmap``: loading costs the token list, not the matrix.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import struct
+import sys
+from itertools import accumulate
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from .._io import atomic_open
+
+FORMAT_NAME = "embtab.vectors"
+FORMAT_VERSION = 1
+
+_ST_DTYPES: dict[torch.dtype, tuple[str, str]] = {
+    # torch dtype: (safetensors name, numpy dtype of the raw bytes)
+    torch.float32: ("F32", "<f4"),
+    torch.float64: ("F64", "<f8"),
+    torch.float16: ("F16", "<f2"),
+    torch.bfloat16: ("BF16", "<i2"),  # numpy has no bfloat16: map the bits, view in torch
+}
+_FROM_ST = {name: dt for dt, (name, _) in _ST_DTYPES.items()}
+_MAX_HEADER = 100 << 20  # safetensors' own limit on the JSON header
+
+
+def is_cache_file(head: bytes) -> bool:
+    """Whether the first bytes of a file look like a safetensors file."""
+    if len(head) < 10:
+        return False
+    (n,) = struct.unpack("<Q", head[:8])
+    return 0 < n <= _MAX_HEADER and head[8:9] == b"{"
+
+
+def write_cache(
+    path: str | os.PathLike[str],
+    tokens: list[str],
+    matrix: torch.Tensor,
+    metadata: dict[str, str],
+) -> None:
+    """Write ``tokens`` and ``matrix`` (n, dim) atomically (temp file, fsync, rename)."""
+    n, dim = matrix.shape
+    if matrix.dtype not in _ST_DTYPES:
+        raise TypeError(f"Vectors.save: cannot store dtype {matrix.dtype}; convert the vectors to float32")
+    st_name, raw_dtype = _ST_DTYPES[matrix.dtype]
+    # surrogatepass: tokens decoded with unicode_errors="surrogateescape" survive the trip.
+    chars = "".join(tokens).encode("utf-8", "surrogatepass")
+    lengths = np.fromiter((len(t) for t in tokens), dtype="<i8", count=n)
+    data = matrix.detach().to("cpu").contiguous()
+    raw = data.view(torch.int16) if matrix.dtype == torch.bfloat16 else data
+    mat_bytes = raw.numpy().astype(raw_dtype, copy=False)
+    sizes = [("token_lengths", "I64", [n], lengths.nbytes),
+             ("vectors", st_name, [n, dim], mat_bytes.nbytes),
+             ("token_chars", "U8", [len(chars)], len(chars))]
+    header: dict[str, Any] = {}
+    offset = 0
+    for name, dt, shape, size in sizes:
+        header[name] = {"dtype": dt, "shape": shape, "data_offsets": [offset, offset + size]}
+        offset += size
+    meta = {"format": FORMAT_NAME, "format_version": str(FORMAT_VERSION), "count": str(n), "dim": str(dim)}
+    meta.update(metadata)
+    header["__metadata__"] = meta
+    head = json.dumps(header, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+    # Pad with spaces so the data starts 8-byte aligned (safetensors allows this).
+    head += b" " * (-(8 + len(head)) % 8)
+    with atomic_open(path, "wb") as f:
+        f.write(struct.pack("<Q", len(head)))
+        f.write(head)
+        f.write(memoryview(lengths))
+        if mat_bytes.nbytes:
+            f.write(memoryview(mat_bytes.reshape(-1)))
+        f.write(chars)
+
+
+def read_cache(path: str | os.PathLike[str]) -> tuple[list[str], torch.Tensor, dict[str, str]]:
+    """``(tokens, matrix, metadata)`` of a cache file; the matrix is memory-mapped (copy-on-write).
+
+    Raises:
+        ValueError: the file is not a safetensors file, not an embtab vectors cache, from
+            a newer embtab, or truncated.
+    """
+    path = Path(path)
+    where = f"embtab.vectors.load({str(path)!r})"
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        first = f.read(8)
+        if len(first) < 8:
+            raise ValueError(f"{where}: not a vectors cache file: only {len(first)} bytes")
+        (n_head,) = struct.unpack("<Q", first)
+        if not 0 < n_head <= min(_MAX_HEADER, size - 8):
+            raise ValueError(
+                f"{where}: not a safetensors file (header length {n_head} for a file of {size} bytes); "
+                f"pass format='auto' or the file's real format"
+            )
+        try:
+            header = json.loads(f.read(n_head).decode("utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise ValueError(f"{where}: corrupt safetensors header ({e}); write the cache again") from e
+        if not isinstance(header, dict):
+            raise ValueError(f"{where}: corrupt safetensors header; write the cache again")
+        meta = header.get("__metadata__") or {}
+        if meta.get("format") != FORMAT_NAME:
+            raise ValueError(
+                f"{where}: a safetensors file, but not an embtab vectors cache (metadata format="
+                f"{meta.get('format')!r}, tensors {sorted(k for k in header if k != '__metadata__')}); "
+                f"write one with Vectors.save()"
+            )
+        version = meta.get("format_version", "")
+        if not version.isdigit() or int(version) < 1:
+            raise ValueError(f"{where}: bad format_version {version!r}; write the cache again")
+        if int(version) > FORMAT_VERSION:
+            raise ValueError(
+                f"{where}: written by a newer embtab (format_version {version}; this version reads "
+                f"up to {FORMAT_VERSION}); upgrade embtab"
+            )
+        try:
+            specs = {k: header[k] for k in ("token_lengths", "vectors", "token_chars")}
+            n, dim = (int(x) for x in specs["vectors"]["shape"])
+            dtype = _FROM_ST[specs["vectors"]["dtype"]]
+            offs = {k: tuple(int(x) for x in v["data_offsets"]) for k, v in specs.items()}
+        except (KeyError, TypeError, ValueError) as e:
+            raise ValueError(f"{where}: corrupt cache header ({e!r}); write the cache again") from e
+        data_start = 8 + n_head
+        end = max(b for _, b in offs.values())
+        if data_start + end != size:
+            raise ValueError(
+                f"{where}: the file has {size} bytes but its header describes {data_start + end}; "
+                f"it is truncated or corrupt, write the cache again"
+            )
+        raw_dtype = _ST_DTYPES[dtype][1]
+        a, b = offs["vectors"]
+        if b - a != n * dim * np.dtype(raw_dtype).itemsize:
+            raise ValueError(f"{where}: corrupt cache: vectors size does not match shape {(n, dim)}")
+        a_l, b_l = offs["token_lengths"]
+        a_c, b_c = offs["token_chars"]
+        if b_l - a_l != 8 * n:
+            raise ValueError(f"{where}: corrupt cache: {b_l - a_l} bytes of token lengths for {n} tokens")
+        f.seek(data_start + a_l)
+        lengths = np.frombuffer(f.read(b_l - a_l), dtype="<i8")
+        f.seek(data_start + a_c)
+        chars = f.read(b_c - a_c).decode("utf-8", "surrogatepass")
+    if int(lengths.sum()) != len(chars) or (n and int(lengths.min()) < 0):
+        raise ValueError(f"{where}: corrupt cache: token lengths do not add up; write the cache again")
+    ends = list(accumulate(lengths.tolist()))
+    starts = [0] + ends[:-1]
+    tokens = [chars[s:e] for s, e in zip(starts, ends)]
+    if n == 0:
+        matrix = torch.empty((0, dim), dtype=dtype)
+    else:
+        # mode="c": copy-on-write pages; the tensor is writable, the file never changes.
+        mm = np.memmap(path, dtype=raw_dtype, mode="c", offset=data_start + a, shape=(n, dim))
+        if sys.byteorder != "little":
+            mm = mm.astype(mm.dtype.newbyteorder("="))
+        matrix = torch.from_numpy(mm)
+        if dtype == torch.bfloat16:
+            matrix = matrix.view(torch.bfloat16)
+    return tokens, matrix, dict(meta)

@@ -1,0 +1,324 @@
+"""``embtab.vectors.Vectors`` and ``embtab.vectors.load``."""
+
+from __future__ import annotations
+
+import gzip
+import os
+import warnings
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+import torch
+from torch import Tensor
+
+from .._io import atomic_open
+from . import _load
+from ._binary import write_binary
+from ._text import write_text
+from .cache import read_cache, write_cache
+
+EXPORT_FORMATS = ("glove", "word2vec", "fasttext", "word2vec_binary")
+
+
+class Vectors:
+    """Pretrained word vectors: tokens in file order and their ``(n, dim)`` matrix.
+
+    Usually made by :func:`load`; can also be built from a token list and a tensor.
+
+    Args:
+        tokens: ``n`` distinct tokens.
+        vectors: an ``(n, dim)`` floating-point tensor (CPU or GPU).
+        format: where the vectors came from (``"glove"``, ``"word2vec"``, ...), for display.
+        source: the file they were read from, if any.
+
+    Attributes:
+        tokens: the tokens, in file order (a list: do not modify it).
+        vectors: the ``(n, dim)`` tensor.
+        format: the format they were read from (what ``format="auto"`` detected).
+        source: the path they were read from.
+        skipped: rows dropped by ``on_bad_line="warn"``/``"skip"``.
+        duplicates: rows dropped because their token had appeared before.
+
+    Examples:
+        >>> v = Vectors(["a", "b"], torch.tensor([[1.0, 0.0], [0.6, 0.8]]))
+        >>> v["b"], v.index("b"), v.dim, len(v), "c" in v
+        (tensor([0.6000, 0.8000]), 1, 2, 2, False)
+        >>> v.most_similar("a", k=1)
+        [('b', 0.6000000238418579)]
+    """
+
+    def __init__(
+        self,
+        tokens: Sequence[str],
+        vectors: Tensor,
+        *,
+        format: str | None = None,
+        source: str | os.PathLike[str] | None = None,
+        _index: dict[str, int] | None = None,
+        _info: dict[str, Any] | None = None,
+    ) -> None:
+        where = "Vectors"
+        if not isinstance(vectors, Tensor):
+            raise TypeError(f"{where}: vectors must be a torch.Tensor, got {type(vectors).__name__}")
+        if vectors.dim() != 2 or not vectors.is_floating_point():
+            raise ValueError(
+                f"{where}: vectors must be a 2-D floating-point tensor (n, dim), got shape "
+                f"{tuple(vectors.shape)} of {vectors.dtype}"
+            )
+        tokens = tokens if isinstance(tokens, list) else list(tokens)
+        if len(tokens) != vectors.shape[0]:
+            raise ValueError(
+                f"{where}: {len(tokens)} tokens for {vectors.shape[0]} rows of vectors; they must match"
+            )
+        if _index is None:
+            _index = {}
+            for i, tok in enumerate(tokens):
+                if not isinstance(tok, str):
+                    raise TypeError(f"{where}: tokens must be str, got {tok!r} at row {i}")
+                if _index.setdefault(tok, i) != i:
+                    raise ValueError(f"{where}: token {tok!r} appears twice, at rows {_index[tok]} and {i}")
+        info = dict(_info or {})
+        self.tokens: list[str] = tokens
+        self.vectors: Tensor = vectors
+        self.format: str | None = format or info.get("format")
+        self.source: str | None = None if source is None else str(source)
+        self.skipped: int = int(info.get("skipped", 0))
+        self.duplicates: int = int(info.get("duplicates", 0))
+        self._index = _index
+        self._info = info
+        self._norms: tuple[tuple[int, int, torch.device], Tensor] | None = None
+
+    # ------------------------------------------------------------------ lookups
+    @property
+    def dim(self) -> int:
+        return self.vectors.shape[1]
+
+    def __len__(self) -> int:
+        return len(self.tokens)
+
+    def __contains__(self, token: object) -> bool:
+        return token in self._index
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.tokens)
+
+    def index(self, token: str) -> int:
+        """The row of ``token``; ``KeyError`` naming it when absent."""
+        i = self._index.get(token)
+        if i is None:
+            hint = ""
+            if isinstance(token, str) and token.lower() != token and token.lower() in self._index:
+                hint = f" (its lower case {token.lower()!r} is)"
+            raise KeyError(f"token {token!r} is not in these {len(self)} vectors{hint}")
+        return i
+
+    def __getitem__(self, token: str) -> Tensor:
+        """The vector of ``token``, ``(dim,)``."""
+        return self.vectors[self.index(token)]
+
+    def get(self, token: str, default: Any = None) -> Any:
+        i = self._index.get(token)
+        return default if i is None else self.vectors[i]
+
+    def __repr__(self) -> str:
+        src = f", source={Path(self.source).name!r}" if self.source else ""
+        fmt = f", format={self.format!r}" if self.format else ""
+        return f"Vectors({len(self)} x {self.dim}, {str(self.vectors.dtype).replace('torch.', '')}{fmt}{src})"
+
+    def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> "Vectors":
+        """The same vectors on another device and/or in another dtype (tokens are shared)."""
+        out = Vectors(self.tokens, self.vectors.to(device=device, dtype=dtype), format=self.format,
+                      source=self.source, _index=self._index, _info=self._info)
+        return out
+
+    # ------------------------------------------------------------------ provenance
+    @property
+    def source_sha256(self) -> str | None:
+        """SHA-256 of the source file (computed while loading, or now if the load stopped early).
+
+        ``None`` when there is no source file, or it changed since it was loaded.
+        """
+        sha = self._info.get("sha256")
+        if sha is None and self.source and self._info.get("stat") is not None:
+            path = Path(self.source)
+            if path.exists() and _load._stat_key(path) == self._info["stat"]:
+                sha = _load.file_sha256(path)
+                self._info["sha256"] = sha
+        return sha
+
+    # ------------------------------------------------------------------ files
+    def save(self, path: str | os.PathLike[str]) -> None:
+        """Write the fast cache format (safetensors), atomically.
+
+        ``embtab.vectors.load(path)`` reads it back memory-mapped, in well under a
+        second for millions of vectors. The file records the source's name, format and
+        SHA-256 (see :func:`embtab.vectors.load`'s ``cache`` argument).
+
+        Examples:
+            >>> v = embtab.vectors.load("glove.6B.300d.txt")   # doctest: +SKIP
+            >>> v.save("glove.6B.300d.safetensors")            # doctest: +SKIP
+        """
+        meta = {
+            "source": self._info.get("source_name") or (Path(self.source).name if self.source else ""),
+            "source_format": str(self._info.get("source_format") or self.format or ""),
+            "source_sha256": self.source_sha256 or "",
+            "load_options": str(self._info.get("load_options", "")),
+        }
+        write_cache(path, self.tokens, self.vectors, meta)
+
+    def export(self, path: str | os.PathLike[str], format: str = "word2vec") -> None:
+        """Write a text or binary vector file other tools read; gzip it if ``path`` ends in ``.gz``.
+
+        Args:
+            path: the file to write (atomically).
+            format: ``"glove"`` (no header), ``"word2vec"`` / ``"fasttext"`` (header
+                ``count dim``), or ``"word2vec_binary"``. Text values are written with
+                enough digits to read back exactly.
+        """
+        if format not in EXPORT_FORMATS:
+            raise ValueError(f"Vectors.export: format must be one of {EXPORT_FORMATS}, got {format!r}")
+        path = Path(path)
+        with atomic_open(path, "wb") as raw:
+            f = gzip.GzipFile(fileobj=raw, mode="wb", mtime=0) if path.name.endswith(".gz") else raw
+            try:
+                if format == "word2vec_binary":
+                    write_binary(f, self.tokens, self.vectors, path=str(path))
+                else:
+                    write_text(f, self.tokens, self.vectors, header=format != "glove", path=str(path))
+            finally:
+                if f is not raw:
+                    f.close()
+
+    # ------------------------------------------------------------------ evaluation
+    def _norms_of(self) -> Tensor:
+        """Row norms ``(n,)``, cached while the matrix is unchanged."""
+        key = (self.vectors._version, self.vectors.data_ptr(), self.vectors.device)
+        if self._norms is None or self._norms[0] != key:
+            self._norms = (key, torch.linalg.vector_norm(self.vectors, dim=1))
+        return self._norms[1]
+
+    def most_similar(
+        self, token_or_vector: str | Tensor | Sequence[float], k: int = 10, *, restrict_vocab: int | None = None
+    ) -> list[tuple[str, float]]:
+        """The ``k`` tokens with the highest cosine similarity, as gensim's ``most_similar``.
+
+        Args:
+            token_or_vector: a token (itself excluded from the result) or a vector.
+            k: how many.
+            restrict_vocab: search only the first ``restrict_vocab`` rows.
+
+        Returns:
+            A list of ``(token, cosine)``, best first.
+        """
+        from .evaluate import most_similar
+
+        return most_similar(self, token_or_vector, k, restrict_vocab=restrict_vocab)
+
+    def evaluate_word_pairs(self, path: str | os.PathLike[str], **kwargs: Any) -> Any:
+        """Correlation with human similarity judgements; see :func:`embtab.vectors.evaluate.evaluate_word_pairs`."""
+        from .evaluate import evaluate_word_pairs
+
+        return evaluate_word_pairs(self, path, **kwargs)
+
+    def evaluate_analogies(self, path: str | os.PathLike[str], restrict_vocab: int = 300000, **kwargs: Any) -> Any:
+        """Analogy accuracy (3CosAdd); see :func:`embtab.vectors.evaluate.evaluate_analogies`."""
+        from .evaluate import evaluate_analogies
+
+        return evaluate_analogies(self, path, restrict_vocab=restrict_vocab, **kwargs)
+
+
+def load(
+    path: str | os.PathLike[str],
+    format: str = "auto",
+    *,
+    limit: int | None = None,
+    encoding: str = "utf-8",
+    unicode_errors: str = "strict",
+    dtype: torch.dtype = torch.float32,
+    on_bad_line: str = "raise",
+    progress: bool | None = None,
+    num_threads: int | None = None,
+    cache: str | os.PathLike[str] | None = None,
+) -> Vectors:
+    """Load pretrained vectors from a file.
+
+    Args:
+        path: the file; gzip-compressed files (``.gz``) are read as they are.
+        format: ``"auto"`` (detect, and log at INFO what was detected; ``v.format`` says
+            it too), ``"glove"`` (text, no header), ``"word2vec"`` (text with a
+            ``count dim`` header), ``"fasttext"`` (``.vec``: the same as word2vec text),
+            ``"word2vec_binary"`` (the C tool's binary format) or ``"cache"`` (a file
+            written by :meth:`Vectors.save`, loaded memory-mapped).
+        limit: read only the first ``limit`` rows (the most frequent words, in most
+            files). The matrix is allocated for at most ``limit`` rows.
+        encoding: of the tokens; must be ASCII-compatible.
+        unicode_errors: what to do with tokens that are not valid in ``encoding``:
+            ``"strict"`` raises an error naming the line; ``"replace"`` or ``"ignore"``
+            help with files from the word2vec C tool, which can cut a multi-byte
+            character in the middle of a long token.
+        dtype: of the matrix: ``torch.float32`` (default), ``float64``, ``float16`` or
+            ``bfloat16``. Text is parsed to the nearest double and rounded once (as gensim
+            does). A cache stored in another dtype is converted (a copy, not a mapping).
+        on_bad_line: ``"raise"`` (default: a :class:`VectorsFormatError` naming the
+            file, the line or byte offset and the problem), ``"warn"`` (drop bad rows,
+            warn once with their count and the first) or ``"skip"`` (drop them silently;
+            ``v.skipped`` counts them). Bad rows: a wrong number of values, a value that
+            is not a number or not finite, a token not valid in ``encoding``.
+        progress: show a progress bar; ``None``: only for big files when stderr is a terminal.
+        num_threads: threads parsing numbers (``None``: the cores, up to 8, for big files).
+        cache: a cache file. If it exists and records this file's SHA-256 and the same
+            options, it is loaded instead (memory-mapped); otherwise the file is parsed
+            and the cache written. Checking costs one read of the source file.
+
+    Text rows are a token, then ``dim`` numbers. Tokens may contain spaces (glove.840B
+    has some): the last ``dim`` fields of a row are its vector, everything before them
+    is the token. Without a header, ``dim`` is the most common width of the first 100
+    lines. Blank lines are ignored.
+
+    Returns:
+        :class:`Vectors`. Tokens keep file order; a repeated token keeps its first row
+        (with a warning giving the count).
+
+    Raises:
+        VectorsFormatError: (a ``ValueError``) a malformed file, as above; also a header
+            count that disagrees with the rows, or a truncated binary file.
+
+    Examples:
+        >>> v = embtab.vectors.load("glove.6B.100d.txt")              # doctest: +SKIP
+        >>> v = embtab.vectors.load("cc.en.300.vec.gz", limit=100_000)  # doctest: +SKIP
+    """
+    where = "embtab.vectors.load"
+    _load.check_options(format, limit, encoding, unicode_errors, dtype, on_bad_line, num_threads, where)
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{where}: no such file: {str(path)!r}")
+    options = _load.options_key(format, limit, encoding, unicode_errors, dtype, on_bad_line)
+    if cache is not None:
+        cached = _try_cache(Path(cache), path, options)
+        if cached is not None:
+            return cached
+    tokens, matrix, index, info = _load.load_file(
+        path, format, limit=limit, encoding=encoding, unicode_errors=unicode_errors, dtype=dtype,
+        on_bad_line=on_bad_line, progress=progress, num_threads=num_threads,
+    )
+    info.setdefault("load_options", options)  # a cache keeps the options of its first load
+    v = Vectors(tokens, matrix, format=info["format"], source=str(path),
+                _index=index, _info=info)
+    if cache is not None:
+        v.save(cache)
+    return v
+
+
+def _try_cache(cache: Path, source: Path, options: str) -> Vectors | None:
+    if not cache.exists():
+        return None
+    try:
+        tokens, matrix, meta = read_cache(cache)
+    except ValueError as e:
+        warnings.warn(f"ignoring the unreadable cache {str(cache)!r} and writing it again: {e}", stacklevel=3)
+        return None
+    if meta.get("load_options") != options or meta.get("source_sha256") != _load.file_sha256(source):
+        return None  # stale: another source or other options
+    info = {"format": "cache", "source_name": meta.get("source"), "source_format": meta.get("source_format"),
+            "sha256": meta.get("source_sha256"), "stat": None, "load_options": options}
+    return Vectors(tokens, matrix, format="cache", source=str(cache), _info=info)

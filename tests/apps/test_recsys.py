@@ -1,0 +1,99 @@
+"""The recommender's pieces: out-of-vocabulary ids, the bias baseline, titles and neighbours."""
+
+from __future__ import annotations
+
+import torch
+
+from embtab.apps.common import Bags
+from embtab.apps.recsys import BiasedMF, _Split, find_item, fit_biases, nearest_neighbors, normalize_title, predict_biases
+import embtab
+
+
+def test_unseen_ids_fall_back_to_the_known_parts():
+    plain = BiasedMF(4, 5, 0, 6, init_std=0.5, optimizer=embtab.optim.SGD(lr=0.1))
+    plain.global_mean.fill_(3.5)
+    with torch.no_grad():
+        plain.tables.embedding_bags["user"].weight[:, 6] = 0.25
+        plain.tables.embedding_bags["item"].weight[:, 6] = -0.5
+    users, items = torch.tensor([1, -1, 1]), torch.tensor([-1, 2, 2])
+    parts = plain.parts(users, items)
+    # oov="zero": an unseen movie (-1) has a zero vector and zero bias; so has an unseen user.
+    assert torch.equal(parts["q"][0], torch.zeros(6)) and torch.equal(parts["p"][1], torch.zeros(6))
+    assert parts["pred"][0].item() == 3.5 + 0.25 and parts["pred"][1].item() == 3.5 - 0.5
+
+    model = BiasedMF(4, 5, 3, 6, init_std=0.5, optimizer=embtab.optim.SGD(lr=0.1))
+    model.global_mean.fill_(3.5)
+    fids, foffs = Bags.from_lists([[0, 1]]).take(torch.tensor([0, 0, 0]))
+    pred = model(users, items, fids, foffs)
+    f = model.table("item_features")[:2].mean(0)
+    p1 = model.table("user")[1]
+    # A new movie is still scored through its genres: the user's vector meets the features' vector.
+    assert torch.allclose(pred[0], 3.5 + p1[6] + f[6] + (p1[:6] * f[:6]).sum())
+
+
+def test_fused_sgd_matches_dense_sgd():
+    """The fused update equals torch.optim.SGD on dense gradients of the same loss."""
+    def make(fused):
+        torch.manual_seed(0)
+        m = BiasedMF(7, 9, 4, 5, init_std=0.3, optimizer=embtab.optim.SGD(lr=0.05) if fused else None)
+        opt = None if fused else torch.optim.SGD(m.parameters(), lr=0.05)
+        return m, opt
+
+    (a, _), (b, opt) = make(True), make(False)
+    g = torch.Generator().manual_seed(1)
+    bags = Bags.from_lists([[0, 1], [2], [], [3, 0, 1]])
+    for _ in range(5):
+        users, items = torch.randint(-1, 7, (16,), generator=g), torch.randint(-1, 9, (16,), generator=g)
+        fids, foffs = bags.take(torch.randint(0, 4, (16,), generator=g))
+        r = torch.rand(16, generator=g) * 5
+        for m in (a, b):
+            p = m.parts(users, items, fids, foffs)
+            loss = (p["pred"] - r).pow(2).sum() + 0.1 * (p["p"].pow(2).sum() + p["q"].pow(2).sum())
+            if m is b:
+                opt.zero_grad()
+            loss.backward()
+            if m is b:
+                opt.step()
+    for name in ("user", "item", "item_features"):
+        torch.testing.assert_close(a.table(name), b.table(name), atol=1e-5, rtol=1e-5)
+
+
+def test_fit_biases_is_the_ridge_solution():
+    g = torch.Generator().manual_seed(0)
+    users, items = torch.randint(0, 6, (80,), generator=g), torch.randint(0, 5, (80,), generator=g)
+    r = torch.randint(1, 11, (80,), generator=g).float() / 2
+    split = _Split(users, items, items, r)
+    reg = 2.0
+    mu, bu, bi = fit_biases(split, 6, 5, reg, sweeps=300)
+    # The same objective solved directly: min sum (r - mu - bu - bi)^2 + reg (|bu|^2 + |bi|^2).
+    x = torch.zeros(80, 11, dtype=torch.float64)
+    x[torch.arange(80), users] = 1
+    x[torch.arange(80), 6 + items] = 1
+    a = x.T @ x + reg * torch.eye(11, dtype=torch.float64)
+    sol = torch.linalg.solve(a, x.T @ (r.double() - mu))
+    assert torch.allclose(torch.cat([bu, bi]), sol, atol=1e-8)
+    test = _Split(torch.tensor([0, -1]), torch.tensor([-1, 1]), torch.tensor([0, 1]), torch.tensor([3.0, 3.0]))
+    pred = predict_biases(test, mu, bu, bi, (0.5, 5.0))
+    assert torch.allclose(pred, torch.stack([mu + bu[0], mu + bi[1]]).float(), atol=1e-6)
+
+
+def test_titles():
+    assert normalize_title("Matrix, The (1999)") == "the matrix"
+    assert normalize_title("Toy Story") == "toy story"
+    titles = {"1": "Toy Story", "3114": "Toy Story 2", "2571": "Matrix, The", "6365": "Matrix Reloaded, The",
+              "260": "Star Wars: Episode IV - A New Hope", "1196": "Star Wars: Episode V - The Empire Strikes Back"}
+    counts = {"1": 200, "3114": 90, "2571": 250, "6365": 80, "260": 290, "1196": 230}
+    assert find_item("Toy Story", titles, counts) == "1"  # exact beats a more frequent partial match
+    assert find_item("The Matrix", titles, counts) == "2571"
+    assert find_item("star wars", titles, counts) == "260"  # the most rated partial match
+    assert find_item("Casablanca", titles, counts) is None
+
+
+def test_nearest_neighbors():
+    vectors = torch.tensor([[1.0, 0.0], [0.9, 0.1], [0.0, 1.0], [0.95, 0.0], [1.0, 0.05]])
+    tokens = ["a", "b", "c", "d", "e"]
+    counts = torch.tensor([50, 50, 50, 50, 3])  # "e" is too rarely rated to be shown
+    titles = {"a": "Alpha", "b": "Beta", "c": "Gamma", "d": "Delta", "e": "Epsilon"}
+    (nb,) = nearest_neighbors(vectors, tokens, counts, titles, ["alpha"], k=2, min_ratings=10)
+    assert nb["movie"] == "Alpha" and [x["movie"] for x in nb["neighbors"]] == ["Delta", "Beta"]
+    assert nb["neighbors"][0]["cosine"] == 1.0 or abs(nb["neighbors"][0]["cosine"] - 1.0) < 1e-6
