@@ -122,9 +122,8 @@ def check_max_norm(max_norm: Any, norm_type: Any, where: str) -> None:
         raise TypeError(f"{where}: norm_type must be a float, got {norm_type!r}")
 
 
-def num_embeddings_of(weight: torch.Tensor, num_oov_buckets: int, where: str) -> int:
-    """In-vocabulary rows of a weight whose last ``num_oov_buckets`` rows are hash buckets."""
-    rows = weight.shape[0]
+def num_embeddings_of(rows: int, num_oov_buckets: int, where: str) -> int:
+    """In-vocabulary rows of a weight of ``rows`` rows whose last ``num_oov_buckets`` are hash buckets."""
     if rows < num_oov_buckets + 1:
         raise ValueError(
             f"{where}: weight has {rows} rows, too few for num_oov_buckets={num_oov_buckets} "

@@ -16,9 +16,12 @@ never sync, and offsets are trusted.
 
 from __future__ import annotations
 
+import contextlib
+import functools
 from types import ModuleType
-from typing import cast
+from typing import Iterator, cast
 
+import numpy as np
 import torch
 
 from . import _checks, oov as _oov
@@ -125,15 +128,33 @@ def _check_table(
 ) -> tuple[int, int | None, int]:
     """Checks common to both lookups; returns (num_embeddings, padding_idx, num_oov_buckets)."""
     _checks.check_weight(weight, where)
+    args = (weight.shape[0], padding_idx, max_norm, norm_type, scale_grad_by_freq, sparse, oov,
+            num_oov_buckets, backend, where)
+    try:
+        # The same arguments arrive on every call of a module: check them once.
+        return _check_table_args_cached(*args)
+    except TypeError as exc:
+        if "unhashable" not in str(exc):
+            raise
+        return _check_table_args(*args)  # raises the helpful error for the odd value
+
+
+def _check_table_args(
+    rows: int, padding_idx: int | None, max_norm: float | None, norm_type: float,
+    scale_grad_by_freq: bool, sparse: bool, oov: str, num_oov_buckets: int, backend: str, where: str,
+) -> tuple[int, int | None, int]:
     # The policy first (padding_idx=0 stands in: its requirement is checked below).
     buckets = _checks.check_oov(oov, num_oov_buckets, 0, where)
-    num_embeddings = _checks.num_embeddings_of(weight, buckets, where)
+    num_embeddings = _checks.num_embeddings_of(rows, buckets, where)
     padding_idx = _checks.normalize_padding_idx(padding_idx, num_embeddings, where)
     _checks.check_oov(oov, buckets, padding_idx, where)
     _checks.check_max_norm(max_norm, norm_type, where)
     _checks.check_sparse(sparse, scale_grad_by_freq, where)
     dispatch.check_backend_name(backend, where)
     return num_embeddings, padding_idx, buckets
+
+
+_check_table_args_cached = functools.lru_cache(maxsize=1024)(_check_table_args)
 
 
 def _needs_grad(*tensors: torch.Tensor | None) -> bool:
@@ -152,16 +173,52 @@ def _embedding(
     _checks.check_ids(input, "input", where)
     _checks.check_same_device(input, weight, "input", where)
     be = dispatch.select(backend, weight.device, where)
+    if _kernel_checks_range(be, input, oov, max_norm):
+        with _name_out_of_range_ids(input, num_embeddings, where, input.shape):
+            return _embedding_lookup(input, weight, be, padding_idx, scale_grad_by_freq, sparse, fused)
     ids, has_skip = _oov.resolve(input, num_embeddings, oov, padding_idx, buckets, where, counter)
     if has_skip and not be.supports_skip:
         return _embedding_compacted(ids, weight, be, padding_idx, max_norm, norm_type, scale_grad_by_freq, sparse, fused)
     if max_norm is not None:
         be.renorm_(weight.detach(), ids, max_norm, norm_type)
+    return _embedding_lookup(ids, weight, be, padding_idx, scale_grad_by_freq, sparse, fused)
+
+
+def _embedding_lookup(
+    ids: torch.Tensor, weight: torch.Tensor, be: ModuleType, padding_idx: int | None,
+    scale_grad_by_freq: bool, sparse: bool, fused: object,
+) -> torch.Tensor:
     if not _needs_grad(weight):
         return be.embedding_forward(weight, ids)
     if fused is not None:  # a fused optimizer: backward updates the rows
         return FusedEmbeddingFunction.apply(weight, ids, be, padding_idx, scale_grad_by_freq, fused)
     return EmbeddingFunction.apply(weight, ids, be, padding_idx, scale_grad_by_freq, sparse)
+
+
+def _kernel_checks_range(be: ModuleType, ids: torch.Tensor, oov: str, max_norm: float | None) -> bool:
+    """Whether the lookup kernel's own bounds check can stand in for ours.
+
+    With ``oov="error"`` on CPU, torch's kernels already refuse an out-of-range id
+    (with a message that names nothing). Letting them check, and naming the id only
+    when they refuse, saves a pass over the ids on every call. Not with ``max_norm``:
+    the renorm runs first, and would wrap a negative id to the last row.
+    """
+    return oov == "error" and max_norm is None and ids.device.type == "cpu" and getattr(be, "checks_bounds", False)
+
+
+@contextlib.contextmanager
+def _name_out_of_range_ids(
+    ids: torch.Tensor, num_embeddings: int, where: str, shape: torch.Size
+) -> Iterator[None]:
+    """Turn a kernel's bare bounds error into our IndexError that names the id."""
+    try:
+        yield
+    except (IndexError, RuntimeError):
+        try:
+            _oov.resolve(ids, num_embeddings, "error", None, 0, where, None, shape)
+        except IndexError as named:
+            raise named from None
+        raise  # not an out-of-range id after all
 
 
 def _embedding_compacted(
@@ -196,19 +253,33 @@ def _canonical_bags(
         return ids, ends, psw
     offsets = cast(torch.Tensor, offsets)  # not None: check_offsets_shape saw to it
     num_ids = input.numel()
+    # On CPU, numpy on a zero-copy view: a few microseconds, where each small torch op
+    # costs about ten, and this runs on every call.
+    o = offsets.numpy() if offsets.device.type == "cpu" else None
     if check_values and offsets.numel() > 0:
-        steps = offsets[1:] - offsets[:-1]
-        min_step = steps.min() if steps.numel() else offsets.new_zeros(())
-        first, last, low = torch.stack([offsets[0], offsets[-1], min_step]).tolist()
+        if o is not None:
+            first, last = int(o[0]), int(o[-1])
+            low = 0
+            if o.size > 1 and (o[1:] < o[:-1]).any():
+                low = int((o[1:] - o[:-1]).min())
+        else:
+            steps = offsets[1:] - offsets[:-1]
+            min_step = steps.min() if steps.numel() else offsets.new_zeros(())
+            first, last, low = torch.stack([offsets[0], offsets[-1], min_step]).tolist()
         _checks.check_offsets_values(first, last, low, num_ids, where)
         if include_last_offset and last < num_ids:
             # torch ignores ids after the last offset; so do we.
             input = input[:last]
             per_sample_weights = None if per_sample_weights is None else per_sample_weights[:last]
             num_ids = last
-    starts = offsets[:-1] if include_last_offset else offsets
-    ends = torch.cat([starts, starts.new_full((1,), num_ids)])
-    return input, ends, per_sample_weights
+    if o is not None:
+        starts = o[:-1] if include_last_offset else o
+        ends_np = np.empty(starts.size + 1, dtype=o.dtype)
+        ends_np[:-1] = starts
+        ends_np[-1] = num_ids
+        return input, torch.from_numpy(ends_np), per_sample_weights
+    starts_t = offsets[:-1] if include_last_offset else offsets
+    return input, torch.cat([starts_t, starts_t.new_full((1,), num_ids)]), per_sample_weights
 
 
 def _embedding_bag(
@@ -230,6 +301,11 @@ def _embedding_bag(
     be = dispatch.select(backend, weight.device, where)
     check_values = input.device.type == "cpu" or oov == "error"
     ids, ends, psw = _canonical_bags(input, offsets, per_sample_weights, include_last_offset, check_values, where)
+    if _kernel_checks_range(be, ids, oov, max_norm):
+        with _name_out_of_range_ids(ids, num_embeddings, where, input.shape):
+            return _embedding_bag_lookup(
+                ids, ends, psw, weight, be, mode, padding_idx, scale_grad_by_freq, sparse, fused
+            )
     ids, has_skip = _oov.resolve(ids, num_embeddings, oov, padding_idx, buckets, where, counter, input.shape)
     if has_skip and not be.supports_skip:
         # Drop skipped ids and shift the offsets; psw[keep] keeps its autograd link.
@@ -240,9 +316,15 @@ def _embedding_bag(
         psw = None if psw is None else psw[keep]
     if max_norm is not None:
         be.renorm_(weight.detach(), ids, max_norm, norm_type)
+    return _embedding_bag_lookup(ids, ends, psw, weight, be, mode, padding_idx, scale_grad_by_freq, sparse, fused)
+
+
+def _embedding_bag_lookup(
+    ids: torch.Tensor, ends: torch.Tensor, psw: torch.Tensor | None, weight: torch.Tensor, be: ModuleType,
+    mode: str, padding_idx: int | None, scale_grad_by_freq: bool, sparse: bool, fused: object,
+) -> torch.Tensor:
     if not _needs_grad(weight, psw):
-        out, _ = be.embedding_bag_forward(weight, ids, ends, mode, psw, padding_idx)
-        return out
+        return be.embedding_bag_inference(weight, ids, ends, mode, psw, padding_idx)
     if fused is not None and _needs_grad(weight):  # a fused optimizer: backward updates the rows
         return FusedEmbeddingBagFunction.apply(
             weight, psw, ids, ends, be, mode, padding_idx, scale_grad_by_freq, fused

@@ -1,7 +1,8 @@
 """The one place that picks a backend.
 
 A backend is a module with the functions of ``ops/reference.py`` (same names, same
-signatures) and two attributes: ``name`` and ``supports_skip``.
+signatures) and the attributes ``name``, ``supports_skip`` (it understands SKIP ids)
+and, optionally, ``checks_bounds`` (its kernels raise on an out-of-range id; default False).
 
 - ``"reference"``: pure PyTorch primitives; the semantics and the test oracle.
 - ``"torch"``: torch's ATen kernels; the default on CPU.

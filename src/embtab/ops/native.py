@@ -12,6 +12,9 @@ import torch
 
 name = "torch"
 supports_skip = False
+# Its kernels raise on an out-of-range id (without naming it), so the functional layer
+# may let them check and name the id only on failure.
+checks_bounds = True
 
 _aten = torch.ops.aten
 _MODES = {"sum": 0, "mean": 1, "max": 2}
@@ -51,6 +54,21 @@ def embedding_bag_forward(
         weight, ids, offsets, False, _MODES[mode], False, per_sample_weights, True, pad
     )
     return out, (offset2bag, bag_size, max_indices)
+
+
+def embedding_bag_inference(
+    weight: torch.Tensor,
+    ids: torch.Tensor,
+    offsets: torch.Tensor,
+    mode: str,
+    per_sample_weights: torch.Tensor | None,
+    padding_idx: int | None,
+) -> torch.Tensor:
+    pad = -1 if padding_idx is None else padding_idx
+    # torch's own no-grad kernel: no offset2bag, bag sizes or max indices to build.
+    return _aten._embedding_bag_forward_only(
+        weight, ids, offsets, False, _MODES[mode], False, per_sample_weights, True, pad
+    )[0]
 
 
 def embedding_bag_backward(

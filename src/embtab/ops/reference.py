@@ -136,6 +136,19 @@ def embedding_bag_forward(
     return out.to(weight.dtype), (bag, counts)
 
 
+def embedding_bag_inference(
+    weight: torch.Tensor,
+    ids: torch.Tensor,
+    offsets: torch.Tensor,
+    mode: str,
+    per_sample_weights: torch.Tensor | None,
+    padding_idx: int | None,
+) -> torch.Tensor:
+    """The output of :func:`embedding_bag_forward` alone, when no gradient will be asked for
+    (a backend may skip what only the backward needs)."""
+    return embedding_bag_forward(weight, ids, offsets, mode, per_sample_weights, padding_idx)[0]
+
+
 def embedding_bag_backward(
     grad: torch.Tensor,  # (B, D)
     weight: torch.Tensor,

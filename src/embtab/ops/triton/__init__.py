@@ -17,7 +17,7 @@ from __future__ import annotations
 import triton  # noqa: F401  (ImportError here means: no Triton backend)
 
 from .embedding import embedding_backward, embedding_forward
-from .embedding_bag import embedding_bag_backward, embedding_bag_forward
+from .embedding_bag import embedding_bag_backward, embedding_bag_forward, embedding_bag_inference
 from .renorm import renorm_
 
 name = "triton"
@@ -27,6 +27,7 @@ __all__ = [
     "embedding_backward",
     "embedding_bag_backward",
     "embedding_bag_forward",
+    "embedding_bag_inference",
     "embedding_forward",
     "name",
     "renorm_",

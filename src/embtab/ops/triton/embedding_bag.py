@@ -247,3 +247,15 @@ def embedding_bag_backward(
                 freq=scale_grad_by_freq,
             )
     return grad_weight, grad_psw
+
+
+def embedding_bag_inference(
+    weight: torch.Tensor,
+    ids: torch.Tensor,
+    offsets: torch.Tensor,
+    mode: str,
+    per_sample_weights: torch.Tensor | None,
+    padding_idx: int | None,
+) -> torch.Tensor:
+    """The forward's output alone (the aux the backward needs is cheap here anyway)."""
+    return embedding_bag_forward(weight, ids, offsets, mode, per_sample_weights, padding_idx)[0]
