@@ -49,6 +49,32 @@ def median_ms(fn: Callable[[], object], *, warmup: int = 2, repeat: int = 7) -> 
     return statistics.median(times), q[0], q[3]
 
 
+def interleaved_ms(
+    fns: dict[str, Callable[[], object]], *, warmup: int = 2, repeat: int = 7
+) -> dict[str, tuple[float, float, float]]:
+    """(p50, p20, p80) ms of each function, timed round-robin: one call of each per round.
+
+    On a shared VM the cost of fresh memory (page faults) and the other tenants' load
+    drift over seconds; interleaving exposes every implementation to the same drift,
+    so their ratio is fairer than timing one after the other.
+    """
+    for _ in range(warmup):
+        for fn in fns.values():
+            fn()
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(repeat):
+        for name, fn in fns.items():
+            start = time.perf_counter()
+            fn()
+            times[name].append((time.perf_counter() - start) * 1e3)
+    out = {}
+    for name, ts in times.items():
+        ts.sort()
+        q = statistics.quantiles(ts, n=5) if len(ts) >= 2 else [ts[0]] * 4
+        out[name] = (statistics.median(ts), q[0], q[3])
+    return out
+
+
 def print_table(headers: Sequence[str], rows: Iterable[Sequence[object]]) -> None:
     """A Markdown table (pastes into an issue note as is)."""
     rows = [[f"{c:.2f}" if isinstance(c, float) else str(c) for c in r] for r in rows]

@@ -10,12 +10,13 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import Callable
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import embtab  # noqa: E402
-from _harness import machine_info, median_ms, print_table  # noqa: E402
+from _harness import interleaved_ms, machine_info, print_table  # noqa: E402
 
 
 def bench_embedding(V: int, D: int, N: int, repeat: int) -> list[list[object]]:
@@ -28,20 +29,23 @@ def bench_embedding(V: int, D: int, N: int, repeat: int) -> list[list[object]]:
         "embtab (auto)": embtab.Embedding(V, D, _weight=torch_mod.weight.detach().clone()),
         "embtab (reference)": embtab.Embedding(V, D, _weight=torch_mod.weight.detach().clone(), backend="reference"),
     }
-    base: dict[str, float] = {}
-    for name, mod in impls.items():
-        def fwd() -> None:
+    def fwd(mod: torch.nn.Module) -> Callable[[], None]:
+        def run() -> None:
             with torch.no_grad():
                 mod(ids)
+        return run
 
-        def fwd_bwd() -> None:
+    def fwd_bwd(mod: torch.nn.Module) -> Callable[[], None]:
+        def run() -> None:
             mod.weight.grad = None
             mod(ids).backward(grad)
+        return run
 
-        for what, fn in (("forward", fwd), ("forward+backward", fwd_bwd)):
-            p50, p20, p80 = median_ms(fn, repeat=repeat)
-            base.setdefault(what, p50)
-            rows.append([f"Embedding {what}", name, p50, f"{p20:.1f}-{p80:.1f}", p50 / base[what]])
+    for what, make in (("forward", fwd), ("forward+backward", fwd_bwd)):
+        timed = interleaved_ms({name: make(mod) for name, mod in impls.items()}, repeat=repeat)
+        base = timed["torch.nn.Embedding"][0]
+        for name, (p50, p20, p80) in timed.items():
+            rows.append([f"Embedding {what}", name, p50, f"{p20:.1f}-{p80:.1f}", p50 / base])
     return rows
 
 
@@ -58,22 +62,26 @@ def bench_bags(T: int, V: int, D: int, B: int, L: int, mode: str, sparse: bool, 
                                                    _weight=b.weight.detach().clone()) for b in torch_bags],
     }
     rows: list[list[object]] = []
-    base: dict[str, float] = {}
     label = f"EmbeddingBag x{T} {mode}{' sparse' if sparse else ''}"
-    for name, bags in impls.items():
-        def fwd() -> None:
+
+    def fwd(bags: list[torch.nn.Module]) -> Callable[[], None]:
+        def run() -> None:
             with torch.no_grad():
                 torch.cat([b(i, offsets) for b, i in zip(bags, ids)], 1)
+        return run
 
-        def fwd_bwd() -> None:
+    def fwd_bwd(bags: list[torch.nn.Module]) -> Callable[[], None]:
+        def run() -> None:
             for b in bags:
                 b.weight.grad = None
             torch.cat([b(i, offsets) for b, i in zip(bags, ids)], 1).backward(grad)
+        return run
 
-        for what, fn in (("forward", fwd), ("forward+backward", fwd_bwd)):
-            p50, p20, p80 = median_ms(fn, repeat=repeat)
-            base.setdefault(what, p50)
-            rows.append([f"{label} {what}", name, p50, f"{p20:.1f}-{p80:.1f}", p50 / base[what]])
+    for what, make in (("forward", fwd), ("forward+backward", fwd_bwd)):
+        timed = interleaved_ms({name: make(bags) for name, bags in impls.items()}, repeat=repeat)
+        base = timed["torch.nn.EmbeddingBag"][0]
+        for name, (p50, p20, p80) in timed.items():
+            rows.append([f"{label} {what}", name, p50, f"{p20:.1f}-{p80:.1f}", p50 / base])
     return rows
 
 
@@ -88,7 +96,8 @@ def main() -> None:
     torch.manual_seed(0)
     print(machine_info())
     print(f"Embedding V={V:,} D={D} ids={N:,}; EmbeddingBag {T} tables V={V:,} D={D} B={B} L={L}; "
-          f"median of {repeat} after 2 warm-ups; ratio = ours / torch (lower is faster)\n")
+          f"median of {repeat} rounds, implementations interleaved, after 2 warm-ups; "
+          f"ratio = ours / torch (lower is faster)\n")
     rows = bench_embedding(V, D, N, repeat)
     for mode, sparse in (("sum", False), ("sum", True), ("mean", False)):
         rows += bench_bags(T, V, D, B, L, mode, sparse, repeat)

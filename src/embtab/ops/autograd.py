@@ -71,8 +71,12 @@ class EmbeddingBagFunction(torch.autograd.Function):
         if weight is None:
             # A stand-in with the right shape; backends read only its shape here.
             weight = torch.empty((), dtype=ctx.weight_dtype, device=grad.device).expand(ctx.weight_shape)
+        if grad.stride(-1) != 1:
+            grad = grad.contiguous()
+        # Rows may stay strided (a column slice of a concat, the usual case): backends
+        # take a row stride, and a copy here costs a fresh allocation every step.
         grad_weight, grad_psw = ctx.backend.embedding_bag_backward(
-            grad.contiguous(), weight, ids, offsets, tuple(aux), ctx.mode, psw, ctx.padding_idx,
+            grad, weight, ids, offsets, tuple(aux), ctx.mode, psw, ctx.padding_idx,
             ctx.scale_grad_by_freq, ctx.sparse, ctx.needs_input_grad[0], ctx.needs_input_grad[1],
         )
         return grad_weight, grad_psw, None, None, None, None, None, None, None

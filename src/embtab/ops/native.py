@@ -87,7 +87,7 @@ def embedding_bag_backward(
 ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
     offset2bag, bag_size, max_indices = aux
     pad = -1 if padding_idx is None else padding_idx
-    grad = grad.contiguous()
+    # (no copy: the kernels take a strided grad, e.g. a column slice of a concat)
     grad_weight = grad_psw = None
     if need_weight_grad:
         grad_weight = _aten._embedding_bag_backward(
