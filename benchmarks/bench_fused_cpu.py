@@ -18,16 +18,14 @@ alike. Needs ~11 GB of RAM at the default size. FBGEMM rows are skipped when
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
-import time
 from pathlib import Path
 from typing import Callable
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _harness import machine_info, print_table  # noqa: E402
+from _harness import interleaved_ms, machine_info, print_table  # noqa: E402
 
 import embtab  # noqa: E402
 
@@ -40,24 +38,6 @@ def zipf_ids(rows: int, n: int, exponent: float, gen: torch.Generator) -> torch.
     cdf /= cdf[-1].clone()
     picked = torch.searchsorted(cdf, torch.rand(n, generator=gen, dtype=torch.float64)).clamp_max(rows - 1)
     return torch.randperm(rows, generator=gen)[picked]
-
-
-def interleaved(fns: dict[str, Callable[[], object]], rounds: int, warmup: int) -> dict[str, tuple[float, float, float]]:
-    """(p50, p20, p80) ms of each function, timed one step of each per round."""
-    for _ in range(warmup):
-        for fn in fns.values():
-            fn()
-    times: dict[str, list[float]] = {k: [] for k in fns}
-    for _ in range(rounds):
-        for name, fn in fns.items():
-            start = time.perf_counter()
-            fn()
-            times[name].append((time.perf_counter() - start) * 1e3)
-    out = {}
-    for name, ts in times.items():
-        q = statistics.quantiles(ts, n=5) if len(ts) >= 2 else [ts[0]] * 4
-        out[name] = (statistics.median(ts), q[0], q[3])
-    return out
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -156,11 +136,11 @@ def main(argv: list[str] | None = None) -> int:
         if has_fbgemm:
             tbe = fbgemm(EmbOptimType.EXACT_SGD)
             fns["FBGEMM exact SGD"] = tbe_step(tbe)
-        results.update(interleaved(fns, args.rounds, args.warmup))
+        results.update(interleaved_ms(fns, repeat=args.rounds, warmup=args.warmup))
         dense = torch_bags(False)
-        results.update(interleaved(
+        results.update(interleaved_ms(
             {"torch sparse=False + SGD": torch_step(dense, torch.optim.SGD(dense.parameters(), lr=args.lr))},
-            args.dense_rounds, 1,
+            repeat=args.dense_rounds, warmup=1,
         ))
         fwd = {
             "embtab forward": lambda: ebc(features).concat(),
@@ -169,7 +149,7 @@ def main(argv: list[str] | None = None) -> int:
         if has_fbgemm:
             fwd["FBGEMM forward"] = lambda: tbe(all_ids, all_offsets)
         with torch.no_grad():
-            results.update(interleaved(fwd, args.rounds, args.warmup))
+            results.update(interleaved_ms(fwd, repeat=args.rounds, warmup=args.warmup))
         del ebc, dense, fns, fwd
         if has_fbgemm:
             del tbe
@@ -181,12 +161,12 @@ def main(argv: list[str] | None = None) -> int:
         if has_fbgemm:
             tbe = fbgemm(EmbOptimType.EXACT_ROWWISE_ADAGRAD)
             fns["FBGEMM exact row-wise Adagrad"] = tbe_step(tbe)
-        results.update(interleaved(fns, args.rounds, args.warmup))
+        results.update(interleaved_ms(fns, repeat=args.rounds, warmup=args.warmup))
         del ebc_ada, ebc_rw, fns, sparse
         if has_fbgemm:
             del tbe
         ebc_adam = collection(embtab.optim.Adam(lr=args.lr))
-        results.update(interleaved({"embtab Adam": embtab_step(ebc_adam)}, args.rounds, args.warmup))
+        results.update(interleaved_ms({"embtab Adam": embtab_step(ebc_adam)}, repeat=args.rounds, warmup=args.warmup))
         del ebc_adam
 
         order = ["embtab SGD", "embtab Adagrad", "embtab RowWiseAdagrad", "embtab Adam", "torch sparse=False + SGD",

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 from typing import Callable
 
 import pytest
@@ -134,7 +133,7 @@ def test_weight_errors() -> None:
 
 @pytest.mark.parametrize("bad", [0, -3, 2.5, True])
 def test_sizes_must_be_positive_ints(bad: object) -> None:
-    with pytest.raises((ValueError, TypeError), match=re.escape(f"num_embeddings")):
+    with pytest.raises((ValueError, TypeError), match="num_embeddings"):
         embtab.Embedding(bad, 3)  # type: ignore[arg-type]
     with pytest.raises((ValueError, TypeError), match="embedding_dim"):
         embtab.EmbeddingBag(3, bad)  # type: ignore[arg-type]

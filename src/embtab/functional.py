@@ -308,15 +308,21 @@ def _embedding_bag(
             )
     ids, has_skip = _oov.resolve(ids, num_embeddings, oov, padding_idx, buckets, where, counter, input.shape)
     if has_skip and not be.supports_skip:
-        # Drop skipped ids and shift the offsets; psw[keep] keeps its autograd link.
-        keep = ids >= 0
-        dropped = torch.cat([ids.new_zeros(1), torch.cumsum(~keep, 0).to(ids.dtype)])  # (N + 1,)
-        ends = ends - dropped[ends.to(torch.int64)]
-        ids = ids[keep]
-        psw = None if psw is None else psw[keep]
+        ids, ends, psw = _drop_skipped(ids, ends, psw)
     if max_norm is not None:
         be.renorm_(weight.detach(), ids, max_norm, norm_type)
     return _embedding_bag_lookup(ids, ends, psw, weight, be, mode, padding_idx, scale_grad_by_freq, sparse, fused)
+
+
+def _drop_skipped(
+    ids: torch.Tensor, ends: torch.Tensor, psw: torch.Tensor | None
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """Bags without their SKIP ids, for a backend that does not understand them:
+    the ids dropped, the offsets shifted; ``psw[keep]`` keeps its autograd link."""
+    keep = ids >= 0
+    dropped = torch.cat([ids.new_zeros(1), torch.cumsum(~keep, 0).to(ids.dtype)])  # (N + 1,)
+    ends = ends - dropped[ends.to(torch.int64)]
+    return ids[keep], ends, None if psw is None else psw[keep]
 
 
 def _embedding_bag_lookup(

@@ -129,6 +129,24 @@ def prepare_new_run_dir(path: str | os.PathLike[str], *, create: bool = True) ->
     return path
 
 
+def start_run(cfg: Any, resume: str | None, app: str, config_from_run: Any) -> Any:
+    """The config a run goes on with: the saved one when resuming (only the threads and
+    the verbosity come from the command line: how to run, not what), else ``cfg`` with
+    its run folder chosen (not created: bad input must leave nothing behind)."""
+    if resume is not None:
+        run_dir = Path(resume)
+        if not run_dir.is_dir():
+            raise AppError(f"--resume {resume!r}: no such run folder")
+        saved = config_from_run(run_dir)
+        saved.threads, saved.quiet = cfg.threads, cfg.quiet
+        cfg = saved
+    cfg.check()
+    set_threads(cfg.threads)
+    if resume is None:
+        cfg.out = str(prepare_new_run_dir(cfg.out or default_run_dir(app), create=False))
+    return cfg
+
+
 def format_seconds(seconds: float) -> str:
     if seconds < 60:
         return f"{seconds:.1f}s"

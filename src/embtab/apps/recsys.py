@@ -36,8 +36,8 @@ import embtab
 
 from . import data as data_mod
 from .common import (
-    RUN_FORMAT, RUN_FORMAT_VERSION, AppError, Bags, default_run_dir, format_seconds, log,
-    prepare_new_run_dir, read_json, set_threads, write_json,
+    RUN_FORMAT, RUN_FORMAT_VERSION, AppError, Bags, format_seconds, log,
+    prepare_new_run_dir, read_json, start_run, write_json,
 )
 from .metrics import regression_metrics
 from .train import LoopConfig, fit
@@ -370,18 +370,8 @@ def _vocab(run_dir: Path, name: str, token_lists: Any, resume: bool) -> embtab.V
 def train(cfg: RecsysConfig, *, resume: str | None = None) -> dict[str, Any]:
     """Run the recommender end to end; returns the metrics (also in ``metrics.json``)."""
     t_start = time.perf_counter()
+    cfg = start_run(cfg, resume, APP, _config_from_run)
     quiet = cfg.quiet
-    if resume is not None:
-        run_dir = Path(resume)
-        if not run_dir.is_dir():
-            raise AppError(f"--resume {resume!r}: no such run folder")
-        saved = _config_from_run(run_dir)
-        saved.threads, saved.quiet = cfg.threads, cfg.quiet
-        cfg = saved
-    cfg.check()
-    set_threads(cfg.threads)
-    if resume is None:
-        cfg.out = str(prepare_new_run_dir(cfg.out or default_run_dir(APP), create=False))
     # Read and split the data before creating the run folder: bad input leaves nothing behind.
     data = data_mod.load_movielens() if cfg.ratings is None else data_mod.load_ratings_file(cfg.ratings, cfg.movies)
     n = len(data.ratings)

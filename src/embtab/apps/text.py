@@ -34,8 +34,8 @@ import embtab
 
 from . import data as data_mod
 from .common import (
-    Bags, RUN_FORMAT, RUN_FORMAT_VERSION, AppError, default_run_dir, format_seconds, log,
-    prepare_new_run_dir, read_json, set_threads, write_json,
+    Bags, RUN_FORMAT, RUN_FORMAT_VERSION, AppError, format_seconds, log,
+    prepare_new_run_dir, read_json, start_run, write_json,
 )
 from .metrics import classification_metrics
 from .train import LoopConfig, fit
@@ -361,18 +361,8 @@ def _word_map(model: TextClassifier, vocab: embtab.Vocab, train_tokens: Sequence
 def train(cfg: TextConfig, *, resume: str | None = None) -> dict[str, Any]:
     """Run the text application end to end; returns the metrics (also in ``metrics.json``)."""
     t_start = time.perf_counter()
+    cfg = start_run(cfg, resume, APP, _config_from_run)
     quiet = cfg.quiet
-    if resume is not None:
-        run_dir = Path(resume)
-        if not run_dir.is_dir():
-            raise AppError(f"--resume {resume!r}: no such run folder")
-        saved = _config_from_run(run_dir)
-        saved.threads, saved.quiet = cfg.threads, cfg.quiet  # how to run, not what
-        cfg = saved
-    cfg.check()
-    set_threads(cfg.threads)
-    if resume is None:
-        cfg.out = str(prepare_new_run_dir(cfg.out or default_run_dir(APP), create=False))
     if cfg.vectors and not Path(cfg.vectors).is_file():
         raise AppError(f"--vectors file not found: {cfg.vectors!r}")
     # Read and split the data before creating the run folder: bad input leaves nothing behind.

@@ -21,7 +21,7 @@ from torch.nn import Module, ModuleDict
 
 from .. import _checks, oov as _oov
 from ..configs import TableConfig
-from ..functional import _canonical_bags, _check_table
+from ..functional import _canonical_bags, _check_table, _drop_skipped
 from ..ops import dispatch
 from ..ops.autograd import EmbeddingBagFunction
 from .._pool import POOL
@@ -418,12 +418,7 @@ class EmbeddingBagCollection(Module):
                                      bag._oov_count, lk.shape)
         ends, psw = lk.ends, lk.psw
         if has_skip and not be.supports_skip:
-            # Drop skipped ids and shift the offsets, as functional.embedding_bag does.
-            keep = ids >= 0
-            dropped = torch.cat([ids.new_zeros(1), torch.cumsum(~keep, 0).to(ids.dtype)])  # (N + 1,)
-            ends = ends - dropped[ends.to(torch.int64)]
-            ids = ids[keep]
-            psw = None if psw is None else psw[keep]
+            ids, ends, psw = _drop_skipped(ids, ends, psw)
         lk.ids, lk.ends, lk.psw, lk.resolved = ids, ends, psw, True
         return bag
 

@@ -242,7 +242,9 @@ def load_file(
         if format == "auto":
             format, why = detect_format(head, path.name)
             logger.info("%s: detected format %r (%s)", name, format, why)
-        threads = num_threads or (_text.default_threads() if source.size >= _BIG else 1)
+        # One parser thread unless asked: numpy's text parser holds the GIL, so more
+        # threads only contend (2 threads took 2.7x as long as 1 on a 2-core machine).
+        threads = num_threads or 1
         pool = ThreadPoolExecutor(threads, thread_name_prefix="embtab-vectors") if threads > 1 else None
         try:
             if format == "glove":

@@ -265,7 +265,8 @@ def load(
             ``v.skipped`` counts them). Bad rows: a wrong number of values, a value that
             is not a number or not finite, a token not valid in ``encoding``.
         progress: show a progress bar; ``None``: only for big files when stderr is a terminal.
-        num_threads: threads parsing numbers (``None``: the cores, up to 8, for big files).
+        num_threads: threads parsing numbers (``None``: 1; numpy's text parser holds the
+            GIL, so more threads have only been seen to slow it down).
         cache: a cache file. If it exists and records this file's SHA-256 and the same
             options, it is loaded instead (memory-mapped); otherwise the file is parsed
             and the cache written. Checking costs one read of the source file.
