@@ -87,7 +87,7 @@ def test_without_optimizer_matches_per_table_embedding_bags(psw: bool) -> None:
     assert list(out) == ["item", "clicked_item", "user", "tag"] == list(ebc.feature_names)
     grad = torch.randn(5, ebc.output_dim)
     out.concat().backward(grad)
-    expected, col = [], 0
+    col = 0
     for f in ebc.feature_names:
         table = {"item": "item", "clicked_item": "item", "user": "user", "tag": "tag"}[f]
         y = bags[table](*features[f])

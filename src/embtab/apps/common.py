@@ -129,10 +129,10 @@ def prepare_new_run_dir(path: str | os.PathLike[str], *, create: bool = True) ->
     return path
 
 
-def start_run(cfg: Any, resume: str | None, app: str, config_from_run: Any) -> Any:
-    """The config a run goes on with: the saved one when resuming (only the threads and
-    the verbosity come from the command line: how to run, not what), else ``cfg`` with
-    its run folder chosen (not created: bad input must leave nothing behind)."""
+def start_run(cfg: Any, resume: str | None, app: str, config_from_run: Any) -> tuple[Any, Path]:
+    """The config a run goes on with and its run folder: the saved config when resuming
+    (only the threads and the verbosity come from the command line: how to run, not what),
+    else ``cfg`` with its run folder chosen (not created: bad input must leave nothing behind)."""
     if resume is not None:
         run_dir = Path(resume)
         if not run_dir.is_dir():
@@ -144,7 +144,7 @@ def start_run(cfg: Any, resume: str | None, app: str, config_from_run: Any) -> A
     set_threads(cfg.threads)
     if resume is None:
         cfg.out = str(prepare_new_run_dir(cfg.out or default_run_dir(app), create=False))
-    return cfg
+    return cfg, Path(resume) if resume is not None else Path(cfg.out)
 
 
 def format_seconds(seconds: float) -> str:

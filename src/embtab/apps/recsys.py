@@ -370,7 +370,7 @@ def _vocab(run_dir: Path, name: str, token_lists: Any, resume: bool) -> embtab.V
 def train(cfg: RecsysConfig, *, resume: str | None = None) -> dict[str, Any]:
     """Run the recommender end to end; returns the metrics (also in ``metrics.json``)."""
     t_start = time.perf_counter()
-    cfg = start_run(cfg, resume, APP, _config_from_run)
+    cfg, run_dir = start_run(cfg, resume, APP, _config_from_run)  # run_dir is created below, after the checks
     quiet = cfg.quiet
     # Read and split the data before creating the run folder: bad input leaves nothing behind.
     data = data_mod.load_movielens() if cfg.ratings is None else data_mod.load_ratings_file(cfg.ratings, cfg.movies)

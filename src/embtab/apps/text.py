@@ -361,7 +361,7 @@ def _word_map(model: TextClassifier, vocab: embtab.Vocab, train_tokens: Sequence
 def train(cfg: TextConfig, *, resume: str | None = None) -> dict[str, Any]:
     """Run the text application end to end; returns the metrics (also in ``metrics.json``)."""
     t_start = time.perf_counter()
-    cfg = start_run(cfg, resume, APP, _config_from_run)
+    cfg, run_dir = start_run(cfg, resume, APP, _config_from_run)  # run_dir is created below, after the checks
     quiet = cfg.quiet
     if cfg.vectors and not Path(cfg.vectors).is_file():
         raise AppError(f"--vectors file not found: {cfg.vectors!r}")
