@@ -1,8 +1,12 @@
 """A small pool of worker threads that take work items as they come.
 
-Used by the fused update (numba ``nogil`` kernels) and by the collection's forward
-(torch lookups, one per feature). Plain Python threads, so it needs nothing beyond
-the standard library and never spins: an idle worker blocks on a queue.
+Used by the fused update (numba ``nogil`` kernels). Plain Python threads, so it needs
+nothing beyond the standard library and never spins: an idle worker blocks on a queue.
+
+torch's own OpenMP workers do spin for a few milliseconds after each parallel region
+(libgomp's default), and on a machine with few cores they then hold the cores our
+workers wait for: ``OMP_WAIT_POLICY=PASSIVE`` in the environment (read when torch
+loads) removes that wait; see the README's notes on CPU speed.
 """
 
 from __future__ import annotations

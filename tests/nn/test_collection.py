@@ -101,14 +101,14 @@ def test_without_optimizer_matches_per_table_embedding_bags(psw: bool) -> None:
 
 @pytest.mark.parametrize("threads", [1, 2])
 def test_inference_forward_matches_per_table_embedding_bags(threads: int) -> None:
-    torch.set_num_threads(threads)  # 2: features are looked up on the pool's threads
+    torch.set_num_threads(threads)
     ebc = embtab.EmbeddingBagCollection(_tables(), optimizer=embtab.optim.SGD(lr=0.1))
     bags = _per_table(ebc)
     features = _batch(torch.Generator().manual_seed(7), psw=True)
     features["user"] = (features["user"][0].int(), features["user"][1])  # int32 ids, int64 offsets
     with torch.no_grad():
         out = ebc(features)
-    assert torch.get_num_threads() == threads  # restored after the pooled lookups
+    assert torch.get_num_threads() == threads  # the forward leaves torch's thread count alone
     table_of = {"item": "item", "clicked_item": "item", "user": "user", "tag": "tag"}
     for f in ebc.feature_names:
         with torch.no_grad():
@@ -348,6 +348,25 @@ def test_input_errors_name_the_feature() -> None:
         ebc({**good, "clicked_item": (torch.tensor([1, 2]), torch.tensor([1, 1, 2, 2, 2]))})
     with pytest.raises(TypeError, match=r"feature 'tag' \(table 'tag'\): input must hold int64 or int32 ids"):
         ebc({**good, "tag": (good["tag"][0].float(), good["tag"][1])})
+
+
+@pytest.mark.parametrize("pooling", ["sum", "mean", "max"])
+@pytest.mark.parametrize("path", ["no_grad", "autograd", "fused"])
+@pytest.mark.parametrize("bad", [-1, 12])
+def test_out_of_range_id_is_named_on_every_path(pooling: str, path: str, bad: int) -> None:
+    """Under oov="error" the lookup kernel's bounds check may stand in for ours: the error
+    must still name the id, its position and the range, and nothing may be updated."""
+    optimizer = embtab.optim.Adagrad(lr=0.1) if path == "fused" else None
+    ebc = embtab.EmbeddingBagCollection([embtab.TableConfig("t", 12, 3, pooling=pooling)], optimizer=optimizer)
+    before = ebc.embedding_bags["t"].weight.detach().clone()
+    flat = (torch.tensor([1, 2, bad, 3, bad], dtype=torch.int32), torch.tensor([0, 2, 2]))
+    fixed = (torch.tensor([[1, 2], [bad, 3], [4, bad]]), None)  # 2-D ids: bag = row
+    for (ids, offsets), position, count in ((flat, "2", "2 of 5"), (fixed, r"\(1, 0\)", "2 of 6")):
+        with pytest.raises(IndexError, match=rf"feature 't' \(table 't'\): id {bad} at position {position} is out of "
+                                             rf"range for a table of 12 rows \(valid ids are 0..11\); {count} ids"):
+            with torch.set_grad_enabled(path != "no_grad"):
+                ebc({"t": (ids, offsets)}).concat().sum().backward()
+    assert torch.equal(ebc.embedding_bags["t"].weight.detach(), before)
 
 
 def test_construction_errors() -> None:

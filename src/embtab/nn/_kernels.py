@@ -13,14 +13,15 @@ from numba import njit
 
 
 @njit(nogil=True, cache=True)
-def scan_bags(ids, offsets, include_last, ends):  # type: ignore[no-untyped-def]
+def scan_bags(ids, offsets, include_last, ends, with_range):  # type: ignore[no-untyped-def]
     """Everything the checks of one bag lookup need, in one pass; also writes the
     canonical offsets ``ends`` (B + 1,): the bag starts, then the number of ids used.
 
     Returns (min id, max id, offsets[0], offsets[-1], smallest offsets step, number of
     ids used). With ``include_last`` the last offset ends the last bag, and ids after
-    it are not used (nor scanned), as in torch. Empty ids give (0, -1); empty or
-    one-element ``offsets`` give a step of 0. The caller checks the offsets' values.
+    it are not used (nor scanned), as in torch. Empty ids, or ``with_range`` False
+    (the ids are not read at all), give (0, -1); empty or one-element ``offsets``
+    give a step of 0. The caller checks the offsets' values.
     """
     n = offsets.shape[0]
     first, last, step = 0, 0, 0
@@ -37,7 +38,7 @@ def scan_bags(ids, offsets, include_last, ends):  # type: ignore[no-untyped-def]
     if include_last and n > 0 and 0 <= last < num_ids:
         num_ids = last
     lo, hi = 0, -1
-    if num_ids > 0:
+    if with_range and num_ids > 0:
         lo = ids[0]
         hi = ids[0]
         for i in range(1, num_ids):

@@ -9,6 +9,7 @@ one pass per table (FBGEMM's "table-batched" design), without building a gradien
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Mapping
 from typing import Any, Iterator, Sequence, cast
@@ -21,10 +22,11 @@ from torch.nn import Module, ModuleDict
 
 from .. import _checks, oov as _oov
 from ..configs import TableConfig
-from ..functional import _canonical_bags, _check_table, _drop_skipped
+from ..functional import (
+    _canonical_bags, _check_table, _drop_skipped, _kernel_checks_range, _name_out_of_range_ids,
+)
 from ..ops import dispatch
 from ..ops.autograd import EmbeddingBagFunction
-from .._pool import POOL
 from ..optim import _fused
 from .embedding_bag import EmbeddingBag
 
@@ -96,15 +98,24 @@ class _Lookup:
     """One feature's lookup, checked: what the forward and the fused backward run.
 
     ``resolved``: the table's out-of-vocabulary policy has been applied to ``ids``
-    (or the ids were all found in range).
+    (or the ids were all found in range, or ``unchecked``). ``unchecked``: under
+    ``oov="error"`` the lookup kernel's own bounds check stands in for ours (see
+    ``functional._kernel_checks_range``); :meth:`checked` names a bad id.
     """
 
-    __slots__ = ("table", "ids", "ends", "psw", "backend", "resolved", "shape", "where")
+    __slots__ = ("table", "ids", "ends", "psw", "backend", "resolved", "shape", "where", "unchecked")
 
     def __init__(self, table: int, ids: Tensor, ends: Tensor, psw: Tensor | None, backend: Any, resolved: bool,
                  shape: torch.Size, where: str) -> None:
         self.table, self.ids, self.ends, self.psw, self.backend = table, ids, ends, psw, backend
         self.resolved, self.shape, self.where = resolved, shape, where
+        self.unchecked = False
+
+    def checked(self, num_embeddings: int) -> contextlib.AbstractContextManager[None]:
+        """Around the lookup: turns the kernel's bare bounds error into ours."""
+        if self.unchecked:
+            return _name_out_of_range_ids(self.ids, num_embeddings, self.where, self.shape)
+        return contextlib.nullcontext()
 
 
 class EmbeddingBagCollection(Module):
@@ -307,75 +318,50 @@ class EmbeddingBagCollection(Module):
             for lk in lookups:  # as functional.embedding_bag, after its checks
                 self._resolve(lk, bags[lk.table])
                 bag = bags[lk.table]
-                outs.append(EmbeddingBagFunction.apply(
-                    bag.weight, lk.psw, lk.ids, lk.ends, lk.backend, bag.mode, bag.padding_idx, False, False
-                ))
+                with lk.checked(self._table_setup(bag, lk.where)[0]):
+                    outs.append(EmbeddingBagFunction.apply(
+                        bag.weight, lk.psw, lk.ids, lk.ends, lk.backend, bag.mode, bag.padding_idx, False, False
+                    ))
             return PooledEmbeddings(self.feature_names, outs)
-        full, _ = self._pool(bags, lookups)
+        full, _ = self._lookup_all(bags, lookups)
         return PooledEmbeddings(self.feature_names, full=full, dims=self._dims)
 
-    def _pool(self, bags: list[EmbeddingBag], lookups: list[_Lookup]) -> tuple[Tensor, list[tuple[Tensor, ...] | None]]:
+    def _lookup_all(
+        self, bags: list[EmbeddingBag], lookups: list[_Lookup],
+    ) -> tuple[Tensor, list[tuple[Tensor, ...] | None]]:
         """All features pooled into one ``(B, sum of D)`` tensor, outside autograd.
 
         Returns it and, per feature, the backend's ``aux`` (None where it was not
         needed: sum/mean bags on the torch backend go through torch's forward-only
         kernel, which skips the bookkeeping a torch backward would need).
 
-        On CPU the features are the work items of a thread pool, each looked up on one
-        thread and copied straight into its columns: no per-feature parallel region
-        (whose barrier waits for a second core, many milliseconds on a busy machine)
-        and no ``torch.cat``.
+        The features are looked up one after another, each kernel parallel on torch's
+        own threads. (Features on threads of our own, one per feature, was faster on an
+        idle machine, and much slower right after any torch op: torch's OpenMP workers
+        spin on the cores for a while after each parallel region, and the first-touch
+        page faults of the per-thread outputs add up.)
         """
-        num = len(lookups)
         for lk in lookups:
-            self._resolve(lk, bags[lk.table])  # may raise: before any thread starts
-        outs: list[Tensor | None] = [None] * num
-        aux: list[tuple[Tensor, ...] | None] = [None] * num
-        # Detached: grad mode is per thread, and this runs on pool threads outside autograd.
-        weights = [bags[lk.table].weight.detach() for lk in lookups]
-        psws = [None if lk.psw is None else lk.psw.detach() for lk in lookups]
-        first = weights[0]
-        on_cpu = all(w.device.type == "cpu" and w.dtype == first.dtype for w in weights)
-        full = torch.empty(lookups[0].ends.numel() - 1, sum(self._dims), dtype=first.dtype) if on_cpu else None
-        target = full.numpy() if full is not None else None
-        cols = self._cols
-
-        def lookup(i: int) -> None:
-            lk, bag = lookups[i], bags[lookups[i].table]
-            pad = -1 if bag.padding_idx is None else bag.padding_idx
-            if lk.backend.name == "torch" and bag.mode != "max":
-                # As ops/native.py's embedding_bag_forward, minus offset2bag & co.
-                out = _aten._embedding_bag_forward_only(
-                    weights[i], lk.ids, lk.ends, False, 1 if bag.mode == "mean" else 0, False, psws[i], True, pad
-                )[0]
-            else:
-                out, aux[i] = lk.backend.embedding_bag_forward(weights[i], lk.ids, lk.ends, bag.mode, psws[i],
-                                                               bag.padding_idx)
-            if target is not None:
-                target[:, cols[i]:cols[i] + out.shape[1]] = out.numpy()
-            else:
-                outs[i] = out
-
-        threads = torch.get_num_threads()
-        # Only torch's own kernels go to pool threads (other backends, e.g. Triton's
-        # interpreter, keep per-thread state of their own).
-        native = [i for i, lk in enumerate(lookups) if lk.backend.name == "torch"] if on_cpu and threads > 1 else []
+            self._resolve(lk, bags[lk.table])  # may raise: before any lookup
+        outs: list[Tensor] = []
+        aux: list[tuple[Tensor, ...] | None] = [None] * len(lookups)
         with torch.no_grad():
-            for i in range(num):
-                if i not in native:
-                    lookup(i)
-            if len(native) > 1:
-                # One thread per lookup: torch's own threads would only add barriers.
-                torch.set_num_threads(1)
-                try:
-                    POOL.run(lambda k: lookup(native[k]), len(native), threads)
-                finally:
-                    torch.set_num_threads(threads)
-            elif native:
-                lookup(native[0])
-        if full is None:
-            return torch.cat(cast(list[Tensor], outs), dim=1), aux
-        return full, aux
+            for i, lk in enumerate(lookups):
+                bag = bags[lk.table]
+                weight = bag.weight.detach()
+                psw = None if lk.psw is None else lk.psw.detach()
+                with lk.checked(self._table_setup(bag, lk.where)[0]):
+                    if lk.backend.name == "torch" and bag.mode != "max":
+                        # As ops/native.py's embedding_bag_forward, minus offset2bag & co.
+                        pad = -1 if bag.padding_idx is None else bag.padding_idx
+                        out = _aten._embedding_bag_forward_only(
+                            weight, lk.ids, lk.ends, False, 1 if bag.mode == "mean" else 0, False, psw, True, pad
+                        )[0]
+                    else:
+                        out, aux[i] = lk.backend.embedding_bag_forward(weight, lk.ids, lk.ends, bag.mode, psw,
+                                                                       bag.padding_idx)
+                outs.append(out)
+        return torch.cat(outs, dim=1), aux
 
     def _where(self, feature: str) -> str:
         return self._wheres[feature]
@@ -399,9 +385,11 @@ class EmbeddingBagCollection(Module):
         _checks.check_per_sample_weights(psw, ids, weight, bag.mode, where)
         table = self._feature_table[feature]
         if ids.device.type == "cpu" and _scan_kernels() is not None:
-            flat, ends, psw, lo, hi = self._canonical_cpu(ids, offsets, last, psw, where)
+            unchecked = _kernel_checks_range(be, ids, bag.oov, None)
+            flat, ends, psw, lo, hi = self._canonical_cpu(ids, offsets, last, psw, where, not unchecked)
             lookup = _Lookup(table, flat, ends, psw, be, False, ids.shape, where)
             lookup.resolved = lo >= 0 and hi < num_embeddings  # the common case: nothing to resolve
+            lookup.unchecked = unchecked  # (then lo, hi = 0, -1: resolved)
         else:
             check_values = ids.device.type == "cpu" or bag.oov == "error"
             flat, ends, psw = _canonical_bags(ids, offsets, psw, last, check_values, where)
@@ -443,9 +431,10 @@ class EmbeddingBagCollection(Module):
 
     @staticmethod
     def _canonical_cpu(
-        ids: Tensor, offsets: Tensor | None, last: bool, psw: Tensor | None, where: str,
+        ids: Tensor, offsets: Tensor | None, last: bool, psw: Tensor | None, where: str, with_range: bool,
     ) -> tuple[Tensor, Tensor, Tensor | None, int, int]:
-        """``_canonical_bags`` plus the ids' min and max, reading a CPU input once.
+        """``_canonical_bags`` plus the ids' min and max, reading a CPU input once
+        (not at all for the range without ``with_range``: then min, max = 0, -1).
 
         Returns (flat ids (N,), ends (B + 1,), flat per-sample weights, min id, max id).
         """
@@ -453,13 +442,15 @@ class EmbeddingBagCollection(Module):
             num_bags, length = ids.shape
             flat = ids.reshape(-1).contiguous()
             ends_np = np.arange(num_bags + 1, dtype=_NP_INT[ids.dtype]) * length
-            lo, hi, *_ = _kernels.scan_bags(flat.numpy(), ends_np[:0], False, np.empty(1, ends_np.dtype))
+            lo, hi = 0, -1
+            if with_range:
+                lo, hi, *_ = _kernels.scan_bags(flat.numpy(), ends_np[:0], False, np.empty(1, ends_np.dtype), True)
             return flat, torch.from_numpy(ends_np), None if psw is None else psw.reshape(-1), lo, hi
         offsets = cast(Tensor, offsets)  # not None: check_offsets_shape saw to it
         ids = ids.contiguous()
         offs = offsets.contiguous().numpy()
         ends_np = np.empty(offs.shape[0] + (0 if last else 1), offs.dtype)
-        lo, hi, first, last_offset, step, used = _kernels.scan_bags(ids.numpy(), offs, last, ends_np)
+        lo, hi, first, last_offset, step, used = _kernels.scan_bags(ids.numpy(), offs, last, ends_np, with_range)
         if offs.shape[0] > 0:
             _checks.check_offsets_values(first, last_offset, step, ids.numel(), where)
         if used < ids.numel():  # torch ignores ids after the last offset; so do we
@@ -533,7 +524,7 @@ class _FusedBagsFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx: Any, step: _FusedStep, *tensors: Tensor | None) -> Tensor:  # type: ignore[override]
-        full, step.aux = step.collection._pool(step.bags, step.lookups)
+        full, step.aux = step.collection._lookup_all(step.bags, step.lookups)
         ctx.step = step
         return full
 
