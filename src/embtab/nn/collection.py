@@ -98,23 +98,25 @@ class _Lookup:
     """One feature's lookup, checked: what the forward and the fused backward run.
 
     ``resolved``: the table's out-of-vocabulary policy has been applied to ``ids``
-    (or the ids were all found in range, or ``unchecked``). ``unchecked``: under
-    ``oov="error"`` the lookup kernel's own bounds check stands in for ours (see
-    ``functional._kernel_checks_range``); :meth:`checked` names a bad id.
+    (or the ids were all found in range, or ``unchecked``). ``unchecked``: the table
+    has ``num_embeddings`` rows and, under ``oov="error"``, the lookup kernel's own
+    bounds check stands in for ours (see ``functional._kernel_checks_range``);
+    :meth:`checked` names a bad id.
     """
 
-    __slots__ = ("table", "ids", "ends", "psw", "backend", "resolved", "shape", "where", "unchecked")
+    __slots__ = ("table", "ids", "ends", "psw", "backend", "resolved", "shape", "where", "unchecked",
+                 "num_embeddings")
 
     def __init__(self, table: int, ids: Tensor, ends: Tensor, psw: Tensor | None, backend: Any, resolved: bool,
                  shape: torch.Size, where: str) -> None:
         self.table, self.ids, self.ends, self.psw, self.backend = table, ids, ends, psw, backend
         self.resolved, self.shape, self.where = resolved, shape, where
-        self.unchecked = False
+        self.unchecked, self.num_embeddings = False, 0
 
-    def checked(self, num_embeddings: int) -> contextlib.AbstractContextManager[None]:
+    def checked(self) -> contextlib.AbstractContextManager[None]:
         """Around the lookup: turns the kernel's bare bounds error into ours."""
         if self.unchecked:
-            return _name_out_of_range_ids(self.ids, num_embeddings, self.where, self.shape)
+            return _name_out_of_range_ids(self.ids, self.num_embeddings, self.where, self.shape)
         return contextlib.nullcontext()
 
 
@@ -318,7 +320,7 @@ class EmbeddingBagCollection(Module):
             for lk in lookups:  # as functional.embedding_bag, after its checks
                 self._resolve(lk, bags[lk.table])
                 bag = bags[lk.table]
-                with lk.checked(self._table_setup(bag, lk.where)[0]):
+                with lk.checked():
                     outs.append(EmbeddingBagFunction.apply(
                         bag.weight, lk.psw, lk.ids, lk.ends, lk.backend, bag.mode, bag.padding_idx, False, False
                     ))
@@ -350,7 +352,7 @@ class EmbeddingBagCollection(Module):
                 bag = bags[lk.table]
                 weight = bag.weight.detach()
                 psw = None if lk.psw is None else lk.psw.detach()
-                with lk.checked(self._table_setup(bag, lk.where)[0]):
+                with lk.checked():
                     if lk.backend.name == "torch" and bag.mode != "max":
                         # As ops/native.py's embedding_bag_forward, minus offset2bag & co.
                         pad = -1 if bag.padding_idx is None else bag.padding_idx
@@ -389,7 +391,7 @@ class EmbeddingBagCollection(Module):
             flat, ends, psw, lo, hi = self._canonical_cpu(ids, offsets, last, psw, where, not unchecked)
             lookup = _Lookup(table, flat, ends, psw, be, False, ids.shape, where)
             lookup.resolved = lo >= 0 and hi < num_embeddings  # the common case: nothing to resolve
-            lookup.unchecked = unchecked  # (then lo, hi = 0, -1: resolved)
+            lookup.unchecked, lookup.num_embeddings = unchecked, num_embeddings  # (then lo, hi = 0, -1)
         else:
             check_values = ids.device.type == "cpu" or bag.oov == "error"
             flat, ends, psw = _canonical_bags(ids, offsets, psw, last, check_values, where)
