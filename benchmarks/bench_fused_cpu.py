@@ -13,6 +13,11 @@ and the paths are timed round-robin (one step of each per round, ``--rounds``
 rounds after ``--warmup``), so a neighbour's load on a shared machine hits them
 alike. Needs ~11 GB of RAM at the default size. FBGEMM rows are skipped when
 ``fbgemm_gpu`` does not import.
+
+On a machine with few cores, torch's OpenMP workers spin for a few milliseconds
+after each parallel op and slow whatever runs next on other threads (embtab's update
+pool, but also FBGEMM's and torch's own next op); run once as is and once with
+``OMP_WAIT_POLICY=PASSIVE`` to see how much of a difference that makes here.
 """
 
 from __future__ import annotations
