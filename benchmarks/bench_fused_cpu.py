@@ -15,9 +15,9 @@ alike. Needs ~11 GB of RAM at the default size. FBGEMM rows are skipped when
 ``fbgemm_gpu`` does not import.
 
 On a machine with few cores, torch's OpenMP workers spin for a few milliseconds
-after each parallel op and slow whatever runs next on other threads (embtab's update
-pool, but also FBGEMM's and torch's own next op); run once as is and once with
-``OMP_WAIT_POLICY=PASSIVE`` to see how much of a difference that makes here.
+after each parallel op and slow whatever runs next on threads of its own (embtab's
+update pool; torch's and FBGEMM's kernels run on those same OpenMP workers); run
+once as is and once with ``OMP_WAIT_POLICY=PASSIVE`` to see the difference here.
 """
 
 from __future__ import annotations
