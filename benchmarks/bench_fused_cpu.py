@@ -23,6 +23,7 @@ once as is and once with ``OMP_WAIT_POLICY=PASSIVE`` to see the difference here.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 from typing import Callable
@@ -33,6 +34,25 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _harness import interleaved_ms, machine_info, print_table  # noqa: E402
 
 import embtab  # noqa: E402
+from embtab import _memory  # noqa: E402
+
+
+def _huge_page_share(t: torch.Tensor) -> float:
+    """The fraction of ``t``'s memory on huge pages, from /proc/self/smaps (0 where unknown)."""
+    start, end = t.data_ptr(), t.data_ptr() + t.nbytes
+    huge = 0
+    try:
+        with open("/proc/self/smaps") as f:
+            lo = hi = 0
+            for line in f:
+                head = line.split()[0]
+                if "-" in head and not head.endswith(":"):
+                    lo, hi = (int(x, 16) for x in head.split("-"))
+                elif head == "AnonHugePages:" and lo < end and hi > start:
+                    huge += int(line.split()[1]) * 1024
+    except (OSError, ValueError):
+        return 0.0
+    return min(1.0, huge / t.nbytes)
 
 
 def zipf_ids(rows: int, n: int, exponent: float, gen: torch.Generator) -> torch.Tensor:
@@ -74,9 +94,16 @@ def main(argv: list[str] | None = None) -> int:
     print(f"T={T} tables x E={E:,} rows x D={D} fp32, batch B={B}, bag L={L}, sum pooling, lr={args.lr}; "
           f"p50 [p20, p80] ms over {args.rounds} interleaved rounds (dense: {args.dense_rounds})")
     gen = torch.Generator().manual_seed(0)
-    # One weight allocation for everyone (values drift a little as all paths train them).
-    flat = torch.empty(T * E * D)
+    # One weight allocation for everyone (values drift a little as all paths train them),
+    # made as embtab makes its tables: on 2 MiB pages where Linux allows (see
+    # embtab/_memory.py). Optimizer state is each library's own: embtab's on huge pages
+    # too, torch's and FBGEMM's as they allocate it (THP_MEM_ALLOC_ENABLE=1 in the
+    # environment puts torch's large allocations on huge pages as well).
+    flat = _memory.empty((T * E * D,))
     flat.normal_(generator=gen)
+    print(f"weights on huge pages: {_huge_page_share(flat):.0%} of them; "
+          f"THP_MEM_ALLOC_ENABLE={os.environ.get('THP_MEM_ALLOC_ENABLE', 'unset')}, "
+          f"{_memory.ENV_VAR}={os.environ.get(_memory.ENV_VAR, 'unset')}")
     weights = [flat[t * E * D:(t + 1) * E * D].view(E, D) for t in range(T)]
     offsets = torch.arange(0, B * L, L)
     grad = torch.randn(B, T * D, generator=gen)

@@ -9,7 +9,7 @@ import torch
 from torch import Tensor
 from torch.nn import Module, Parameter
 
-from .. import _checks
+from .. import _checks, _memory
 from ..init import Init, apply_init, check_init
 from ..ops import dispatch
 from ..optim import _fused
@@ -64,9 +64,9 @@ class _Table(Module):
         self.backend = dispatch.check_backend_name(backend, where)
         rows = self.num_embeddings + self.num_oov_buckets
         if _weight is None:
-            factory_kwargs = {"device": device, "dtype": dtype}
+            # Empty and on huge pages where large (see _memory), then filled by reset_parameters.
             self.weight = Parameter(
-                torch.empty((rows, self.embedding_dim), **factory_kwargs), requires_grad=requires_grad
+                _memory.empty((rows, self.embedding_dim), dtype=dtype, device=device), requires_grad=requires_grad
             )
             self.reset_parameters()
         else:

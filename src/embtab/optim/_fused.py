@@ -31,6 +31,8 @@ from typing import Any, Callable, ClassVar, Iterable, NamedTuple, Sequence
 import torch
 from torch import Tensor
 
+from .. import _memory
+
 ENV_VAR = "EMBTAB_FUSED_BACKEND"
 BACKENDS = ("auto", "numba", "torch", "reference", "triton")
 KINDS = ("sgd", "adagrad", "rowwise_adagrad", "adam", "adamw")
@@ -276,7 +278,7 @@ def new_state(spec: FusedSpec, weight: Tensor) -> dict[str, Tensor]:
     out = {}
     for name, (shape, is_int, fill) in spec.state_layout(weight.shape[0], weight.shape[1]).items():
         dtype = torch.int64 if is_int else state_dtype(weight.dtype)
-        out[name] = torch.full(shape, fill, dtype=dtype, device=weight.device)
+        out[name] = _memory.empty(shape, dtype=dtype, device=weight.device).fill_(fill)  # huge pages if large
     return out
 
 
