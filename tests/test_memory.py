@@ -79,3 +79,16 @@ def test_small_tensors_other_devices_and_the_switch_keep_torch_empty(monkeypatch
     assert _memory.wanted(10 * _memory.MIN_BYTES, "cpu") == (
         sys.platform.startswith("linux") and hasattr(__import__("mmap"), "MADV_HUGEPAGE")
     )
+
+
+def test_a_huge_page_table_copies_pickles_and_shares_like_any_other() -> None:
+    import copy
+    import pickle
+
+    emb = embtab.Embedding(100_000, 64)  # 25.6 MB
+    twin = copy.deepcopy(emb)
+    assert torch.equal(twin.weight, emb.weight)
+    back = pickle.loads(pickle.dumps(emb))
+    assert torch.equal(back.weight, emb.weight)
+    emb.share_memory()
+    assert emb.weight.is_shared() and torch.equal(emb.weight, twin.weight)

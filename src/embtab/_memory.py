@@ -14,7 +14,9 @@ batch of 2048 bags x 20 ids, median of 10): 25.9 -> 20.9 ms with uniform ids, 17
 11.9 ms with Zipf ids.
 
 Only advice: where the kernel or the platform says no, the table is on ordinary
-pages and nothing else changes. ``EMBTAB_HUGE_PAGES=0`` turns it off.
+pages and nothing else changes. ``EMBTAB_HUGE_PAGES=0`` turns it off. Such a tensor's
+storage cannot grow in place (as any tensor made from a buffer); copies, saving,
+pickling and ``share_memory_()`` work as usual.
 """
 
 from __future__ import annotations
