@@ -1,4 +1,4 @@
-"""Shared test set-up: a fixed seed for every test, one table of tolerances per dtype."""
+"""Shared test set-up: a fixed seed for every test, reproducible property tests, one table of tolerances per dtype."""
 
 from __future__ import annotations
 
@@ -8,6 +8,14 @@ import random
 import numpy as np
 import pytest
 import torch
+from hypothesis import settings
+
+# Property tests draw the same examples on every run: a red run can be reproduced and a
+# green one does not hinge on luck. HYPOTHESIS_PROFILE=explore searches afresh (random
+# examples each run); what it finds becomes a regular test.
+settings.register_profile("default", derandomize=True)
+settings.register_profile("explore", derandomize=False)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))
 
 # Triton kernels run on CPU tensors under the interpreter. Must be set before triton is
 # imported anywhere, hence here, at collection time, unless a real GPU is present.

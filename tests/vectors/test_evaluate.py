@@ -167,3 +167,11 @@ def test_evaluation_on_gpu_matches_cpu():
     for pairs in ("wordsim353.tsv", "simlex999.txt"):
         assert g.evaluate_word_pairs(data(pairs)).spearman == pytest.approx(
             v.evaluate_word_pairs(data(pairs)).spearman, abs=1e-5)
+
+
+def test_correlation_of_tiny_and_huge_deviations_matches_scipy():
+    """Found by the property test above: squares of 1e-170 underflow to 0."""
+    stats = pytest.importorskip("scipy.stats")
+    x = np.array([0.0, 0.0, 1.0])
+    for y in (np.array([0.0, 1.360645644701287e-170, 0.0]), np.array([0.0, 3e170, -1e170])):
+        assert _pearson(x, y) == pytest.approx(stats.pearsonr(x, y)[0], abs=1e-9)

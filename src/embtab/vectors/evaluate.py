@@ -207,6 +207,10 @@ def _pearson(x: np.ndarray, y: np.ndarray) -> float:
         return math.nan
     x = x - x.mean()
     y = y - y.mean()
+    # Scaled to a largest magnitude of 1 first, as scipy does: the squares of tiny
+    # (or huge) deviations would underflow to 0 (or overflow) inside the norms.
+    x = x / np.abs(x).max()
+    y = y / np.abs(y).max()
     return float(np.clip(np.dot(x / np.linalg.norm(x), y / np.linalg.norm(y)), -1.0, 1.0))
 
 
