@@ -157,6 +157,27 @@ def test_fused_matches_per_table_fused_modules(kind: str) -> None:
         assert ebc.embedding_bags[name].weight.grad is None
 
 
+@pytest.mark.parametrize("kind", ["sgd", "adam"])
+def test_frozen_table_is_not_updated_by_the_fused_step(kind: str) -> None:
+    tables = [embtab.TableConfig("user", 15, 4), embtab.TableConfig("tag", 9, 16, pooling="max")]
+    ebc = embtab.EmbeddingBagCollection(tables, optimizer=SPECS[kind]())
+    bags = _per_table(ebc, optimizer=SPECS[kind]())
+    for name in ("user", "tag"):
+        frozen = name == "user"
+        ebc.embedding_bags[name].weight.requires_grad_(not frozen)
+        bags[name].weight.requires_grad_(not frozen)
+    before = ebc.embedding_bags["user"].weight.detach().clone()
+    tag_before = ebc.embedding_bags["tag"].weight.detach().clone()
+    features = {"user": (torch.tensor([1, 2, 2, 14]), torch.tensor([0, 3])),
+                "tag": (torch.tensor([0, 3, 8]), torch.tensor([0, 1]))}
+    grad = torch.randn(2, 20, generator=torch.Generator().manual_seed(3))
+    ebc(features).concat().backward(grad)
+    bags["tag"](*features["tag"]).backward(grad[:, 4:])
+    assert torch.equal(ebc.embedding_bags["user"].weight.detach(), before)
+    assert_close(ebc.embedding_bags["tag"].weight.detach(), bags["tag"].weight.detach())
+    assert not torch.equal(ebc.embedding_bags["tag"].weight.detach(), tag_before)  # the step did run
+
+
 def test_per_sample_weight_gradients_with_fused_optimizer() -> None:
     ebc = embtab.EmbeddingBagCollection(_tables(), optimizer=embtab.optim.SGD(lr=0.1))
     plain = embtab.EmbeddingBagCollection(_tables())

@@ -496,6 +496,8 @@ class _FusedStep:
         jobs = []
         for t, features in by_table.items():
             bag = self.bags[t]
+            if not bag.weight.requires_grad:  # a frozen table: its rows stay as they are
+                continue
             state = _fused.module_state(bag, self.optimizer.spec)
             dtype = _fused.state_dtype(bag.weight.dtype)
             if bag.mode == "max":
