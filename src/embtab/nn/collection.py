@@ -46,8 +46,6 @@ def _scan_kernels() -> Any:
         _kernels = module
     return _kernels
 
-_aten = torch.ops.aten
-
 __all__ = ["EmbeddingBagCollection", "PooledEmbeddings"]
 
 _WHERE = "EmbeddingBagCollection"
@@ -97,20 +95,20 @@ class PooledEmbeddings(Mapping):  # Mapping[str, Tensor]
 class _Lookup:
     """One feature's lookup, checked: what the forward and the fused backward run.
 
-    ``resolved``: the table's out-of-vocabulary policy has been applied to ``ids``
-    (or the ids were all found in range, or ``unchecked``). ``unchecked``: the table
+    ``ids`` are resolved: the table's out-of-vocabulary policy has been applied (see
+    ``_prepare``). ``unchecked``: the table
     has ``num_embeddings`` rows and, under ``oov="error"``, the lookup kernel's own
     bounds check stands in for ours (see ``functional._kernel_checks_range``);
     :meth:`checked` names a bad id.
     """
 
-    __slots__ = ("table", "ids", "ends", "psw", "backend", "resolved", "shape", "where", "unchecked",
+    __slots__ = ("table", "ids", "ends", "psw", "backend", "shape", "where", "unchecked",
                  "num_embeddings")
 
-    def __init__(self, table: int, ids: Tensor, ends: Tensor, psw: Tensor | None, backend: Any, resolved: bool,
+    def __init__(self, table: int, ids: Tensor, ends: Tensor, psw: Tensor | None, backend: Any,
                  shape: torch.Size, where: str) -> None:
         self.table, self.ids, self.ends, self.psw, self.backend = table, ids, ends, psw, backend
-        self.resolved, self.shape, self.where = resolved, shape, where
+        self.shape, self.where = shape, where
         self.unchecked, self.num_embeddings = False, 0
 
     def checked(self) -> contextlib.AbstractContextManager[None]:
@@ -318,24 +316,24 @@ class EmbeddingBagCollection(Module):
         ):
             outs = []
             for lk in lookups:  # as functional.embedding_bag, after its checks
-                self._resolve(lk, bags[lk.table])
                 bag = bags[lk.table]
                 with lk.checked():
                     outs.append(EmbeddingBagFunction.apply(
                         bag.weight, lk.psw, lk.ids, lk.ends, lk.backend, bag.mode, bag.padding_idx, False, False
                     ))
             return PooledEmbeddings(self.feature_names, outs)
-        full, _ = self._lookup_all(bags, lookups)
+        full, _ = self._lookup_all(bags, lookups, max_aux=False)
         return PooledEmbeddings(self.feature_names, full=full, dims=self._dims)
 
     def _lookup_all(
-        self, bags: list[EmbeddingBag], lookups: list[_Lookup],
+        self, bags: list[EmbeddingBag], lookups: list[_Lookup], max_aux: bool,
     ) -> tuple[Tensor, list[tuple[Tensor, ...] | None]]:
         """All features pooled into one ``(B, sum of D)`` tensor, outside autograd.
 
-        Returns it and, per feature, the backend's ``aux`` (None where it was not
-        needed: sum/mean bags on the torch backend go through torch's forward-only
-        kernel, which skips the bookkeeping a torch backward would need).
+        Returns it and, per feature, the backend's ``aux``: with ``max_aux`` for max
+        bags (the fused backward reads the rows that gave each maximum), else None.
+        Every other lookup takes the backend's ``embedding_bag_inference``, which may
+        skip the bookkeeping a backward would need.
 
         The features are looked up one after another, each kernel parallel on torch's
         own threads. (Features on threads of our own, one per feature, was faster on an
@@ -343,8 +341,6 @@ class EmbeddingBagCollection(Module):
         spin on the cores for a while after each parallel region, and the first-touch
         page faults of the per-thread outputs add up.)
         """
-        for lk in lookups:
-            self._resolve(lk, bags[lk.table])  # may raise: before any lookup
         outs: list[Tensor] = []
         aux: list[tuple[Tensor, ...] | None] = [None] * len(lookups)
         with torch.no_grad():
@@ -353,15 +349,12 @@ class EmbeddingBagCollection(Module):
                 weight = bag.weight.detach()
                 psw = None if lk.psw is None else lk.psw.detach()
                 with lk.checked():
-                    if lk.backend.name == "torch" and bag.mode != "max":
-                        # As ops/native.py's embedding_bag_forward, minus offset2bag & co.
-                        pad = -1 if bag.padding_idx is None else bag.padding_idx
-                        out = _aten._embedding_bag_forward_only(
-                            weight, lk.ids, lk.ends, False, 1 if bag.mode == "mean" else 0, False, psw, True, pad
-                        )[0]
-                    else:
+                    if max_aux and bag.mode == "max":
                         out, aux[i] = lk.backend.embedding_bag_forward(weight, lk.ids, lk.ends, bag.mode, psw,
                                                                        bag.padding_idx)
+                    else:
+                        out = lk.backend.embedding_bag_inference(weight, lk.ids, lk.ends, bag.mode, psw,
+                                                                 bag.padding_idx)
                 outs.append(out)
         return torch.cat(outs, dim=1), aux
 
@@ -389,28 +382,26 @@ class EmbeddingBagCollection(Module):
         if ids.device.type == "cpu" and _scan_kernels() is not None:
             unchecked = _kernel_checks_range(be, ids, bag.oov, None)
             flat, ends, psw, lo, hi = self._canonical_cpu(ids, offsets, last, psw, where, not unchecked)
-            lookup = _Lookup(table, flat, ends, psw, be, False, ids.shape, where)
-            lookup.resolved = lo >= 0 and hi < num_embeddings  # the common case: nothing to resolve
+            lookup = _Lookup(table, flat, ends, psw, be, ids.shape, where)
             lookup.unchecked, lookup.num_embeddings = unchecked, num_embeddings  # (then lo, hi = 0, -1)
+            if lo >= 0 and hi < num_embeddings:  # the common case: nothing to resolve
+                return lookup
         else:
             check_values = ids.device.type == "cpu" or bag.oov == "error"
             flat, ends, psw = _canonical_bags(ids, offsets, psw, last, check_values, where)
-            lookup = _Lookup(table, flat, ends, psw, be, False, ids.shape, where)
+            lookup = _Lookup(table, flat, ends, psw, be, ids.shape, where)
         self._resolve(lookup, bag)
         return lookup
 
-    def _resolve(self, lk: _Lookup, bag: EmbeddingBag) -> EmbeddingBag:
-        """Apply the table's out-of-vocabulary policy to ``lk.ids`` (once)."""
-        if lk.resolved:
-            return bag
+    def _resolve(self, lk: _Lookup, bag: EmbeddingBag) -> None:
+        """Apply the table's out-of-vocabulary policy to ``lk.ids``."""
         num_embeddings, padding_idx, buckets, be = self._table_setup(bag, lk.where)
         ids, has_skip = _oov.resolve(lk.ids, num_embeddings, bag.oov, padding_idx, buckets, lk.where,
                                      bag._oov_count, lk.shape)
         ends, psw = lk.ends, lk.psw
         if has_skip and not be.supports_skip:
             ids, ends, psw = _drop_skipped(ids, ends, psw)
-        lk.ids, lk.ends, lk.psw, lk.resolved = ids, ends, psw, True
-        return bag
+        lk.ids, lk.ends, lk.psw = ids, ends, psw
 
     def _table_setup(self, bag: EmbeddingBag, where: str) -> tuple[int, int | None, int, Any]:
         """(num_embeddings, padding_idx, num_oov_buckets, backend) of a table, checked.
@@ -528,7 +519,7 @@ class _FusedBagsFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx: Any, step: _FusedStep, *tensors: Tensor | None) -> Tensor:  # type: ignore[override]
-        full, step.aux = step.collection._lookup_all(step.bags, step.lookups)
+        full, step.aux = step.collection._lookup_all(step.bags, step.lookups, max_aux=True)
         ctx.step = step
         return full
 

@@ -14,6 +14,13 @@ import torch
 from torch.autograd.function import once_differentiable
 
 
+def _unit_column_stride(grad: torch.Tensor) -> torch.Tensor:
+    """A bag gradient whose rows may stay strided (a column slice of a concat, the usual
+    case): backends and the fused update take a row stride, and a copy here would cost
+    a fresh allocation every step."""
+    return grad if grad.stride(-1) == 1 else grad.contiguous()
+
+
 class EmbeddingFunction(torch.autograd.Function):
     @staticmethod
     def forward(  # type: ignore[override]
@@ -71,10 +78,7 @@ class EmbeddingBagFunction(torch.autograd.Function):
         if weight is None:
             # A stand-in with the right shape; backends read only its shape here.
             weight = torch.empty((), dtype=ctx.weight_dtype, device=grad.device).expand(ctx.weight_shape)
-        if grad.stride(-1) != 1:
-            grad = grad.contiguous()
-        # Rows may stay strided (a column slice of a concat, the usual case): backends
-        # take a row stride, and a copy here costs a fresh allocation every step.
+        grad = _unit_column_stride(grad)
         grad_weight, grad_psw = ctx.backend.embedding_bag_backward(
             grad, weight, ids, offsets, tuple(aux), ctx.mode, psw, ctx.padding_idx,
             ctx.scale_grad_by_freq, ctx.sparse, ctx.needs_input_grad[0], ctx.needs_input_grad[1],
@@ -146,7 +150,7 @@ class FusedEmbeddingBagFunction(torch.autograd.Function):
     @once_differentiable
     def backward(ctx: Any, grad: torch.Tensor) -> tuple[Any, ...]:
         weight, psw, ids, offsets, *aux = ctx.saved_tensors
-        grad = grad.contiguous()
+        grad = _unit_column_stride(grad)
         grad_psw = None
         if ctx.needs_input_grad[1]:
             _, grad_psw = ctx.backend.embedding_bag_backward(

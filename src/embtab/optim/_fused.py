@@ -432,11 +432,16 @@ class TableJob:
             scales.append(scale)
         scale_all = None
         if any(x is not None for x in scales):
-            scale_all = torch.cat([
+            scale_all = _cat([
                 x if x is not None else torch.ones(i.numel(), dtype=dtype, device=i.device)
                 for x, i in zip(scales, ids)
             ])
-        return torch.cat(ids), torch.cat(srcs), scale_all
+        return _cat(ids), _cat(srcs), scale_all
+
+
+def _cat(parts: list[Tensor]) -> Tensor:
+    """``torch.cat``, without its copy for the usual single part."""
+    return parts[0] if len(parts) == 1 else torch.cat(parts)
 
 
 def run_jobs(optimizer: FusedOptimizer, jobs: Sequence[TableJob]) -> None:
@@ -535,11 +540,11 @@ def max_rows_grads(
     ``max_rows`` (B, D) holds the row that gave each output element (any value
     in an empty bag).
     """
-    rows = torch.unique(ids[kept_mask(ids, padding_idx)].to(torch.int64))  # (U,) sorted
+    kept = kept_mask(ids, padding_idx)
+    rows = torch.unique(ids[kept].to(torch.int64))  # (U,) sorted
     dim = grad.shape[1]
-    counts = (ends[1:] - ends[:-1]).to(torch.int64)
     # A bag of only padding/skipped ids also gives zeros and no gradient.
-    nonempty = torch.bincount(bag_of(ends, ids.numel())[kept_mask(ids, padding_idx)], minlength=counts.numel()) > 0
+    nonempty = torch.bincount(bag_of(ends, ids.numel())[kept], minlength=ends.numel() - 1) > 0
     hit = nonempty.unsqueeze(1).expand_as(max_rows)
     where = torch.searchsorted(rows, max_rows.to(torch.int64)[hit])
     cols = torch.arange(dim, device=grad.device).expand_as(max_rows)[hit]
