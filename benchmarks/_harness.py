@@ -35,20 +35,6 @@ def machine_info() -> str:
     )
 
 
-def median_ms(fn: Callable[[], object], *, warmup: int = 2, repeat: int = 7) -> tuple[float, float, float]:
-    """(p50, p20, p80) wall time of ``fn()`` in milliseconds, after ``warmup`` calls."""
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeat):
-        start = time.perf_counter()
-        fn()
-        times.append((time.perf_counter() - start) * 1e3)
-    times.sort()
-    q = statistics.quantiles(times, n=5) if len(times) >= 2 else [times[0]] * 4
-    return statistics.median(times), q[0], q[3]
-
-
 def interleaved_ms(
     fns: dict[str, Callable[[], object]], *, warmup: int = 2, repeat: int = 7
 ) -> dict[str, tuple[float, float, float]]:

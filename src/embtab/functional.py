@@ -226,16 +226,12 @@ def _embedding_compacted(
     max_norm: float | None, norm_type: float, scale_grad_by_freq: bool, sparse: bool, fused: object = None,
 ) -> torch.Tensor:
     """Lookup for a backend without SKIP support: look up the kept ids, zeros elsewhere."""
-    keep = ids.reshape(-1) >= 0  # (N,)
-    kept = ids.reshape(-1)[keep]
+    flat = ids.reshape(-1)
+    keep = flat >= 0  # (N,)
+    kept = flat[keep]
     if max_norm is not None:
         be.renorm_(weight.detach(), kept, max_norm, norm_type)
-    if _needs_grad(weight) and fused is not None:
-        rows = FusedEmbeddingFunction.apply(weight, kept, be, padding_idx, scale_grad_by_freq, fused)
-    elif _needs_grad(weight):
-        rows = EmbeddingFunction.apply(weight, kept, be, padding_idx, scale_grad_by_freq, sparse)
-    else:
-        rows = be.embedding_forward(weight, kept)
+    rows = _embedding_lookup(kept, weight, be, padding_idx, scale_grad_by_freq, sparse, fused)
     out = rows.new_zeros(keep.numel(), weight.shape[1]).masked_scatter(keep.unsqueeze(1), rows)
     return out.reshape(*ids.shape, weight.shape[1])
 

@@ -104,8 +104,9 @@ class _Table(Module):
     def reset_optimizer_state(self) -> None:
         """Reset the fused optimizer's per-row state to its initial values."""
         if self.optimizer is not None:
-            for name, fresh in _fused.new_state(self.optimizer.spec, self.weight).items():
-                getattr(self, _fused.STATE_PREFIX + name).copy_(fresh)
+            layout = self.optimizer.spec.state_layout(*self.weight.shape)
+            for name, (_, _, fill) in layout.items():  # in place: no second state allocated
+                getattr(self, _fused.STATE_PREFIX + name).fill_(fill)
 
     def reset_parameters(self) -> None:
         """Re-initialise the weight with ``init`` and zero the padding row."""

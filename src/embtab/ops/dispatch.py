@@ -18,7 +18,6 @@ from __future__ import annotations
 import importlib
 import os
 from types import ModuleType
-from typing import Protocol
 
 import torch
 
@@ -28,11 +27,6 @@ BACKENDS = {
     "triton": "embtab.ops.triton",
 }
 ENV_VAR = "EMBTAB_BACKEND"
-
-
-class Backend(Protocol):
-    name: str
-    supports_skip: bool
 
 
 _loaded: dict[str, ModuleType] = {}

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import torch
 
+from .reference import MODE_CODES
+
 name = "torch"
 supports_skip = False
 # Its kernels raise on an out-of-range id (without naming it), so the functional layer
@@ -17,7 +19,6 @@ supports_skip = False
 checks_bounds = True
 
 _aten = torch.ops.aten
-_MODES = {"sum": 0, "mean": 1, "max": 2}
 
 
 def embedding_forward(weight: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
@@ -51,7 +52,7 @@ def embedding_bag_forward(
     pad = -1 if padding_idx is None else padding_idx
     # include_last_offset=True: our canonical offsets end with N.
     out, offset2bag, bag_size, max_indices = _aten._embedding_bag(
-        weight, ids, offsets, False, _MODES[mode], False, per_sample_weights, True, pad
+        weight, ids, offsets, False, MODE_CODES[mode], False, per_sample_weights, True, pad
     )
     return out, (offset2bag, bag_size, max_indices)
 
@@ -67,7 +68,7 @@ def embedding_bag_inference(
     pad = -1 if padding_idx is None else padding_idx
     # torch's own no-grad kernel: no offset2bag, bag sizes or max indices to build.
     return _aten._embedding_bag_forward_only(
-        weight, ids, offsets, False, _MODES[mode], False, per_sample_weights, True, pad
+        weight, ids, offsets, False, MODE_CODES[mode], False, per_sample_weights, True, pad
     )[0]
 
 
@@ -92,7 +93,7 @@ def embedding_bag_backward(
     if need_weight_grad:
         grad_weight = _aten._embedding_bag_backward(
             grad, ids, offsets, offset2bag, bag_size, max_indices, weight.shape[0],
-            False, _MODES[mode], sparse, per_sample_weights, pad,
+            False, MODE_CODES[mode], sparse, per_sample_weights, pad,
         )
         if scale_grad_by_freq:
             # torch's CPU kernel divides by the count of the wrong id (it indexes the
@@ -102,7 +103,7 @@ def embedding_bag_backward(
             grad_weight = grad_weight / counts.to(grad_weight.dtype).unsqueeze(1)
     if need_psw_grad:
         grad_psw = _aten._embedding_bag_per_sample_weights_backward(
-            grad, weight, ids, offsets, offset2bag, _MODES[mode], pad
+            grad, weight, ids, offsets, offset2bag, MODE_CODES[mode], pad
         )
     return grad_weight, grad_psw
 

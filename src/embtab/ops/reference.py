@@ -23,14 +23,15 @@ import torch
 name = "reference"
 supports_skip = True
 
-MODES = {"sum": 0, "mean": 1, "max": 2}
+MODE_CODES = {"sum": 0, "mean": 1, "max": 2}  # the kernels' mode numbers (torch's too)
 
 
-def _acc_dtype(dtype: torch.dtype) -> torch.dtype:
+def acc_dtype(dtype: torch.dtype) -> torch.dtype:
+    """Accumulation (and optimizer state) dtype: float32 for 16-bit weights."""
     return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
 
 
-def _kept(ids: torch.Tensor, padding_idx: int | None) -> torch.Tensor:
+def kept_mask(ids: torch.Tensor, padding_idx: int | None) -> torch.Tensor:
     """Mask of ids that take part: not skipped, not padding."""
     keep = ids >= 0
     if padding_idx is not None:
@@ -82,8 +83,8 @@ def embedding_backward(
     sparse: bool,
 ) -> torch.Tensor:
     flat = ids.reshape(-1)
-    g = grad.reshape(-1, grad.shape[-1]).to(_acc_dtype(grad.dtype))  # (N, D)
-    keep = _kept(flat, padding_idx)
+    g = grad.reshape(-1, grad.shape[-1]).to(acc_dtype(grad.dtype))  # (N, D)
+    keep = kept_mask(flat, padding_idx)
     rows, g = flat[keep], g[keep]
     if scale_grad_by_freq:
         g = g * _freq_scale(flat, keep, num_weights, g.dtype)
@@ -93,8 +94,9 @@ def embedding_backward(
 # --- EmbeddingBag ---------------------------------------------------------------------
 
 
-def _bag_of(offsets: torch.Tensor, num_ids: int) -> torch.Tensor:
-    """(N,) the bag each id belongs to."""
+def bag_of(offsets: torch.Tensor, num_ids: int) -> torch.Tensor:
+    """(N,) int64 bag of each id, from canonical offsets (B + 1,) (shared by every backend;
+    ``output_size`` keeps it free of host syncs)."""
     lengths = (offsets[1:] - offsets[:-1]).to(torch.int64)
     bags = torch.arange(lengths.numel(), device=offsets.device)
     return torch.repeat_interleave(bags, lengths, output_size=num_ids)
@@ -109,9 +111,9 @@ def embedding_bag_forward(
     padding_idx: int | None,
 ) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
     num_bags, dim = offsets.numel() - 1, weight.shape[1]
-    acc = _acc_dtype(weight.dtype)
-    bag = _bag_of(offsets, ids.numel())  # (N,)
-    keep = _kept(ids, padding_idx)
+    acc = acc_dtype(weight.dtype)
+    bag = bag_of(offsets, ids.numel())  # (N,)
+    keep = kept_mask(ids, padding_idx)
     kbag, kids = bag[keep], ids[keep].to(torch.int64)
     rows = weight.index_select(0, kids).to(acc)  # (K, D)
     if per_sample_weights is not None:
@@ -164,10 +166,10 @@ def embedding_bag_backward(
     need_psw_grad: bool,
 ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
     num_weights, dim = weight.shape
-    acc = _acc_dtype(grad.dtype)
+    acc = acc_dtype(grad.dtype)
     g = grad.to(acc)
     bag, counts = aux[0], aux[1]
-    keep = _kept(ids, padding_idx)
+    keep = kept_mask(ids, padding_idx)
     grad_weight = grad_psw = None
     if mode == "max":
         if need_weight_grad:
@@ -212,7 +214,7 @@ def renorm_(weight: torch.Tensor, ids: torch.Tensor, max_norm: float, norm_type:
     rows = torch.unique(ids[ids >= 0]).to(torch.int64)
     if rows.numel() == 0:
         return
-    acc = _acc_dtype(weight.dtype)
+    acc = acc_dtype(weight.dtype)
     values = weight.index_select(0, rows)
     norms = torch.linalg.vector_norm(values.to(acc), ord=norm_type, dim=1).to(weight.dtype).double()
     over = norms > max_norm

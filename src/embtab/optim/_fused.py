@@ -32,6 +32,8 @@ import torch
 from torch import Tensor
 
 from .. import _memory
+from ..ops.reference import bag_of, kept_mask
+from ..ops.reference import acc_dtype as state_dtype  # float32 state for 16-bit weights (too coarse)
 
 ENV_VAR = "EMBTAB_FUSED_BACKEND"
 BACKENDS = ("auto", "numba", "torch", "reference", "triton")
@@ -266,11 +268,6 @@ def check_spec(optimizer: Any, where: str) -> FusedSpec:
         f"{where}: optimizer= takes an embtab.optim fused optimizer (SGD, Adagrad, "
         f"RowWiseAdagrad, Adam, AdamW), got {optimizer!r}"
     )
-
-
-def state_dtype(weight_dtype: torch.dtype) -> torch.dtype:
-    """Optimizer state is float32 for 16-bit weights (their precision is too coarse)."""
-    return torch.float32 if weight_dtype in (torch.float16, torch.bfloat16) else weight_dtype
 
 
 def new_state(spec: FusedSpec, weight: Tensor) -> dict[str, Tensor]:
@@ -514,20 +511,6 @@ def flat_grads(grads: Sequence[Tensor]) -> tuple[Tensor, list[int], list[int]]:
         total += p.numel()
     flat = parts[0] if len(parts) == 1 else torch.cat(parts)
     return flat, starts, [g.shape[1] if g.dim() == 2 else 0 for g in grads]
-
-
-def bag_of(ends: Tensor, num_ids: int) -> Tensor:
-    """(N,) the bag of each id, from canonical offsets ``ends`` (B + 1,)."""
-    lengths = (ends[1:] - ends[:-1]).to(torch.int64)
-    bags = torch.arange(lengths.numel(), device=ends.device)
-    return torch.repeat_interleave(bags, lengths, output_size=num_ids)
-
-
-def kept_mask(ids: Tensor, padding_idx: int | None) -> Tensor:
-    keep = ids >= 0
-    if padding_idx is not None:
-        keep &= ids != padding_idx
-    return keep
 
 
 def max_rows_grads(

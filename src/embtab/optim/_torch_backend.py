@@ -11,13 +11,9 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from ._fused import FusedHyper
+from ._fused import FusedHyper, kept_mask, state_dtype
 
 name = "torch"
-
-
-def _acc(dtype: torch.dtype) -> torch.dtype:
-    return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
 
 
 def plan(ids: Tensor, padding_idx: int | None) -> tuple[Tensor, Tensor, Tensor]:
@@ -27,10 +23,7 @@ def plan(ids: Tensor, padding_idx: int | None) -> tuple[Tensor, Tensor, Tensor]:
     in increasing position (a stable sort).
     """
     flat = ids.reshape(-1)
-    keep = flat >= 0
-    if padding_idx is not None:
-        keep &= flat != padding_idx
-    positions = keep.nonzero().squeeze(1)  # (M,)
+    positions = kept_mask(flat, padding_idx).nonzero().squeeze(1)  # (M,)
     sorted_ids, perm = torch.sort(flat[positions].to(torch.int64), stable=True)
     order = positions[perm]
     rows, counts = torch.unique_consecutive(sorted_ids, return_counts=True)
@@ -44,7 +37,7 @@ def segment_sum(
     dim: int, scale_grad_by_freq: bool,
 ) -> Tensor:
     """(U, dim) summed gradient rows: row u sums ``scale[j] * grad_flat[src[j]:src[j] + dim]``."""
-    acc = _acc(grad_flat.dtype)
+    acc = state_dtype(grad_flat.dtype)
     counts = starts[1:] - starts[:-1]  # (U,)
     offsets = src[order]  # (M,)
     per_occurrence = grad_flat[offsets.unsqueeze(1) + torch.arange(dim, device=grad_flat.device)].to(acc)  # (M, D)
@@ -63,7 +56,7 @@ def fused_update(weight: Tensor, state: dict[str, Tensor], rows: Tensor, grads: 
     """Apply one step of ``hyper.kind`` to ``weight[rows]`` (and its state) given summed ``grads``."""
     if rows.numel() == 0:
         return
-    acc = _acc(weight.dtype)
+    acc = state_dtype(weight.dtype)
     rows = rows.to(torch.int64)
     w = weight.index_select(0, rows).to(acc)  # (U, D)
     g = grads.to(acc)

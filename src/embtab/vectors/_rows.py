@@ -48,8 +48,6 @@ class RowSink:
 
     def __init__(self, path: str, capacity: int, dim: int, dtype: torch.dtype, on_bad_line: str) -> None:
         self.path = path
-        self.dim = dim
-        self.dtype = dtype
         self.on_bad_line = on_bad_line
         self.matrix = torch.empty((capacity, dim), dtype=dtype)  # (capacity, D)
         # A numpy view of the same memory where numpy has the dtype (not bfloat16).

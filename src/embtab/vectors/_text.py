@@ -22,7 +22,6 @@ sends its whole batch through the reference parser, so errors name the exact lin
 from __future__ import annotations
 
 import math
-import os
 import re
 from collections import deque
 from concurrent.futures import Executor, Future
@@ -398,12 +397,7 @@ def write_text(
         f.write(chunk.encode("utf-8"))
 
 
-def default_threads() -> int:
-    """Parser threads: the cores, up to 8 (the main thread splits lines meanwhile)."""
-    return max(1, min(8, os.cpu_count() or 1))
-
-
 __all__ = [
     "BadLine", "parse_line_reference", "is_number", "parse_header", "infer_dim",
-    "iter_lines", "read_rows", "write_text", "default_threads",
+    "iter_lines", "read_rows", "write_text",
 ]

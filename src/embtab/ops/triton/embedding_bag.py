@@ -24,11 +24,11 @@ import torch
 import triton
 import triton.language as tl
 
+from ..reference import MODE_CODES, bag_of
 from . import _common as C
 from .backward import freq_factor, scatter_rows
 from .embedding import sparse_grad
 
-MODES = {"sum": 0, "mean": 1, "max": 2}
 
 
 @triton.jit
@@ -163,7 +163,7 @@ def embedding_bag_forward(
         _bag_forward_kernel[(num_bags, triton.cdiv(dim, bd))](
             weight, ids, offsets, psw if psw is not None else out, out, counts, max_rows,
             dim, weight.stride(0), -1 if padding_idx is None else padding_idx,
-            MODE=MODES[mode], HAS_PSW=psw is not None, ACC=acc, BLOCK_L=bl, BLOCK_D=bd,
+            MODE=MODE_CODES[mode], HAS_PSW=psw is not None, ACC=acc, BLOCK_L=bl, BLOCK_D=bd,
             num_warps=C.num_warps_for(bl * bd),
         )
     elif num_bags > 0:
@@ -171,13 +171,6 @@ def embedding_bag_forward(
     if is_max:
         return out, (counts, counts, max_rows)
     return out, (counts,)
-
-
-def _bag_of(offsets: torch.Tensor, num_ids: int) -> torch.Tensor:
-    """(N,) int64 bag of each id; ``output_size`` keeps this free of host syncs."""
-    lengths = offsets[1:] - offsets[:-1]
-    bags = torch.arange(lengths.numel(), device=offsets.device)
-    return torch.repeat_interleave(bags, lengths.to(torch.int64), output_size=num_ids)
 
 
 def _max_backward(grad: torch.Tensor, max_rows: torch.Tensor, num_weights: int) -> torch.Tensor:
@@ -215,7 +208,7 @@ def embedding_bag_backward(
             grad_weight = _max_backward(grad, aux[2], num_weights)
         return grad_weight, None
     counts = aux[0]
-    bag = _bag_of(offsets, ids.numel())  # (N,)
+    bag = bag_of(offsets, ids.numel())  # (N,)
     # Mean: each id receives grad / count of its bag.
     factor = (1.0 / counts.clamp_min(1).to(acc))[bag] if mode == "mean" else None
     pad = -1 if padding_idx is None else padding_idx

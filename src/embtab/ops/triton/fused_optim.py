@@ -533,14 +533,6 @@ def run_jobs(jobs: Sequence[TableJob], hyper: FusedHyper) -> None:
         batched_update(group, hyper)
 
 
-def _occurrences(job: TableJob) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-    """``(ids, src, scale)`` of a job: occurrence j updates row ``ids[j]`` with
-    ``grad_flat[src[j]:src[j] + D] * scale[j]`` (the optimizer package's own expansion)."""
-    if hasattr(job, "occurrences"):
-        return job.occurrences()
-    return job.ids.reshape(-1), job.src, job.scale  # older TableJob layout
-
-
 def _global_rows(ids: Sequence[torch.Tensor], pads: Sequence[int | None], tables: _Tables) -> torch.Tensor:
     """(N,) ``row_off[t] + id`` for every occurrence, -1 for SKIP and padding ids.
 
@@ -572,7 +564,7 @@ def batched_update(jobs: Sequence[TableJob], hyper: FusedHyper, *, deterministic
     device, wdtype = weights[0].device, weights[0].dtype
     acc = C.acc_dtype(wdtype)
     kind = KIND_CODES[hyper.kind]
-    occ = [_occurrences(j) for j in jobs]
+    occ = [j.occurrences() for j in jobs]
     lengths = [o[0].numel() for o in occ]
     n = sum(lengths)
     max_dim = max(w.shape[1] for w in weights)
