@@ -99,6 +99,7 @@ def child(loader: str, path: str, cache: str) -> None:
                 float(v.vectors[len(v) // 2].sum())  # touch a row: the mapping works
         result["seconds"] = time.perf_counter() - start
         result["shape"] = list(shape)
+        result["peak_increase_mb"] = _status_mb("VmHWM") - base  # the load's peak, before the cache write
         if loader == "embtab" and cache:
             t = time.perf_counter()
             v.save(cache)
@@ -106,7 +107,7 @@ def child(loader: str, path: str, cache: str) -> None:
     except Exception as e:  # reported, not raised: gensim fails on tokens with spaces
         result["error"] = f"{type(e).__name__}: {str(e)[:70]}"
         result["seconds"] = time.perf_counter() - start
-    result["peak_increase_mb"] = _status_mb("VmHWM") - base
+        result["peak_increase_mb"] = _status_mb("VmHWM") - base
     print(json.dumps(result))
 
 

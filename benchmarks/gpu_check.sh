@@ -34,8 +34,10 @@ if ! "$PY" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1
   exit 2
 fi
 
-# 1. The Triton tests on CUDA tensors (compiled kernels), the GPU-only ones included.
-timeout "$TEST_LIMIT" "$PY" -m pytest tests/ops -q -p no:cacheprovider -rs --durations=10 --junitxml="$OUT/pytest.xml" 2>&1 | tee "$OUT/pytest.txt"
+# 1. The Triton tests on CUDA tensors (compiled kernels), and every GPU-only test elsewhere
+#    (marked cuda: OOV policies, fused optimizers, vectors on the GPU).
+timeout "$TEST_LIMIT" "$PY" -m pytest tests/ops $(grep -rl "mark.cuda" tests --include="test_*.py" | grep -v "^tests/ops/") \
+  -q -p no:cacheprovider -rs --durations=10 --junitxml="$OUT/pytest.xml" 2>&1 | tee "$OUT/pytest.txt"
 tests_rc=${PIPESTATUS[0]}
 
 # 2. The benchmark: a Markdown table on stdout, JSON next to it.

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
+from collections.abc import Iterator
 
 import numpy as np
 import pytest
@@ -21,6 +23,21 @@ settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))
 # imported anywhere, hence here, at collection time, unless a real GPU is present.
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
+
+# GPU-only tests: marked (``pytest -m cuda`` picks them all) and skipped without a device.
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+
+
+@contextlib.contextmanager
+def deterministic(flag: bool) -> Iterator[None]:
+    """``torch.use_deterministic_algorithms(flag)`` for the block."""
+    before = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(flag)
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(before)
+
 
 # Absolute and relative tolerance per dtype, for comparing a backend with torch.nn or
 # with the reference. float16/bfloat16 results are rounded once more than float32 ones

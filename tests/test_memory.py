@@ -29,25 +29,11 @@ needs_thp = pytest.mark.skipif(
 )
 
 
-def _huge_bytes(t: torch.Tensor) -> int:
-    """Bytes of huge pages in the mappings that overlap ``t``'s memory (/proc/self/smaps)."""
-    start, end = t.data_ptr(), t.data_ptr() + t.nbytes
-    huge, lo, hi = 0, 0, 0
-    with open("/proc/self/smaps") as f:
-        for line in f:
-            head = line.split()[0]
-            if "-" in head and not head.endswith(":"):
-                lo, hi = (int(x, 16) for x in head.split("-"))
-            elif head == "AnonHugePages:" and lo < end and hi > start:
-                huge += int(line.split()[1]) * 1024
-    return huge
-
-
 @needs_thp
 def test_large_table_and_its_optimizer_state_are_on_huge_pages() -> None:
     bag = embtab.EmbeddingBag(300_000, 16, mode="sum", optimizer=embtab.optim.Adagrad(lr=0.1))  # 19 MB each
-    assert _huge_bytes(bag.weight) > 0  # (any: how many the kernel finds free is its business)
-    assert _huge_bytes(bag.optim_sum) > 0
+    assert _memory.huge_page_bytes(bag.weight) > 0  # (any: how many the kernel finds free is its business)
+    assert _memory.huge_page_bytes(bag.optim_sum) > 0
     # Only advice: the values are what they would be without it.
     torch.manual_seed(0)
     plain = torch.nn.EmbeddingBag(300_000, 16, mode="sum")

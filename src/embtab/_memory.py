@@ -33,6 +33,24 @@ HUGE_PAGE = 2 << 20
 MIN_BYTES = 2 * HUGE_PAGE  # smaller tables hold at most one whole huge page: not worth a mapping
 
 
+def huge_page_bytes(t: torch.Tensor) -> int:
+    """Bytes of huge pages in the mappings under ``t``'s memory (``/proc/self/smaps``;
+    0 where there is no such file). For checks and benchmarks, not for the hot path."""
+    start, end = t.data_ptr(), t.data_ptr() + t.nbytes
+    huge, lo, hi = 0, 0, 0
+    try:
+        with open("/proc/self/smaps") as f:
+            for line in f:
+                head = line.split()[0]
+                if "-" in head and not head.endswith(":"):
+                    lo, hi = (int(x, 16) for x in head.split("-"))
+                elif head == "AnonHugePages:" and lo < end and hi > start:
+                    huge += int(line.split()[1]) * 1024
+    except OSError:
+        return 0
+    return huge
+
+
 def wanted(nbytes: int, device: torch.device | str | None) -> bool:
     """Whether a table of ``nbytes`` on ``device`` goes on huge pages."""
     if nbytes < MIN_BYTES or os.environ.get(ENV_VAR, "1") == "0":

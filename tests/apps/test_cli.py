@@ -255,6 +255,7 @@ def test_vectors_evaluate(capsys, tmp_path, glove):
                           "--analogies", str(analogies))
     assert code == 0, err
     assert "pairs.tsv" in out and "questions.txt" in out
+    assert "(2/2)" in out and "over 4 pairs" in out
 
 
 def test_vectors_errors(capsys, tmp_path, glove):

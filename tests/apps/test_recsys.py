@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from embtab.apps.common import Bags
@@ -65,6 +66,7 @@ def test_fit_biases_is_the_ridge_solution():
     split = _Split(users, items, items, r)
     reg = 2.0
     mu, bu, bi = fit_biases(split, 6, 5, reg, sweeps=300)
+    assert mu == pytest.approx(float(r.double().mean()))  # the global mean, not a fitted one
     # The same objective solved directly: min sum (r - mu - bu - bi)^2 + reg (|bu|^2 + |bi|^2).
     x = torch.zeros(80, 11, dtype=torch.float64)
     x[torch.arange(80), users] = 1

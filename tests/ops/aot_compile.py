@@ -10,7 +10,9 @@ cubin with the ptxas shipped in Triton's wheel). Run it with TRITON_INTERPRET un
     python tests/ops/aot_compile.py [--arch 90] [--quick] [--dims 16,128,1000] [--only NAME]
 
 It prints one line per compiled kernel (registers, spills, shared memory) and exits
-non-zero if any fails. ``tests/ops/test_triton_compile.py`` runs it with ``--quick``.
+non-zero if any fails, or if it recorded no kernel at all (nothing was checked).
+Not part of the test suite (it needs Triton's compiler, minutes, and no interpreter);
+run it by hand before a GPU session (see the README's Development section).
 
 It compiles with the Triton of the interpreter that runs it, and finds ``embtab`` in
 this checkout's ``src/`` when that interpreter has none installed, so another Triton
@@ -199,6 +201,9 @@ def main(argv: list[str] | None = None) -> int:
     for key in [k for k in recorded if args.only not in k]:
         del recorded[key]
     print(f"{len(recorded)} kernel specialisations recorded", flush=True)
+    if not recorded:
+        print("no kernel was recorded: nothing checked", flush=True)
+        return 1
     failures = compile_all(args.arch)
     print(f"{failures} failed")
     return 1 if failures else 0

@@ -9,8 +9,6 @@ repeated more than ``PIECE`` times so the second reduction pass runs).
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator
 
 import pytest
 import torch
@@ -25,7 +23,7 @@ except ImportError:  # pragma: no cover - the dev environment has it
 
 from embtab import functional as EF  # noqa: E402
 from embtab.ops import dispatch, reference as R  # noqa: E402
-from tests.conftest import assert_close  # noqa: E402
+from tests.conftest import assert_close, deterministic, needs_cuda  # noqa: E402
 
 T = pytest.importorskip("embtab.ops.triton")
 from embtab.ops.triton import backward as BW  # noqa: E402
@@ -33,16 +31,6 @@ from embtab.ops.triton import backward as BW  # noqa: E402
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 DTYPES = [torch.float32, torch.float64, torch.float16, torch.bfloat16]
 DIMS = [1, 3, 33, 130]
-
-
-@contextlib.contextmanager
-def deterministic(flag: bool) -> Iterator[None]:
-    before = torch.are_deterministic_algorithms_enabled()
-    torch.use_deterministic_algorithms(flag)
-    try:
-        yield
-    finally:
-        torch.use_deterministic_algorithms(before)
 
 
 def make_ids(n: int, num_rows: int, *, skip: bool = True, hot: int | None = None,
@@ -140,6 +128,8 @@ def test_embedding_backward_sparse(dtype: torch.dtype, padding_idx: int | None, 
     assert_close(ours, ref)
 
 
+@pytest.mark.cuda
+@needs_cuda  # the interpreter runs programs one after another: two runs always agree there
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_deterministic_mode_is_bitwise_reproducible(dtype: torch.dtype) -> None:
     ids = make_ids(120, 7, hot=3)  # long segment: both passes of the sorted reduction
@@ -359,7 +349,7 @@ def test_functional_oov_zero_skips_like_the_reference() -> None:
 
 # --- GPU only ---------------------------------------------------------------------------
 
-cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+cuda = needs_cuda
 
 
 def zipf_ids(n: int, num_rows: int, s: float = 1.15) -> torch.Tensor:

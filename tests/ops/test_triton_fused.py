@@ -9,9 +9,7 @@ Under the interpreter on CPU tensors without a GPU, compiled on CUDA with one.
 
 from __future__ import annotations
 
-import contextlib
 import os
-from collections.abc import Iterator
 
 import pytest
 import torch
@@ -20,7 +18,7 @@ pytest.importorskip("triton")
 
 import embtab  # noqa: E402
 from embtab.optim import _fused, _torch_backend, reference as OR  # noqa: E402
-from tests.conftest import TOLERANCES  # noqa: E402
+from tests.conftest import TOLERANCES, deterministic, needs_cuda  # noqa: E402
 
 FO = pytest.importorskip("embtab.ops.triton.fused_optim")
 
@@ -34,16 +32,6 @@ SPECS = {
     "adamw": _fused.AdamW(lr=0.01),
 }
 DIMS, ROWS, BAGS, LENGTH = (3, 5), (7, 11), 4, 12
-
-
-@contextlib.contextmanager
-def deterministic(flag: bool) -> Iterator[None]:
-    before = torch.are_deterministic_algorithms_enabled()
-    torch.use_deterministic_algorithms(flag)
-    try:
-        yield
-    finally:
-        torch.use_deterministic_algorithms(before)
 
 
 def make_tables(spec: _fused.FusedSpec, dtype: torch.dtype) -> tuple[list[torch.Tensor], list[dict]]:
@@ -140,6 +128,8 @@ def test_fused_update_from_summed_rows(name: str) -> None:
     assert_tables_close([w, *st.values()], [ref_w, *ref_st.values()])
 
 
+@pytest.mark.cuda
+@needs_cuda  # the interpreter runs programs one after another: two runs always agree there
 def test_deterministic_mode_is_bitwise_reproducible() -> None:
     spec = SPECS["rowwise_adagrad"]
     hyper = spec.hyper(spec.hyperparameters())

@@ -152,6 +152,7 @@ def test_real_vectors_and_corpus():
 
 
 
+@pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_from_vectors_on_gpu(setup):
     vectors, vocab = setup

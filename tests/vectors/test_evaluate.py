@@ -153,6 +153,7 @@ def test_correlations_match_scipy(pairs):
 
 
 @requires_data
+@pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_evaluation_on_gpu_matches_cpu():
     v = embtab.vectors.load(data("euclidean_vectors.bin"))
