@@ -83,15 +83,11 @@ _RECSYS_HELP = {
 _COMMON = ("out", "threads", "quiet")
 
 
-_CHOICES: dict[str, Sequence[str]] = {}
-
-
 def _add_config_options(p: argparse.ArgumentParser, config_cls: type, helps: dict[str, str]) -> None:
     """One option per field of the config dataclass, its default taken from the dataclass."""
     from .init import INITS
 
-    choices = {**_CHOICES, "init": tuple(sorted(INITS)),
-               "optimizer": ("fused", "dense") if config_cls.__name__ == "RecsysConfig" else ("fused", "sparse")}
+    choices = {"init": tuple(sorted(INITS)), "optimizer": config_cls.OPTIMIZERS}
     for f in fields(config_cls):
         if f.name in _COMMON:
             continue
@@ -295,10 +291,9 @@ def _vectors(args: argparse.Namespace) -> int:
         if args.k < 1:
             raise ValueError(f"-k must be at least 1, got {args.k}")
         for token in args.tokens:
-            if token not in v:
-                raise KeyError(f"token {token!r} is not in these {len(v):,} vectors")
+            similar = v.most_similar(token, k=args.k)  # an unknown token: its KeyError says so, with a hint
             print(f"nearest to {token!r}:")
-            for other, cos in v.most_similar(token, k=args.k):
+            for other, cos in similar:
                 print(f"  {cos:7.4f}  {other}")
     else:
         if not args.pairs and not args.analogies:

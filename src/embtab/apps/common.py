@@ -7,7 +7,7 @@ import math
 import os
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -129,7 +129,25 @@ def prepare_new_run_dir(path: str | os.PathLike[str], *, create: bool = True) ->
     return path
 
 
-def start_run(cfg: Any, resume: str | None, app: str, config_from_run: Any) -> tuple[Any, Path]:
+def load_run_config(run_dir: Path, app: str, cls: type) -> Any:
+    """The ``cls`` config saved in ``run_dir`` by :func:`create_run_dir` (fields ``cls``
+    no longer has are dropped)."""
+    doc = read_json(run_dir / "config.json", "run config")
+    if not isinstance(doc, dict) or doc.get("format") != RUN_FORMAT or doc.get("app") != app:
+        raise AppError(f"{str(run_dir)!r} is not a {app} run folder (its config.json is not an embtab {app} run)")
+    known = {f.name for f in fields(cls)}
+    return cls(**{k: v for k, v in doc["config"].items() if k in known})
+
+
+def create_run_dir(cfg: Any, app: str) -> Path:
+    """Create the new run folder ``cfg.out`` (chosen by :func:`start_run`) with its config."""
+    run_dir = prepare_new_run_dir(cfg.out)
+    write_json(run_dir / "config.json", {"format": RUN_FORMAT, "format_version": RUN_FORMAT_VERSION,
+                                        "app": app, "config": asdict(cfg)})
+    return run_dir
+
+
+def start_run(cfg: Any, resume: str | None, app: str) -> tuple[Any, Path]:
     """The config a run goes on with and its run folder: the saved config when resuming
     (only the threads and the verbosity come from the command line: how to run, not what),
     else ``cfg`` with its run folder chosen (not created: bad input must leave nothing behind)."""
@@ -137,7 +155,7 @@ def start_run(cfg: Any, resume: str | None, app: str, config_from_run: Any) -> t
         run_dir = Path(resume)
         if not run_dir.is_dir():
             raise AppError(f"--resume {resume!r}: no such run folder")
-        saved = config_from_run(run_dir)
+        saved = load_run_config(run_dir, app, type(cfg))
         saved.threads, saved.quiet = cfg.threads, cfg.quiet
         cfg = saved
     cfg.check()

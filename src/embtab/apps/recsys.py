@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import re
 import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
@@ -36,8 +36,8 @@ import embtab
 
 from . import data as data_mod
 from .common import (
-    RUN_FORMAT, RUN_FORMAT_VERSION, AppError, Bags, format_seconds, log,
-    prepare_new_run_dir, read_json, start_run, write_json,
+    AppError, Bags, format_seconds, log,
+    create_run_dir, read_json, start_run, write_json,
 )
 from .metrics import regression_metrics
 from .train import LoopConfig, fit
@@ -67,13 +67,14 @@ class RecsysConfig:
     epochs: int = 40
     patience: int = 4  #: stop after this many epochs without a better validation RMSE
     optimizer: str = "fused"  #: "fused" (embtab.optim.SGD in backward) or "dense" (torch.optim.SGD, dense gradients)
+    OPTIMIZERS = ("fused", "dense")  # (a class constant, not a field)
     neighbors: list[str] = field(default_factory=lambda: list(DEFAULT_NEIGHBOR_QUERIES))
     neighbor_min_ratings: int = 50  #: only movies with this many training ratings are shown as neighbours
     threads: int | None = None
     quiet: bool = False
 
     def check(self) -> None:
-        if self.optimizer not in ("fused", "dense"):
+        if self.optimizer not in self.OPTIMIZERS:
             raise AppError(f"--optimizer must be 'fused' or 'dense', got {self.optimizer!r}")
         for name in ("dim", "batch_size", "epochs"):
             if getattr(self, name) < 1:
@@ -326,9 +327,10 @@ def nearest_neighbors(
     count_of = {t: int(counts[i]) for i, t in enumerate(item_tokens)}
     unit = torch.nn.functional.normalize(vectors, dim=1)
     eligible = counts >= min_ratings
+    title_of = {t: titles.get(t, f"movie {t}") for t in item_tokens}
     out = []
     for query in queries:
-        item = find_item(query, {t: titles.get(t, f"movie {t}") for t in item_tokens}, count_of)
+        item = find_item(query, title_of, count_of)
         if item is None:
             out.append({"query": query, "found": False, "neighbors": []})
             continue
@@ -348,14 +350,6 @@ def nearest_neighbors(
 # --- the run --------------------------------------------------------------------------
 
 
-def _config_from_run(run_dir: Path) -> RecsysConfig:
-    doc = read_json(run_dir / "config.json", "run config")
-    if not isinstance(doc, dict) or doc.get("format") != RUN_FORMAT or doc.get("app") != APP:
-        raise AppError(f"{str(run_dir)!r} is not a recsys run folder (its config.json is not an embtab recsys run)")
-    known = {f.name for f in fields(RecsysConfig)}
-    return RecsysConfig(**{k: v for k, v in doc["config"].items() if k in known})
-
-
 def _vocab(run_dir: Path, name: str, token_lists: Any, resume: bool) -> embtab.Vocab:
     path = run_dir / f"vocab_{name}.json"
     if resume and path.is_file():
@@ -370,7 +364,7 @@ def _vocab(run_dir: Path, name: str, token_lists: Any, resume: bool) -> embtab.V
 def train(cfg: RecsysConfig, *, resume: str | None = None) -> dict[str, Any]:
     """Run the recommender end to end; returns the metrics (also in ``metrics.json``)."""
     t_start = time.perf_counter()
-    cfg, run_dir = start_run(cfg, resume, APP, _config_from_run)  # run_dir is created below, after the checks
+    cfg, run_dir = start_run(cfg, resume, APP)  # run_dir is created below, after the checks
     quiet = cfg.quiet
     # Read and split the data before creating the run folder: bad input leaves nothing behind.
     data = data_mod.load_movielens() if cfg.ratings is None else data_mod.load_ratings_file(cfg.ratings, cfg.movies)
@@ -381,9 +375,7 @@ def train(cfg: RecsysConfig, *, resume: str | None = None) -> dict[str, Any]:
     if min(len(train_idx), len(val_idx), len(test_idx)) == 0:
         raise AppError(f"{n} ratings are too few to split into train, validation and test")
     if resume is None:
-        run_dir = prepare_new_run_dir(cfg.out)
-        write_json(run_dir / "config.json", {"format": RUN_FORMAT, "format_version": RUN_FORMAT_VERSION,
-                                            "app": APP, "config": asdict(cfg)})
+        run_dir = create_run_dir(cfg, APP)
     log(f"movie recommender -> {run_dir}", quiet=quiet)
 
     resuming = resume is not None
@@ -417,24 +409,24 @@ def train(cfg: RecsysConfig, *, resume: str | None = None) -> dict[str, Any]:
     log(f"test ratings whose user / movie is unseen in training: {unseen_users:,} / {unseen_items:,} "
         f"(oov='zero': zero vector and bias)", quiet=quiet)
 
+    mu = float(train.ratings.to(torch.float64).mean())  # the global mean (baseline and model)
     base_path = run_dir / "baselines.json"
     if resuming and base_path.is_file():
         baselines = read_json(base_path, "baselines")
     else:
         t0 = time.perf_counter()
-        mu = float(train.ratings.to(torch.float64).mean())
         gm = regression_metrics(torch.full_like(test.ratings, mu).clamp(*clamp), test.ratings)
         grid: dict[str, float] = {}
-        best: tuple[float, float] | None = None
+        best: tuple[float, float, tuple[float, Tensor, Tensor]] | None = None
         for reg in (1.0, 3.0, 10.0, 25.0):
             fitted = fit_biases(train, len(users), len(items), reg)
             v = regression_metrics(predict_biases(val, *fitted, clamp), val.ratings)["rmse"]
             grid[str(reg)] = v
             if best is None or v < best[0]:
-                best = (v, reg)
-        best_reg = best[1] if best is not None else 3.0
-        bias = regression_metrics(predict_biases(test, *fit_biases(train, len(users), len(items), best_reg), clamp),
-                                  test.ratings)
+                best = (v, reg, fitted)
+        assert best is not None  # the grid is not empty
+        _, best_reg, best_fit = best
+        bias = regression_metrics(predict_biases(test, *best_fit, clamp), test.ratings)
         baselines = {
             "global_mean": {"test": gm, "mean": mu},
             "user_item_bias": {"test": bias, "reg": best_reg, "val_rmse_by_reg": grid},
@@ -447,7 +439,7 @@ def train(cfg: RecsysConfig, *, resume: str | None = None) -> dict[str, Any]:
     spec = embtab.optim.SGD(lr=cfg.lr) if cfg.optimizer == "fused" else None
     model = BiasedMF(len(users), len(items), len(features) if features is not None else 0, cfg.dim,
                      init_std=cfg.init_std, optimizer=spec)
-    model.global_mean.fill_(float(train.ratings.to(torch.float64).mean()))
+    model.global_mean.fill_(mu)
     log(f"model: biased MF, dim {cfg.dim}, {len(users):,} users x {len(items):,} movies"
         + (f", {len(features):,} item features (genres, years)" if features is not None else "")
         + f"; optimizer: {'embtab.optim.SGD fused into the collection backward' if spec else 'torch.optim.SGD on dense gradients'}",

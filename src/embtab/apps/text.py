@@ -21,7 +21,7 @@ from __future__ import annotations
 import re
 import time
 import zlib
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
@@ -34,8 +34,8 @@ import embtab
 
 from . import data as data_mod
 from .common import (
-    Bags, RUN_FORMAT, RUN_FORMAT_VERSION, AppError, format_seconds, log,
-    prepare_new_run_dir, read_json, start_run, write_json,
+    Bags, AppError, format_seconds, log,
+    create_run_dir, read_json, start_run, write_json,
 )
 from .metrics import classification_metrics
 from .train import LoopConfig, fit
@@ -69,12 +69,13 @@ class TextConfig:
     epochs: int = 10
     patience: int = 3  #: stop after this many epochs without a better validation macro-F1
     optimizer: str = "fused"  #: "fused" (embtab.optim.Adam in backward) or "sparse" (torch.optim.SparseAdam)
+    OPTIMIZERS = ("fused", "sparse")  # (a class constant, not a field)
     vectors: str | None = None  #: pretrained vectors to initialise the word rows
     threads: int | None = None
     quiet: bool = False
 
     def check(self) -> None:
-        if self.optimizer not in ("fused", "sparse"):
+        if self.optimizer not in self.OPTIMIZERS:
             raise AppError(f"--optimizer must be 'fused' or 'sparse', got {self.optimizer!r}")
         for name in ("dim", "batch_size", "epochs", "min_freq", "word_ngrams"):
             if getattr(self, name) < 1:
@@ -320,14 +321,6 @@ def _load_data(cfg: TextConfig) -> data_mod.TextData:
     return data_mod.load_text_file(cfg.data, cfg.text_column, cfg.label_column)
 
 
-def _config_from_run(run_dir: Path) -> TextConfig:
-    doc = read_json(run_dir / "config.json", "run config")
-    if not isinstance(doc, dict) or doc.get("format") != RUN_FORMAT or doc.get("app") != APP:
-        raise AppError(f"{str(run_dir)!r} is not a text run folder (its config.json is not an embtab text run)")
-    known = {f.name for f in fields(TextConfig)}
-    return TextConfig(**{k: v for k, v in doc["config"].items() if k in known})
-
-
 def _word_map(model: TextClassifier, vocab: embtab.Vocab, train_tokens: Sequence[Sequence[str]],
               y_train: np.ndarray, classes: Sequence[str], path: Path) -> None:
     """PCA map of the most frequent words, coloured by the class they occur in most."""
@@ -361,7 +354,7 @@ def _word_map(model: TextClassifier, vocab: embtab.Vocab, train_tokens: Sequence
 def train(cfg: TextConfig, *, resume: str | None = None) -> dict[str, Any]:
     """Run the text application end to end; returns the metrics (also in ``metrics.json``)."""
     t_start = time.perf_counter()
-    cfg, run_dir = start_run(cfg, resume, APP, _config_from_run)  # run_dir is created below, after the checks
+    cfg, run_dir = start_run(cfg, resume, APP)  # run_dir is created below, after the checks
     quiet = cfg.quiet
     if cfg.vectors and not Path(cfg.vectors).is_file():
         raise AppError(f"--vectors file not found: {cfg.vectors!r}")
@@ -376,9 +369,7 @@ def train(cfg: TextConfig, *, resume: str | None = None) -> dict[str, Any]:
     if min(len(train_idx), len(val_idx), len(test_idx)) == 0:
         raise AppError(f"{len(data.texts)} texts are too few to split into train, validation and test")
     if resume is None:
-        run_dir = prepare_new_run_dir(cfg.out)
-        write_json(run_dir / "config.json", {"format": RUN_FORMAT, "format_version": RUN_FORMAT_VERSION,
-                                            "app": APP, "config": asdict(cfg)})
+        run_dir = create_run_dir(cfg, APP)
     log(f"text classifier -> {run_dir}", quiet=quiet)
     log(f"data: {data.source}: {len(data.texts):,} texts, {len(classes)} classes; "
         f"train {len(train_idx):,} / val {len(val_idx):,} / test {len(test_idx):,}", quiet=quiet)
