@@ -7,10 +7,12 @@ never half of one.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
+import struct
 import tempfile
 from pathlib import Path
-from typing import IO, Iterator
+from typing import IO, Any, Iterator, Sequence
 
 
 @contextlib.contextmanager
@@ -34,6 +36,19 @@ def atomic_open(path: str | os.PathLike[str], mode: str = "wb", encoding: str | 
             os.unlink(tmp)
         raise
     fsync_dir(path.parent)
+
+
+def remove_stale_temps(folder: str | os.PathLike[str]) -> int:
+    """Delete the temp files that :func:`atomic_open` left in ``folder`` when its process
+    was killed mid-write (their names are its own: ``.NAME.XXXX.tmp``); returns how many."""
+    n = 0
+    folder = Path(folder)
+    if folder.is_dir():
+        for p in folder.glob(".*.tmp"):
+            with contextlib.suppress(OSError):
+                p.unlink()
+                n += 1
+    return n
 
 
 def _read_umask() -> int:
@@ -63,3 +78,37 @@ def fsync_dir(directory: str | os.PathLike[str]) -> None:
             os.fsync(fd)
         finally:
             os.close(fd)
+
+
+# safetensors' names for the dtypes we store.
+SAFETENSORS_DTYPES = {
+    "float32": "F32", "float64": "F64", "float16": "F16", "bfloat16": "BF16",
+    "int64": "I64", "int32": "I32", "int16": "I16", "int8": "I8", "uint8": "U8", "bool": "BOOL",
+}
+
+
+def write_safetensors(
+    path: str | os.PathLike[str], entries: Sequence[tuple[str, str, Sequence[int], Any]], metadata: dict[str, str],
+) -> None:
+    """Write a safetensors file atomically, streaming each buffer as it is.
+
+    ``entries``: (name, safetensors dtype such as "F32", shape, buffer), the buffer
+    anything ``memoryview`` takes (a contiguous little-endian numpy array, bytes).
+    Unlike ``safetensors.torch.save`` nothing is copied: no clone per tensor, no
+    whole file built in memory first.
+    """
+    views = [memoryview(buf).cast("B") for _, _, _, buf in entries]
+    header: dict[str, Any] = {}
+    offset = 0
+    for (name, dtype, shape, _), view in zip(entries, views):
+        header[name] = {"dtype": dtype, "shape": list(shape), "data_offsets": [offset, offset + view.nbytes]}
+        offset += view.nbytes
+    header["__metadata__"] = metadata
+    head = json.dumps(header, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+    head += b" " * (-(8 + len(head)) % 8)  # the data starts 8-byte aligned (safetensors allows the padding)
+    with atomic_open(path, "wb") as f:
+        f.write(struct.pack("<Q", len(head)))
+        f.write(head)
+        for view in views:
+            if view.nbytes:
+                f.write(view)

@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import embtab
+from embtab._io import remove_stale_temps
 from embtab.apps import checkpoint as ck
 from embtab.apps.common import AppError
 
@@ -114,7 +115,7 @@ def test_atomic_and_no_temp_files(tmp_path):
         ck.save_checkpoint(tmp_path / "c.safetensors", model=m, optimizers=opts, state={"i": i})
     assert [p.name for p in tmp_path.iterdir()] == ["c.safetensors"]
     (tmp_path / ".c.safetensors.abc.tmp").write_bytes(b"half a file")  # left by kill -9
-    assert ck.remove_stale_temp_files(tmp_path) == 1
+    assert remove_stale_temps(tmp_path) == 1
     assert ck.load_checkpoint(tmp_path / "c.safetensors").state == {"i": 2}
 
 

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .._io import atomic_write_bytes
+from .._io import SAFETENSORS_DTYPES, write_safetensors
 from .common import AppError
 
 FORMAT_NAME = "embtab.checkpoint"
@@ -31,10 +31,19 @@ WEIGHTS_FORMAT_NAME = "embtab.weights"
 
 
 def _tensor_for_file(t: Tensor) -> Tensor:
-    # safetensors wants dense, contiguous CPU tensors that share no storage.
+    # Dense, contiguous, on the CPU: what write_safetensors streams (no copy when already so).
     if t.is_sparse:
         t = t.to_dense()
-    return t.detach().cpu().contiguous().clone()
+    return t.detach().cpu().contiguous()
+
+
+def _write(path: str | os.PathLike[str], tensors: dict[str, Tensor], metadata: dict[str, str]) -> None:
+    entries = [
+        (name, SAFETENSORS_DTYPES[str(t.dtype).removeprefix("torch.")], tuple(t.shape),
+         t.reshape(-1).view(torch.uint8).numpy())
+        for name, t in tensors.items()
+    ]
+    write_safetensors(path, entries, metadata)
 
 
 @dataclass
@@ -90,8 +99,6 @@ def save_checkpoint(
     generator: torch.Generator | None = None,
 ) -> None:
     """Write a complete training checkpoint to ``path``, atomically."""
-    from safetensors.torch import save
-
     tensors: dict[str, Tensor] = {f"model/{k}": _tensor_for_file(v) for k, v in model.state_dict().items()}
     optim_meta: dict[str, Any] = {}
     for name, opt in optimizers.items():
@@ -115,7 +122,7 @@ def save_checkpoint(
         "optimizers": json.dumps(optim_meta),
         "rng": json.dumps(rng_json),
     }
-    atomic_write_bytes(path, save(tensors, metadata=metadata))
+    _write(path, tensors, metadata)
 
 
 def _open(path: Path, what: str) -> tuple[dict[str, str], dict[str, Tensor]]:
@@ -199,12 +206,10 @@ def save_weights(path: str | os.PathLike[str], model: torch.nn.Module, info: dic
     A fused optimizer's per-row state (``optim_*`` buffers, as large as the table or
     twice that for Adam) is left out: these weights are for prediction, not for training.
     """
-    from safetensors.torch import save
-
     tensors = {k: _tensor_for_file(v) for k, v in model.state_dict().items() if not _is_optimizer_state(k)}
     metadata = {"format": WEIGHTS_FORMAT_NAME, "format_version": str(FORMAT_VERSION),
                 "info": json.dumps(info or {})}
-    atomic_write_bytes(path, save(tensors, metadata=metadata))
+    _write(path, tensors, metadata)
 
 
 def load_weights(path: str | os.PathLike[str], model: torch.nn.Module) -> dict[str, Any]:
@@ -223,17 +228,3 @@ def load_weights(path: str | os.PathLike[str], model: torch.nn.Module) -> dict[s
             f"{list(result.unexpected_keys)[:3]})"
         )
     return json.loads(meta.get("info", "{}"))
-
-
-def remove_stale_temp_files(folder: str | os.PathLike[str]) -> int:
-    """Delete temp files left by a write that was killed; returns how many."""
-    n = 0
-    folder = Path(folder)
-    if folder.is_dir():
-        for p in folder.glob(".*.tmp"):
-            try:
-                p.unlink()
-                n += 1
-            except OSError:
-                pass
-    return n

@@ -21,6 +21,7 @@ from typing import Any, Iterator, Protocol
 
 import torch
 
+from .._io import remove_stale_temps
 from . import checkpoint as ckpt_io
 from .common import AppError, format_seconds, is_tty, log
 
@@ -125,7 +126,8 @@ def fit(task: Task, loop: LoopConfig, run_dir: Path, *, resume: bool) -> FitResu
     }
     resumed_from = None
     if resume:
-        ckpt_io.remove_stale_temp_files(ckpt_dir)
+        for folder in (run_dir, ckpt_dir):  # what a killed run was writing (metrics, plots, checkpoints)
+            remove_stale_temps(folder)
         if last_path.is_file():
             ckpt = ckpt_io.load_checkpoint(last_path)
             ckpt_io.restore(ckpt, task.model, task.optimizers)

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from ._errors import VectorsFormatError
-from ._rows import RowSink
+from ._rows import RowSink, decode_tokens
 
 BLOCK_SIZE = 4 << 20
 # A token longer than this is a misaligned record (wrong dim in the header) or not a
@@ -104,12 +104,8 @@ def _store(
 ) -> None:
     values = np.frombuffer(b"".join(slices), dtype="<f4").reshape(len(toks), dim)  # (k, D)
     finite = np.isfinite(values).all(axis=1)  # (k,)
-    try:
-        tokens = b"\n".join(toks).decode(encoding, unicode_errors).split("\n")
-        ok = len(tokens) == len(toks) and bool(finite.all())
-    except UnicodeDecodeError:
-        ok = False
-    if ok:
+    tokens = decode_tokens(toks, encoding, unicode_errors)
+    if tokens is not None and finite.all():
         sink.add(tokens, values, np.asarray(where, dtype=np.int64))
         return
     # Slow path: find the bad records, in order.
@@ -130,7 +126,7 @@ def _store(
             sink.bad(
                 f"value {j + 1} of {dim} for token {tok!r} is {values[k, j]} (not finite)",
                 offset=off,
-                hint="pass on_bad_line='warn' or 'skip' to drop such rows" if sink.on_bad_line == "raise" else None,
+                hint=sink.skip_hint,
             )
             continue
         good_tokens.append(tok)

@@ -63,6 +63,11 @@ class RowSink:
     def capacity(self) -> int:
         return self.matrix.shape[0]
 
+    @property
+    def skip_hint(self) -> str | None:
+        """The hint for a bad row: how to drop such rows instead of failing."""
+        return "pass on_bad_line='warn' or 'skip' to drop such rows" if self.on_bad_line == "raise" else None
+
     def bad(self, reason: str, *, line: int | None = None, offset: int | None = None, hint: str | None = None) -> None:
         """A bad row: raise, or count it (and remember the first) to report at the end."""
         err = VectorsFormatError(self.path, reason, line=line, offset=offset, hint=hint)
@@ -139,3 +144,15 @@ def _compact_rows(matrix: torch.Tensor, kept: np.ndarray, block: int = 4096) -> 
         src = kept_t[start : start + block]
         # index_select makes a small copy first, so overlapping rows are safe.
         matrix[start : start + len(src)] = matrix.index_select(0, src)
+
+
+def decode_tokens(toks: list[bytes], encoding: str, errors: str) -> list[str] | None:
+    """Decode a batch of tokens in one call; ``None`` if one of them fails (strict mode)."""
+    try:
+        # '\n' cannot occur inside a token (lines are split on it; the binary reader
+        # stops a token at whitespace) nor inside a multi-byte character of an
+        # ASCII-compatible encoding, so it separates safely.
+        out = b"\n".join(toks).decode(encoding, errors).split("\n")
+    except UnicodeDecodeError:
+        return None
+    return out if len(out) == len(toks) else None

@@ -30,7 +30,7 @@ from typing import IO, Callable, Iterator, Sequence
 import numpy as np
 import torch
 
-from ._rows import RowSink
+from ._rows import RowSink, decode_tokens
 
 # A decimal number as written by every vector tool (and by Python/C printf): no
 # underscores, no hex, ASCII digits only. nan/inf are recognised so that we can say
@@ -161,17 +161,6 @@ def _parse_values(joined: bytes, rows: int, dim: int, np_dtype: type) -> np.ndar
     return values
 
 
-def _decode_tokens(toks: list[bytes], encoding: str, errors: str) -> list[str] | None:
-    """Decode a batch of tokens in one call; ``None`` if one of them fails (strict mode)."""
-    try:
-        # '\n' cannot occur inside a token (lines are split on it) nor inside a
-        # multi-byte character of an ASCII-compatible encoding, so it separates safely.
-        out = b"\n".join(toks).decode(encoding, errors).split("\n")
-    except UnicodeDecodeError:
-        return None
-    return out if len(out) == len(toks) else None
-
-
 class _Batch:
     __slots__ = ("line_nos", "lines", "toks", "slow", "future")
 
@@ -293,7 +282,7 @@ def _store(batch: _Batch, sink: RowSink, dim: int, encoding: str, unicode_errors
     if batch.future is not None:
         fast_values = batch.future.result()  # (len(toks), D) or None
         if fast_values is not None:
-            fast_tokens = _decode_tokens(batch.toks, encoding, unicode_errors)
+            fast_tokens = decode_tokens(batch.toks, encoding, unicode_errors)
         if fast_tokens is None:
             # A bad value or token among the simple lines: every line the slow way,
             # so that the error names the first bad line.
@@ -346,7 +335,7 @@ def _parse_reference(
         try:
             tok_bytes, vals = parse_line_reference(line, dim)
         except BadLine as e:
-            sink.bad(e.reason, line=line_no, hint=e.hint or _skip_hint(sink))
+            sink.bad(e.reason, line=line_no, hint=e.hint or sink.skip_hint)
             continue
         try:
             tok = tok_bytes.decode(encoding, unicode_errors)
@@ -364,10 +353,6 @@ def _parse_reference(
     # gives (it parses each number to the nearest double and rounds once too).
     values = np.asarray(rows, dtype=np.float64).reshape(len(rows), dim)
     return tokens, values, np.asarray(where, dtype=np.int64)
-
-
-def _skip_hint(sink: RowSink) -> str | None:
-    return "pass on_bad_line='warn' or 'skip' to drop such rows" if sink.on_bad_line == "raise" else None
 
 
 # ---------------------------------------------------------------------- writing

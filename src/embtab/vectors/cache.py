@@ -23,12 +23,11 @@ import struct
 import sys
 from itertools import accumulate
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
 
-from .._io import atomic_open
+from .._io import write_safetensors
 
 FORMAT_NAME = "embtab.vectors"
 FORMAT_VERSION = 1
@@ -69,27 +68,11 @@ def write_cache(
     data = matrix.detach().to("cpu").contiguous()
     raw = data.view(torch.int16) if matrix.dtype == torch.bfloat16 else data
     mat_bytes = raw.numpy().astype(raw_dtype, copy=False)
-    sizes = [("token_lengths", "I64", [n], lengths.nbytes),
-             ("vectors", st_name, [n, dim], mat_bytes.nbytes),
-             ("token_chars", "U8", [len(chars)], len(chars))]
-    header: dict[str, Any] = {}
-    offset = 0
-    for name, dt, shape, size in sizes:
-        header[name] = {"dtype": dt, "shape": shape, "data_offsets": [offset, offset + size]}
-        offset += size
     meta = {"format": FORMAT_NAME, "format_version": str(FORMAT_VERSION), "count": str(n), "dim": str(dim)}
     meta.update(metadata)
-    header["__metadata__"] = meta
-    head = json.dumps(header, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
-    # Pad with spaces so the data starts 8-byte aligned (safetensors allows this).
-    head += b" " * (-(8 + len(head)) % 8)
-    with atomic_open(path, "wb") as f:
-        f.write(struct.pack("<Q", len(head)))
-        f.write(head)
-        f.write(memoryview(lengths))
-        if mat_bytes.nbytes:
-            f.write(memoryview(mat_bytes.reshape(-1)))
-        f.write(chars)
+    write_safetensors(path, [("token_lengths", "I64", [n], lengths),
+                             ("vectors", st_name, [n, dim], mat_bytes.reshape(-1)),
+                             ("token_chars", "U8", [len(chars)], chars)], meta)
 
 
 def read_cache(path: str | os.PathLike[str]) -> tuple[list[str], torch.Tensor, dict[str, str]]:
