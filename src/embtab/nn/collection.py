@@ -305,7 +305,7 @@ class EmbeddingBagCollection(Module):
         lookups = [
             self._prepare(f, bags[self._feature_table[f]], *inp) for f, inp in zip(self.feature_names, inputs)
         ]
-        self._check_batch([lk.ends for lk in lookups], ends=True)
+        self._check_batch([lk.ends for lk in lookups])
         grad_on = torch.is_grad_enabled()
         if self.optimizer is not None and grad_on and any(b.weight.requires_grad for b in bags):
             step = _FusedStep(self, bags, lookups)
@@ -361,8 +361,8 @@ class EmbeddingBagCollection(Module):
     def _where(self, feature: str) -> str:
         return self._wheres[feature]
 
-    def _check_batch(self, tensors: list[Tensor], ends: bool = False) -> None:
-        sizes = [t.shape[0] - 1 if ends else t.shape[0] for t in tensors]
+    def _check_batch(self, ends: list[Tensor]) -> None:
+        sizes = [t.shape[0] - 1 for t in ends]  # (B + 1,) canonical offsets
         if len(set(sizes)) > 1:
             detail = ", ".join(f"{f!r}: {b}" for f, b in zip(self.feature_names, sizes))
             raise ValueError(f"{_WHERE}: every feature needs the same batch size, got {detail}")

@@ -82,7 +82,9 @@ class _SparseRowOptimizer(torch.optim.Optimizer):
                 if not state:
                     state.update(new_state(self._spec, view))
                 backend = select_backend(p.device, p.dtype, p.is_contiguous())
-                target = view if view.data_ptr() == p.data_ptr() and p.is_contiguous() else view.clone()
+                # A contiguous parameter's rows view is the parameter itself; otherwise work on a
+                # contiguous copy (reshape may have made one already) and write it back.
+                target = view if p.is_contiguous() else view.contiguous()
                 backend.fused_update(target, state, rows, grads, hyper)
                 if target is not view:  # a non-contiguous parameter: write the rows back
                     p.copy_(target.reshape(p.shape))

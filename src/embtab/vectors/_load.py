@@ -204,6 +204,23 @@ def _looks_binary(rest: bytes, dim: int, records: int = 3) -> bool:
     return False
 
 
+def from_cache(
+    path: Path, *, limit: int | None = None, dtype: torch.dtype | None = None,
+) -> tuple[list[str], torch.Tensor, dict[str, int], dict[str, Any]]:
+    """A cache file read as ``load_file`` returns a file: ``(tokens, matrix, index, info)``
+    (the cache holds distinct tokens, so the index needs no duplicate check)."""
+    tokens, matrix, meta = read_cache(path)
+    if limit is not None:
+        tokens, matrix = tokens[:limit], matrix[:limit]
+    if dtype is not None and matrix.dtype != dtype:
+        matrix = matrix.to(dtype)
+    index = {t: i for i, t in enumerate(tokens)}
+    info = {"format": "cache", "source_name": meta.get("source"), "source_format": meta.get("source_format"),
+            "sha256": meta.get("source_sha256") or None, "stat": None, "skipped": 0, "duplicates": 0,
+            "load_options": meta.get("load_options", "")}
+    return tokens, matrix, index, info
+
+
 def load_file(
     path: Path,
     format: str,
@@ -221,16 +238,8 @@ def load_file(
     with open(path, "rb") as f:
         magic = f.read(16)
     if format == "cache" or (format == "auto" and is_cache_file(magic)):
-        tokens, matrix, meta = read_cache(path)
-        if limit is not None:
-            tokens, matrix = tokens[:limit], matrix[:limit]
-        if matrix.dtype != dtype:
-            matrix = matrix.to(dtype)
+        tokens, matrix, index, info = from_cache(path, limit=limit, dtype=dtype)
         logger.info("%s: loaded %d x %d vectors from the cache format", name, *matrix.shape)
-        index = {t: i for i, t in enumerate(tokens)}
-        info = {"format": "cache", "source_name": meta.get("source"), "source_format": meta.get("source_format"),
-                "sha256": meta.get("source_sha256") or None, "stat": None, "skipped": 0, "duplicates": 0,
-                "load_options": meta.get("load_options", "")}
         return tokens, matrix, index, info
 
     source = _Source(path, progress=progress, desc=f"loading {path.name}")

@@ -15,7 +15,7 @@ from .._io import atomic_open
 from . import _load
 from ._binary import write_binary
 from ._text import write_text
-from .cache import read_cache, write_cache
+from .cache import write_cache
 
 EXPORT_FORMATS = ("glove", "word2vec", "fasttext", "word2vec_binary")
 
@@ -314,12 +314,10 @@ def _try_cache(cache: Path, source: Path, options: str) -> Vectors | None:
     if not cache.exists():
         return None
     try:
-        tokens, matrix, meta = read_cache(cache)
+        tokens, matrix, index, info = _load.from_cache(cache)
     except ValueError as e:
         warnings.warn(f"ignoring the unreadable cache {str(cache)!r} and writing it again: {e}", stacklevel=3)
         return None
-    if meta.get("load_options") != options or meta.get("source_sha256") != _load.file_sha256(source):
+    if info["load_options"] != options or info["sha256"] != _load.file_sha256(source):
         return None  # stale: another source or other options
-    info = {"format": "cache", "source_name": meta.get("source"), "source_format": meta.get("source_format"),
-            "sha256": meta.get("source_sha256"), "stat": None, "load_options": options}
-    return Vectors(tokens, matrix, format="cache", source=str(cache), _info=info)
+    return Vectors(tokens, matrix, format="cache", source=str(cache), _index=index, _info=info)
