@@ -147,6 +147,15 @@ def create_run_dir(cfg: Any, app: str) -> Path:
     return run_dir
 
 
+def run_outputs(run_dir: Path, checkpoints: dict[str, str], **extra: str) -> dict[str, str]:
+    """The files of a finished run folder, by name (for ``metrics.json`` and the summary)."""
+    return {
+        "run_dir": str(run_dir), "config": str(run_dir / "config.json"), "metrics": str(run_dir / "metrics.json"),
+        "curves": str(run_dir / "curves.png"), "embeddings": str(run_dir / "embeddings.png"),
+        **extra, **checkpoints,
+    }
+
+
 def start_run(cfg: Any, resume: str | None, app: str) -> tuple[Any, Path]:
     """The config a run goes on with and its run folder: the saved config when resuming
     (only the threads and the verbosity come from the command line: how to run, not what),

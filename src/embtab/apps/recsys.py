@@ -37,7 +37,7 @@ import embtab
 from . import data as data_mod
 from .common import (
     AppError, Bags, format_seconds, log,
-    create_run_dir, read_json, start_run, write_json,
+    create_run_dir, read_json, run_outputs, start_run, write_json,
 )
 from .metrics import regression_metrics
 from .train import LoopConfig, fit
@@ -492,11 +492,7 @@ def train(cfg: RecsysConfig, *, resume: str | None = None) -> dict[str, Any]:
         "neighbors": neighbors,
         "train_seconds": result.train_seconds,
         "seconds": time.perf_counter() - t_start,
-        "outputs": {
-            "run_dir": str(run_dir), "config": str(run_dir / "config.json"), "metrics": str(run_dir / "metrics.json"),
-            "curves": str(run_dir / "curves.png"), "embeddings": str(run_dir / "embeddings.png"),
-            **result.checkpoints,
-        },
+        "outputs": run_outputs(run_dir, result.checkpoints),
     }
     write_json(run_dir / "metrics.json", metrics)
     return metrics

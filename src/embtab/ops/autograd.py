@@ -21,6 +21,21 @@ def _unit_column_stride(grad: torch.Tensor) -> torch.Tensor:
     return grad if grad.stride(-1) == 1 else grad.contiguous()
 
 
+def _bag_forward(
+    ctx: Any, weight: torch.Tensor, per_sample_weights: torch.Tensor | None, ids: torch.Tensor,
+    offsets: torch.Tensor, backend: ModuleType, mode: str, padding_idx: int | None, scale_grad_by_freq: bool,
+) -> torch.Tensor:
+    """The forward of both bag Functions: the backend's lookup, and what a backward reads."""
+    out, aux = backend.embedding_bag_forward(weight, ids, offsets, mode, per_sample_weights, padding_idx)
+    # The weight is only needed for the per-sample-weights gradient.
+    need_psw = per_sample_weights is not None and ctx.needs_input_grad[1]
+    ctx.save_for_backward(weight if need_psw else None, per_sample_weights, ids, offsets, *aux)
+    ctx.backend, ctx.mode, ctx.padding_idx = backend, mode, padding_idx
+    ctx.scale_grad_by_freq = scale_grad_by_freq
+    ctx.weight_shape, ctx.weight_dtype = weight.shape, weight.dtype
+    return out
+
+
 class EmbeddingFunction(torch.autograd.Function):
     @staticmethod
     def forward(  # type: ignore[override]
@@ -62,14 +77,9 @@ class EmbeddingBagFunction(torch.autograd.Function):
         scale_grad_by_freq: bool,
         sparse: bool,
     ) -> torch.Tensor:  # (B, D)
-        out, aux = backend.embedding_bag_forward(weight, ids, offsets, mode, per_sample_weights, padding_idx)
-        # The weight is only needed for the per-sample-weights gradient.
-        need_psw = per_sample_weights is not None and ctx.needs_input_grad[1]
-        ctx.save_for_backward(weight if need_psw else None, per_sample_weights, ids, offsets, *aux)
-        ctx.backend, ctx.mode, ctx.padding_idx = backend, mode, padding_idx
-        ctx.scale_grad_by_freq, ctx.sparse = scale_grad_by_freq, sparse
-        ctx.weight_shape, ctx.weight_dtype = weight.shape, weight.dtype
-        return out
+        ctx.sparse = sparse
+        return _bag_forward(ctx, weight, per_sample_weights, ids, offsets, backend, mode, padding_idx,
+                            scale_grad_by_freq)
 
     @staticmethod
     @once_differentiable
@@ -139,12 +149,9 @@ class FusedEmbeddingBagFunction(torch.autograd.Function):
         scale_grad_by_freq: bool,
         fused: Any,
     ) -> torch.Tensor:  # (B, D)
-        out, aux = backend.embedding_bag_forward(weight, ids, offsets, mode, per_sample_weights, padding_idx)
-        need_psw = per_sample_weights is not None and ctx.needs_input_grad[1]
-        ctx.save_for_backward(weight if need_psw else None, per_sample_weights, ids, offsets, *aux)
-        ctx.backend, ctx.mode, ctx.padding_idx = backend, mode, padding_idx
-        ctx.scale_grad_by_freq, ctx.fused = scale_grad_by_freq, fused
-        return out
+        ctx.fused = fused
+        return _bag_forward(ctx, weight, per_sample_weights, ids, offsets, backend, mode, padding_idx,
+                            scale_grad_by_freq)
 
     @staticmethod
     @once_differentiable

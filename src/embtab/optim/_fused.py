@@ -86,6 +86,15 @@ class FusedSpec:
 
     kind: ClassVar[str]
 
+    def __post_init__(self) -> None:
+        """Check every hyperparameter at construction, with the checks :meth:`hyper` runs."""
+        where = type(self).__name__
+        if hasattr(self, "betas"):
+            object.__setattr__(self, "betas", _check_betas(self.betas, where))  # a tuple, not the caller's list
+        self.hyper(self.hyperparameters())
+        if hasattr(self, "initial_accumulator_value"):
+            _check_float(self.initial_accumulator_value, "initial_accumulator_value", where)
+
     def hyperparameters(self) -> dict[str, Any]:
         """The ``param_groups`` entries of the bound :class:`FusedOptimizer`."""
         return {f.name: getattr(self, f.name) for f in fields(self)}
@@ -116,10 +125,6 @@ class SGD(FusedSpec):
     weight_decay: float = 0.0
     kind: ClassVar[str] = "sgd"
 
-    def __post_init__(self) -> None:
-        _check_float(self.lr, "lr", "SGD")
-        _check_float(self.weight_decay, "weight_decay", "SGD")
-
 
 @dataclass(frozen=True)
 class Adagrad(FusedSpec):
@@ -134,12 +139,6 @@ class Adagrad(FusedSpec):
     weight_decay: float = 0.0
     initial_accumulator_value: float = 0.0
     kind: ClassVar[str] = "adagrad"
-
-    def __post_init__(self) -> None:
-        _check_float(self.lr, "lr", "Adagrad")
-        _check_float(self.eps, "eps", "Adagrad", low_open=True)
-        _check_float(self.weight_decay, "weight_decay", "Adagrad")
-        _check_float(self.initial_accumulator_value, "initial_accumulator_value", "Adagrad")
 
     def state_layout(self, num_rows: int, dim: int) -> dict[str, tuple[tuple[int, ...], bool, float]]:
         return {"sum": ((num_rows, dim), False, self.initial_accumulator_value)}
@@ -158,12 +157,6 @@ class RowWiseAdagrad(FusedSpec):
     weight_decay: float = 0.0
     initial_accumulator_value: float = 0.0
     kind: ClassVar[str] = "rowwise_adagrad"
-
-    def __post_init__(self) -> None:
-        _check_float(self.lr, "lr", "RowWiseAdagrad")
-        _check_float(self.eps, "eps", "RowWiseAdagrad", low_open=True)
-        _check_float(self.weight_decay, "weight_decay", "RowWiseAdagrad")
-        _check_float(self.initial_accumulator_value, "initial_accumulator_value", "RowWiseAdagrad")
 
     def state_layout(self, num_rows: int, dim: int) -> dict[str, tuple[tuple[int, ...], bool, float]]:
         return {"sum": ((num_rows,), False, self.initial_accumulator_value)}
@@ -193,13 +186,6 @@ class Adam(FusedSpec):
     eps: float = 1e-8
     weight_decay: float = 0.0
     kind: ClassVar[str] = "adam"
-
-    def __post_init__(self) -> None:
-        where = type(self).__name__
-        _check_float(self.lr, "lr", where)
-        object.__setattr__(self, "betas", _check_betas(self.betas, where))  # a tuple, not the caller's list
-        _check_float(self.eps, "eps", where, low_open=True)
-        _check_float(self.weight_decay, "weight_decay", where)
 
     def state_layout(self, num_rows: int, dim: int) -> dict[str, tuple[tuple[int, ...], bool, float]]:
         return {
