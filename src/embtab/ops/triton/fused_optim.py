@@ -41,7 +41,6 @@ with asynchronous copies from pinned memory.
 
 from __future__ import annotations
 
-import math
 from collections import OrderedDict
 from typing import TYPE_CHECKING, Any, NamedTuple, Sequence
 
@@ -64,7 +63,7 @@ KIND_CODES = {"sgd": SGD, "adagrad": ADAGRAD, "rowwise_adagrad": ROWWISE_ADAGRAD
 # Rows of the meta table (each T + 1 wide) and slots of the float64 hyperparameter
 # vector. tl.constexpr so that kernels may read them (host code uses ``.value``).
 _ROW_OFF, _DIM, _PAD, _FREQ, _W, _S1, _S2, _STEP = (tl.constexpr(i) for i in range(8))
-_LR, _EPS, _B1, _B2, _WD, _LOG_B1, _LOG_B2, _DECAY, _1_B1, _1_B2 = (tl.constexpr(i) for i in range(10))
+_LR, _EPS, _B1, _B2, _WD, _DECAY, _1_B1, _1_B2 = (tl.constexpr(i) for i in range(8))
 
 
 # --- jit helpers ------------------------------------------------------------------------------
@@ -112,7 +111,7 @@ def _finish_rows(
     s1_ptr,  # first table's state 1 (Adagrad sum, row-wise sum, Adam exp_avg)
     s2_ptr,  # first table's Adam exp_avg_sq
     step_ptr,  # first table's Adam step (int64)
-    hyper_ptr,  # (10,) float64
+    hyper_ptr,  # (8,) float64
     T,
     KIND: tl.constexpr,
     ANY_FREQ: tl.constexpr,
@@ -461,12 +460,9 @@ def _tables(weights: Sequence[torch.Tensor], states: Sequence[dict[str, torch.Te
 
 
 def _hyper(hyper: FusedHyper, device: torch.device) -> torch.Tensor:
-    """(10,) float64 hyperparameters on the device, with the logs Adam's bias corrections use."""
-    def log(b: float) -> float:
-        return math.log(b) if b > 0 else -math.inf
-
+    """(8,) float64 hyperparameters on the device, in the slots ``_LR`` ... ``_1_B2``."""
     lr, wd, b1, b2 = hyper.lr, hyper.weight_decay, hyper.beta1, hyper.beta2
-    values = [lr, hyper.eps, b1, b2, wd, log(b1), log(b2), 1 - lr * wd, 1 - b1, 1 - b2]
+    values = [lr, hyper.eps, b1, b2, wd, 1 - lr * wd, 1 - b1, 1 - b2]
     return _hyper_cache.get_or_make((device, tuple(values)), lambda: _to_device(values, torch.float64, device))
 
 
