@@ -155,16 +155,34 @@ class _Table(Module):
         return embedding_from_vectors(vectors, vocab, embedding_cls=cls, **kwargs)
 
 
-def pretrained_weight(embeddings: Tensor, num_oov_buckets: int, where: str) -> Tensor:
-    """``embeddings`` plus ``num_oov_buckets`` hash rows drawn from N(0, std(embeddings)^2).
+NONFINITE = ("error", "keep")
 
-    Without buckets the tensor itself is returned, so the module shares its storage
-    as torch's ``from_pretrained`` does.
+
+def pretrained_weight(embeddings: Tensor, num_oov_buckets: int, where: str, nonfinite: str = "error") -> Tensor:
+    """``embeddings`` plus ``num_oov_buckets`` hash rows drawn from N(0, std^2), std over the
+    finite rows of ``embeddings``.
+
+    A row holding NaN or inf is refused (naming it) unless ``nonfinite="keep"``; kept
+    rows never reach the statistics that initialise other rows. Without buckets the
+    tensor itself is returned, so the module shares its storage as torch's
+    ``from_pretrained`` does.
     """
     _checks.check_weight(embeddings, where, "embeddings")
+    if nonfinite not in NONFINITE:
+        raise ValueError(f"{where}: nonfinite must be one of {NONFINITE}, got nonfinite={nonfinite!r}")
+    finite = torch.isfinite(embeddings.detach()).all(1) if embeddings.is_floating_point() else None
+    if finite is not None and nonfinite == "error" and not bool(finite.all()):
+        bad = (~finite).nonzero().squeeze(1)
+        row = int(bad[0])
+        raise ValueError(
+            f"{where}: embeddings row {row} holds a non-finite value ({embeddings[row][~torch.isfinite(embeddings[row])][0].item()}); "
+            f"{bad.numel()} of {embeddings.shape[0]} rows do. Fix the vectors, or pass nonfinite='keep' to keep them "
+            f"(they are never used to initialise other rows)"
+        )
     if not num_oov_buckets:
         return embeddings
-    std = float(embeddings.detach().float().std()) if embeddings.numel() > 1 else 1.0
+    good = embeddings.detach() if finite is None else embeddings.detach()[finite]
+    std = float(good.float().std()) if good.numel() > 1 else 1.0
     extra = torch.randn(
         num_oov_buckets, embeddings.shape[1], dtype=embeddings.dtype, device=embeddings.device
     ) * std

@@ -122,6 +122,7 @@ class Embedding(_Table):
         num_oov_buckets: int = 0,
         backend: str = "auto",
         optimizer: FusedSpec | None = None,
+        nonfinite: str = "error",
     ) -> "Embedding":
         """An ``Embedding`` whose in-vocabulary rows are ``embeddings`` (V, D).
 
@@ -130,7 +131,7 @@ class Embedding(_Table):
         """
         where = "Embedding.from_pretrained"
         _checks.check_oov(oov, num_oov_buckets, padding_idx, where)
-        weight = pretrained_weight(embeddings, num_oov_buckets, where)
+        weight = pretrained_weight(embeddings, num_oov_buckets, where, nonfinite)
         return cls(
             embeddings.shape[0], embeddings.shape[1], padding_idx, max_norm, norm_type,
             scale_grad_by_freq, sparse, _weight=weight, _freeze=freeze, oov=oov,

@@ -105,12 +105,13 @@ class EmbeddingBag(_Table):
         num_oov_buckets: int = 0,
         backend: str = "auto",
         optimizer: FusedSpec | None = None,
+        nonfinite: str = "error",
     ) -> "EmbeddingBag":
         """An ``EmbeddingBag`` whose in-vocabulary rows are ``embeddings`` (V, D); see
         :meth:`embtab.Embedding.from_pretrained`."""
         where = "EmbeddingBag.from_pretrained"
         _checks.check_oov(oov, num_oov_buckets, padding_idx, where)
-        weight = pretrained_weight(embeddings, num_oov_buckets, where)
+        weight = pretrained_weight(embeddings, num_oov_buckets, where, nonfinite)
         bag = cls(
             embeddings.shape[0], embeddings.shape[1], max_norm, norm_type, scale_grad_by_freq,
             mode, sparse, _weight=weight, include_last_offset=include_last_offset,
