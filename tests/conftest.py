@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 import random
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import numpy as np
 import pytest
@@ -87,6 +87,20 @@ def assert_close_to_torch(actual: torch.Tensor, expected: torch.Tensor, exact: t
         f"embtab is further from the float64 result than torch is: at flat index {worst} "
         f"|ours - exact| = {ours.flatten()[worst]:.4g}, |torch - exact| = {theirs.flatten()[worst]:.4g}"
     )
+
+
+@pytest.fixture
+def set_backend(monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[[str], None]]:
+    """``set_backend(name)``: ``$EMBTAB_BACKEND=name`` for the rest of the test (read again by the registry)."""
+    from embtab.ops import registry
+
+    def set_(name: str) -> None:
+        monkeypatch.setenv(registry.ENV_VAR, name)
+        registry.refresh()
+
+    yield set_
+    monkeypatch.undo()
+    registry.refresh()
 
 
 @pytest.fixture(autouse=True)

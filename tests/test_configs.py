@@ -44,7 +44,7 @@ def test_errors_name_the_table(kwargs: dict, error: type, match: str) -> None:
         embtab.TableConfig(**{**base, **kwargs})
 
 
-@pytest.mark.parametrize("name", ["", "a.b", 3])
+@pytest.mark.parametrize("name", ["", 3, None])
 def test_bad_names(name: object) -> None:
-    with pytest.raises(ValueError, match="name must be a non-empty string without '.'"):
+    with pytest.raises(ValueError, match="name must be a non-empty string"):
         embtab.TableConfig(name, 10, 4)  # type: ignore[arg-type]

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import embtab
-from embtab.oov import hash_bucket
+from embtab.ids import hash_bucket
 
 pytestmark = [
     pytest.mark.cuda,

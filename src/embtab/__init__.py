@@ -7,7 +7,9 @@ pure-PyTorch reference implementation behind every faster backend.
 
 from . import functional as functional
 from .nn import Embedding as Embedding, EmbeddingBag as EmbeddingBag
-from .oov import hash_bucket as hash_bucket
+from .ids import hash_bucket as hash_bucket
+from . import ids as ids
+from .ops.registry import backends as backends
 from .configs import TableConfig as TableConfig
 from .nn import EmbeddingBagCollection as EmbeddingBagCollection
 from . import optim as optim
@@ -17,4 +19,4 @@ from . import vectors as vectors
 __version__ = "0.1.0"
 
 __all__ = ["Embedding", "EmbeddingBag", "functional", "hash_bucket", "Vocab", "vectors", "__version__",
-           "TableConfig", "EmbeddingBagCollection", "optim"]
+           "TableConfig", "EmbeddingBagCollection", "optim", "ids", "backends"]

@@ -4,6 +4,11 @@ Every public entry point (modules, functionals, collections) checks its argument
 here, so the same mistake raises the same exception type with the same wording
 wherever it is made. Messages say what was expected, what arrived and how to fix it.
 Never ``assert``: assertions vanish under ``python -O``.
+
+Where torch refuses the same mistake, our exception is also an instance of torch's
+class for that case (each error class below derives from both), and the message
+contains torch's phrase, so code written as ``except RuntimeError:`` around torch's
+calls, or tests that match torch's text, keep working with embtab swapped in.
 """
 
 from __future__ import annotations
@@ -19,12 +24,53 @@ BAG_MODES = ("sum", "mean", "max")
 INDEX_DTYPES = (torch.int32, torch.int64)
 
 
-class UnsupportedArgumentError(ValueError, NotImplementedError):
-    """An argument combination that torch refuses with ``NotImplementedError``.
+class BadArgumentError(ValueError):
+    """A value torch has no counterpart for (an embtab option): a plain ``ValueError``."""
 
-    It is also a ``ValueError`` (our convention for bad input), so code written
-    against either library catches it.
-    """
+
+class UnsupportedArgumentError(ValueError, NotImplementedError):
+    """An argument combination that torch refuses with ``NotImplementedError``."""
+
+
+class SizeError(ValueError, RuntimeError):
+    """A negative table size (torch: ``RuntimeError``, "Trying to create tensor with negative dimension")."""
+
+
+class WeightShapeError(ValueError, RuntimeError, AssertionError):
+    """A weight that is not 2-D. torch raises ``RuntimeError`` ("'weight' must be 2-D") in
+    ``F.embedding``, ``ValueError`` in ``F.embedding_bag`` and ``AssertionError`` in
+    ``from_pretrained``; this is all three."""
+
+
+class WeightDtypeError(TypeError, RuntimeError):
+    """A weight of a dtype the lookup cannot use (torch: ``RuntimeError``)."""
+
+
+class IdsDtypeError(TypeError, RuntimeError):
+    """Ids or offsets that are not int32/int64 (torch: ``RuntimeError``)."""
+
+
+class PaddingIdxError(ValueError, AssertionError, RuntimeError):
+    """``padding_idx`` outside the table (torch: ``AssertionError`` in modules and
+    ``F.embedding``, ``RuntimeError`` in ``F.embedding_bag``)."""
+
+
+class OffsetsError(ValueError, RuntimeError):
+    """Offsets whose values do not describe bags of the input (torch: ``RuntimeError``)."""
+
+
+class PerSampleWeightsDtypeError(TypeError, RuntimeError):
+    """``per_sample_weights`` of another dtype than the weight (torch: ``RuntimeError``)."""
+
+
+class IdOutOfRangeError(IndexError, RuntimeError):
+    """An id outside the table under ``oov="error"`` (torch: ``IndexError`` in
+    ``F.embedding``, ``RuntimeError`` in ``F.embedding_bag``)."""
+
+
+def check_flag(value: Any, name: str, where: str) -> None:
+    if not isinstance(value, (bool, int)) or isinstance(value, float):
+        raise TypeError(f"{where}: {name} must be True or False, got {value!r}")
 
 
 def check_positive_int(value: Any, name: str, where: str, *, allow_zero: bool = False) -> int:
@@ -34,22 +80,31 @@ def check_positive_int(value: Any, name: str, where: str, *, allow_zero: bool = 
     low = 0 if allow_zero else 1
     if value < low:
         bound = "non-negative" if allow_zero else "positive"
-        raise ValueError(f"{where}: {name} must be {bound}, got {name}={value}")
+        error = SizeError if value < 0 and name in ("num_embeddings", "embedding_dim") else ValueError
+        raise error(
+            f"{where}: {name} must be {bound}, got {name}={value} "
+            f"(torch: Trying to create tensor with negative dimension)"
+            if error is SizeError else f"{where}: {name} must be {bound}, got {name}={value}"
+        )
     return value
 
 
-def check_weight(weight: Any, where: str, name: str = "weight") -> None:
+def check_weight(weight: Any, where: str, name: str = "weight", *, pooled: bool = False) -> None:
+    """A 2-D tensor. Integer tables are allowed for unpooled lookups (looked up, never
+    differentiated), as in torch; bags need floats (torch's kernels reduce in the weight's type)."""
     if not isinstance(weight, torch.Tensor):
         raise TypeError(f"{where}: {name} must be a torch.Tensor, got {type(weight).__name__}")
     if weight.dim() != 2:
-        raise ValueError(
-            f"{where}: {name} must be 2-D (num_rows, embedding_dim), "
-            f"got a tensor of shape {tuple(weight.shape)}"
+        raise WeightShapeError(
+            f"{where}: {name} must be 2-D (num_rows, embedding_dim), got a tensor of shape "
+            f"{tuple(weight.shape)} ('weight' must be 2-D; weight has to be a 2D Tensor; "
+            f"Embeddings parameter is expected to be 2-dimensional)"
         )
-    if not weight.is_floating_point():
-        raise TypeError(
-            f"{where}: {name} must be a floating-point tensor, got {weight.dtype}; "
-            f"convert it with {name}.float()"
+    if weight.is_complex() or (pooled and not weight.is_floating_point()):
+        raise WeightDtypeError(
+            f"{where}: {name} must be a floating-point tensor{'' if pooled else ' or an integer one'}, got "
+            f"{weight.dtype}; convert it with {name}.float() (Expected tensor for argument #1 'weight' to have "
+            f"one of the following scalar types: Half, BFloat16, Float, Double)"
         )
 
 
@@ -60,9 +115,10 @@ def check_ids(ids: Any, name: str, where: str) -> None:
             f"got {type(ids).__name__}; wrap it with torch.as_tensor({name})"
         )
     if ids.dtype not in INDEX_DTYPES:
-        raise TypeError(
-            f"{where}: {name} must hold int64 or int32 ids, got dtype {ids.dtype}; "
-            f"convert it with {name}.long()"
+        raise IdsDtypeError(
+            f"{where}: {name} must hold int64 or int32 ids, got dtype {ids.dtype}; convert it with "
+            f"{name}.long() (Expected tensor for argument #1 'indices' to have one of the following "
+            f"scalar types: Long, Int)"
         )
 
 
@@ -77,20 +133,20 @@ def check_same_device(ids: torch.Tensor, weight: torch.Tensor, name: str, where:
 def check_oov(oov: Any, num_oov_buckets: Any, padding_idx: int | None, where: str) -> int:
     """Check the out-of-vocabulary policy; return ``num_oov_buckets`` as an int."""
     if oov not in OOV_POLICIES:
-        raise ValueError(f"{where}: oov must be one of {OOV_POLICIES}, got oov={oov!r}")
+        raise BadArgumentError(f"{where}: oov must be one of {OOV_POLICIES}, got oov={oov!r}")
     buckets = check_positive_int(num_oov_buckets, "num_oov_buckets", where, allow_zero=True)
     if oov == "hash" and buckets < 1:
-        raise ValueError(
+        raise BadArgumentError(
             f"{where}: oov='hash' needs num_oov_buckets >= 1 extra rows to hash "
             f"out-of-range ids into, got num_oov_buckets={buckets}"
         )
     if oov != "hash" and buckets != 0:
-        raise ValueError(
+        raise BadArgumentError(
             f"{where}: num_oov_buckets={buckets} is only used with oov='hash', "
             f"got oov={oov!r}; pass oov='hash' or drop num_oov_buckets"
         )
     if oov == "padding" and padding_idx is None:
-        raise ValueError(
+        raise BadArgumentError(
             f"{where}: oov='padding' maps out-of-range ids to padding_idx, "
             f"but padding_idx is None; pass padding_idx=<row> or choose oov='zero'"
         )
@@ -105,9 +161,10 @@ def normalize_padding_idx(padding_idx: Any, num_embeddings: int, where: str) -> 
         raise TypeError(f"{where}: padding_idx must be an int or None, got {padding_idx!r}")
     padding_idx = int(padding_idx)
     if not -num_embeddings <= padding_idx < num_embeddings:
-        raise ValueError(
+        raise PaddingIdxError(
             f"{where}: padding_idx must be within num_embeddings, i.e. in "
-            f"[{-num_embeddings}, {num_embeddings - 1}], got padding_idx={padding_idx}"
+            f"[{-num_embeddings}, {num_embeddings - 1}], got padding_idx={padding_idx} (torch: Padding_idx "
+            f"must be within num_embeddings; padding_idx must be within the number of embeddings)"
         )
     return padding_idx + num_embeddings if padding_idx < 0 else padding_idx
 
@@ -120,16 +177,19 @@ def check_max_norm(max_norm: Any, norm_type: Any, where: str) -> None:
             raise ValueError(f"{where}: max_norm must be positive, got max_norm={max_norm}")
     if isinstance(norm_type, bool) or not isinstance(norm_type, numbers.Real):
         raise TypeError(f"{where}: norm_type must be a float, got {norm_type!r}")
-
-
-def num_embeddings_of(rows: int, num_oov_buckets: int, where: str) -> int:
-    """In-vocabulary rows of a weight of ``rows`` rows whose last ``num_oov_buckets`` are hash buckets."""
-    if rows < num_oov_buckets + 1:
+    if not norm_type > 0:  # also NaN; torch silently skips the renorm for these
         raise ValueError(
-            f"{where}: weight has {rows} rows, too few for num_oov_buckets={num_oov_buckets} "
-            f"hash buckets plus at least one in-vocabulary row"
+            f"{where}: norm_type must be > 0 (the p of a p-norm; inf for the max-norm), got norm_type={norm_type}"
         )
-    return rows - num_oov_buckets
+
+
+def num_embeddings_of(rows: int, extra_rows: int, where: str) -> int:
+    """In-vocabulary rows of a weight of ``rows`` rows whose last ``extra_rows`` are hash buckets."""
+    if rows < extra_rows:
+        raise ValueError(
+            f"{where}: weight has {rows} rows, too few for num_oov_buckets={extra_rows} hash buckets"
+        )
+    return rows - extra_rows
 
 
 def check_sparse(sparse: Any, scale_grad_by_freq: Any, where: str) -> None:
@@ -142,16 +202,18 @@ def check_sparse(sparse: Any, scale_grad_by_freq: Any, where: str) -> None:
 
 def check_bag_mode(mode: Any, scale_grad_by_freq: bool, sparse: bool, where: str) -> None:
     if mode not in BAG_MODES:
-        raise ValueError(f"{where}: mode must be one of {BAG_MODES}, got mode={mode!r}")
+        raise ValueError(f"{where}: mode must be one of {BAG_MODES}, got mode={mode!r} "
+                         f"(mode has to be one of sum, mean or max)")
     if mode == "max" and scale_grad_by_freq:
         raise ValueError(
             f"{where}: mode='max' does not support scale_grad_by_freq=True "
-            f"(torch refuses it too); use mode='sum' or 'mean'"
+            f"(torch refuses it too: max mode does not support scaling the gradient by the frequency); "
+            f"use mode='sum' or 'mean'"
         )
     if mode == "max" and sparse:
         raise ValueError(
             f"{where}: mode='max' does not support sparse=True gradients "
-            f"(torch refuses it too); use sparse=False or mode='sum'/'mean'"
+            f"(torch refuses it too: max mode does not support sparse weights); use sparse=False or mode='sum'/'mean'"
         )
 
 
@@ -175,9 +237,11 @@ def check_per_sample_weights(
             f"{tuple(input.shape)}, got {tuple(per_sample_weights.shape)}"
         )
     if per_sample_weights.dtype != weight.dtype:
-        raise TypeError(
+        raise PerSampleWeightsDtypeError(
             f"{where}: per_sample_weights must have the weight's dtype {weight.dtype}, "
-            f"got {per_sample_weights.dtype}; convert with per_sample_weights.to(weight.dtype)"
+            f"got {per_sample_weights.dtype}; convert with per_sample_weights.to(weight.dtype) "
+            f"(Expected tensor for argument #1 'weight' to have the same type as tensor for "
+            f"argument #1 'per_sample_weights')"
         )
     check_same_device(per_sample_weights, weight, "per_sample_weights", where)
 
@@ -194,39 +258,37 @@ def check_offsets_shape(input: torch.Tensor, offsets: Any, include_last_offset: 
     if input.dim() != 1:
         raise ValueError(
             f"{where}: input must be 1-D (with offsets) or 2-D (B, L), "
-            f"got a tensor of shape {tuple(input.shape)}"
+            f"got a tensor of shape {tuple(input.shape)} (input has to be 1D or 2D Tensor)"
         )
     if offsets is None:
         raise ValueError(
             f"{where}: a 1-D input needs offsets, the start of each bag in input; "
-            f"for one bag pass offsets=torch.tensor([0])"
+            f"for one bag pass offsets=torch.tensor([0]) (offsets has to be a 1D Tensor but got None)"
         )
     check_ids(offsets, "offsets", where)
     if offsets.dim() != 1:
-        raise ValueError(f"{where}: offsets must be 1-D, got shape {tuple(offsets.shape)}")
+        raise ValueError(f"{where}: offsets must be 1-D, got shape {tuple(offsets.shape)} "
+                         f"(offsets has to be a 1D Tensor)")
     if include_last_offset and offsets.numel() < 1:
-        raise ValueError(
+        raise OffsetsError(
             f"{where}: with include_last_offset=True offsets needs at least one element "
-            f"(the end of the last bag), got an empty tensor"
+            f"(the end of the last bag), got an empty tensor "
+            f"(include_last_offset: number of offset should be at least 1)"
         )
     check_same_device(offsets, input, "offsets", where)
 
 
 def check_offsets_values(first: int, last: int, min_step: int, num_ids: int, where: str) -> None:
-    """Values of the offsets, read from the tensor by the caller (one read for all).
-
-    With ``include_last_offset=True`` a last offset below the number of ids ends the
-    last bag early and the trailing ids are ignored, as in torch.
-    """
+    """Values of the offsets, read from the tensor by the caller (one read for all)."""
     if first != 0:
-        raise ValueError(
+        raise OffsetsError(
             f"{where}: offsets must start at 0 (the first bag starts at the first id), "
-            f"got offsets[0] = {first}"
+            f"got offsets[0] = {first} (offsets[0] has to be 0)"
         )
     if min_step < 0:
-        raise ValueError(f"{where}: offsets must be non-decreasing, got a decrease of {-min_step}")
+        raise OffsetsError(f"{where}: offsets must be non-decreasing, got a decrease of {-min_step}")
     if last > num_ids:
-        raise ValueError(
+        raise OffsetsError(
             f"{where}: offsets point past the end of input: offsets[-1] = {last} "
-            f"but input has {num_ids} ids"
+            f"but input has {num_ids} ids (offsets[-1] can not be greater than input's length)"
         )

@@ -52,9 +52,9 @@ class TableConfig:
     padding_idx: int | None = None
 
     def __post_init__(self) -> None:
-        if not isinstance(self.name, str) or not self.name or "." in self.name:
+        if not isinstance(self.name, str) or not self.name:
             raise ValueError(
-                f"TableConfig: name must be a non-empty string without '.', got {self.name!r} "
+                f"TableConfig: name must be a non-empty string, got {self.name!r} "
                 f"(it becomes a module name in the state_dict)"
             )
         where = f"TableConfig {self.name!r}"

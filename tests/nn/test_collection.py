@@ -11,8 +11,7 @@ import torch
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 import embtab
-from embtab.nn import collection as collection_module
-from embtab.optim import _fused
+from embtab.ops import registry
 from tests.conftest import assert_close
 from tests.optim._oracle import Oracle
 
@@ -241,7 +240,7 @@ def test_fused_collection_matches_float64_oracle(case: dict) -> None:
         assert_close(ebc.embedding_bags[t.name].weight.detach(), oracles[t.name].weight)
 
 
-def test_without_numba_kernels_gives_the_same_result(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_without_numba_gives_the_same_result(monkeypatch: pytest.MonkeyPatch) -> None:
     def run() -> torch.Tensor:
         torch.manual_seed(0)
         ebc = embtab.EmbeddingBagCollection(_tables(), optimizer=embtab.optim.Adam(lr=0.1))
@@ -252,9 +251,15 @@ def test_without_numba_kernels_gives_the_same_result(monkeypatch: pytest.MonkeyP
         return torch.cat([b.weight.detach().reshape(-1) for b in ebc.embedding_bags.values()])
 
     fast = run()
-    monkeypatch.setattr(_fused, "_numba_available", lambda: False)
-    monkeypatch.setattr(collection_module, "_kernels", None)
-    assert_close(run(), fast)
+    monkeypatch.setitem(registry._optional, "embtab.ops.numba.update", ImportError("no numba"))
+    monkeypatch.setattr(registry, "_warned", {"numba"})
+    registry.refresh()
+    try:
+        assert registry.select("auto", torch.device("cpu"), torch.float32).update.name == "torch"
+        assert_close(run(), fast)
+    finally:
+        monkeypatch.undo()
+        registry.refresh()
 
 
 def test_import_and_train_without_numba(tmp_path) -> None:  # type: ignore[no-untyped-def]
@@ -263,8 +268,7 @@ def test_import_and_train_without_numba(tmp_path) -> None:  # type: ignore[no-un
         "import torch, embtab\n"
         "ebc = embtab.EmbeddingBagCollection([embtab.TableConfig('t', 10, 4)], optimizer=embtab.optim.Adagrad())\n"
         "ebc({'t': (torch.tensor([1, 2, 2]), torch.tensor([0, 1]))}).concat().sum().backward()\n"
-        "from embtab.optim import _fused\n"
-        "assert _fused.select_backend(torch.device('cpu'), torch.float32).name == 'torch'\n"
+        "assert 'numba not available' in str(embtab.backends())\n"
         "print('ok')\n"
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path, timeout=120)

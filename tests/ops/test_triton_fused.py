@@ -1,4 +1,4 @@
-"""The Triton fused backward + optimizer against ``embtab.optim.reference`` (float64).
+"""The Triton fused backward + optimizer against ``ops/update_reference.py`` (float64).
 
 Two tables of different D share one gradient buffer (column slices of a (B, 8) pooled
 gradient, as a collection's backward hands them over), so one batched call covers
@@ -17,35 +17,39 @@ import torch
 pytest.importorskip("triton")
 
 import embtab  # noqa: E402
-from embtab.optim import _fused, _torch_backend, reference as OR  # noqa: E402
+from embtab import optim  # noqa: E402
+from embtab.ops import update_reference as OR  # noqa: E402
+from embtab.ops.common import BagSource, Hyper, TableJob  # noqa: E402
+from embtab.optim.optimizer import flat_grads  # noqa: E402
+from embtab.optim.specs import FusedSpec, new_state  # noqa: E402
 from tests.conftest import TOLERANCES, deterministic, needs_cuda  # noqa: E402
 
 FO = pytest.importorskip("embtab.ops.triton.fused_optim")
 
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 SPECS = {
-    "sgd": _fused.SGD(lr=0.1, weight_decay=0.01),
-    "sgd_plain": _fused.SGD(lr=0.1),  # the atomic path when determinism is not requested
-    "adagrad": _fused.Adagrad(lr=0.1, initial_accumulator_value=0.1, weight_decay=0.01),
-    "rowwise_adagrad": _fused.RowWiseAdagrad(lr=0.1),
-    "adam": _fused.Adam(lr=0.01, weight_decay=0.01),
-    "adamw": _fused.AdamW(lr=0.01),
+    "sgd": optim.SGD(lr=0.1, weight_decay=0.01),
+    "sgd_plain": optim.SGD(lr=0.1),  # the atomic path when determinism is not requested
+    "adagrad": optim.Adagrad(lr=0.1, initial_accumulator_value=0.1, weight_decay=0.01),
+    "rowwise_adagrad": optim.RowWiseAdagrad(lr=0.1),
+    "adam": optim.Adam(lr=0.01, weight_decay=0.01),
+    "adamw": optim.AdamW(lr=0.01),
 }
 DIMS, ROWS, BAGS, LENGTH = (3, 5), (7, 11), 4, 12
 
 
-def make_tables(spec: _fused.FusedSpec, dtype: torch.dtype) -> tuple[list[torch.Tensor], list[dict]]:
+def make_tables(spec: FusedSpec, dtype: torch.dtype) -> tuple[list[torch.Tensor], list[dict]]:
     weights = [torch.randn(v, d).to(dtype).to(DEVICE) for v, d in zip(ROWS, DIMS)]
-    states = [_fused.new_state(spec, w) for w in weights]
+    states = [new_state(spec, w) for w in weights]
     for st in states:  # non-trivial state: the update must read it, not assume zeros
         for s in st.values():
             s.copy_(torch.randint(0, 5, s.shape) if s.dtype == torch.int64 else torch.rand(s.shape) + 0.1)
     return weights, states
 
 
-def make_jobs(weights: list[torch.Tensor], states: list[dict], dtype: torch.dtype) -> list[_fused.TableJob]:
+def make_jobs(weights: list[torch.Tensor], states: list[dict], dtype: torch.dtype) -> list[TableJob]:
     grad = torch.randn(BAGS, sum(DIMS)).to(dtype).to(DEVICE)  # the pooled gradient (B, 3 + 5)
-    flat, bases, strides = _fused.flat_grads([grad[:, :DIMS[0]], grad[:, DIMS[0]:]])
+    flat, bases, strides = flat_grads([grad[:, :DIMS[0]], grad[:, DIMS[0]:]])
     jobs = []
     for t, (mode, pad) in enumerate((("sum", None), ("mean", 1))):
         n = BAGS * LENGTH
@@ -55,18 +59,16 @@ def make_jobs(weights: list[torch.Tensor], states: list[dict], dtype: torch.dtyp
         ids = ids.to(DEVICE)
         ends = torch.arange(0, n + 1, LENGTH, device=DEVICE)
         psw = torch.rand(n).to(dtype).to(DEVICE) if mode == "sum" else None
-        source = _fused.BagSource(ids, ends, bases[t], strides[t], mode == "mean", psw)
-        jobs.append(_fused.TableJob(weights[t], states[t], pad, False, flat, [source]))
+        source = BagSource(ids, ends, bases[t], strides[t], mode == "mean", psw)
+        jobs.append(TableJob(weights[t], states[t], pad, False, flat, [source]))
     return jobs
 
 
-def reference_update(jobs: list[_fused.TableJob], hyper: _fused.FusedHyper) -> tuple[list, list]:
+def reference_update(jobs: list[TableJob], hyper: Hyper) -> tuple[list, list]:
     weights = [j.weight.clone() for j in jobs]
     states = [{k: s.clone() for k, s in j.state.items()} for j in jobs]
-    for job, w, st in zip(jobs, weights, states):
-        ids, src, scale = job.occurrences()
-        rows, starts, order = _torch_backend.plan(ids, job.padding_idx)
-        OR.segment_update(w, st, rows, starts, order, src, scale, job.grad_flat, hyper, job.scale_grad_by_freq)
+    OR.run_jobs([TableJob(w, st, j.padding_idx, j.scale_grad_by_freq, j.grad_flat, j.sources)
+                 for j, w, st in zip(jobs, weights, states)], hyper)
     return weights, states
 
 
@@ -76,10 +78,6 @@ def assert_tables_close(ours: list[torch.Tensor], ref: list[torch.Tensor]) -> No
             assert torch.equal(a, b)
         else:
             torch.testing.assert_close(a, b, **TOLERANCES[a.dtype])
-
-
-def test_kind_codes_match_the_optimizer_package() -> None:
-    assert FO.KIND_CODES == _fused.KIND_CODES and FO.name == "triton"
 
 
 # Determinism only changes the path of plain SGD (atomics vs the sorted reduction).
@@ -149,13 +147,12 @@ def test_deterministic_mode_is_bitwise_reproducible() -> None:
     assert all(torch.equal(a, b) for a, b in zip(*results))
 
 
-def test_module_with_fused_optimizer_matches_the_reference_backend(monkeypatch: pytest.MonkeyPatch) -> None:
-    """End to end: embtab.EmbeddingBag(optimizer=...) with the Triton fused backend."""
+def test_module_with_fused_optimizer_matches_the_reference_backend() -> None:
+    """End to end: embtab.EmbeddingBag(optimizer=...) with the Triton backend (lookups and update)."""
     results = []
     for backend in ("triton", "reference"):
-        monkeypatch.setenv(_fused.ENV_VAR, backend)
         torch.manual_seed(1)
-        bag = embtab.EmbeddingBag(20, 6, mode="mean", padding_idx=0, device=DEVICE,
+        bag = embtab.EmbeddingBag(20, 6, mode="mean", padding_idx=0, device=DEVICE, backend=backend,
                                   optimizer=embtab.optim.Adam(lr=0.05))
         ids = torch.tensor([1, 2, 2, 0, 7, 1, 9, 9], device=DEVICE)
         offsets = torch.tensor([0, 3, 3, 6], device=DEVICE)
@@ -165,7 +162,7 @@ def test_module_with_fused_optimizer_matches_the_reference_backend(monkeypatch: 
     assert_tables_close(list(results[0]), list(results[1]))
 
 
-def test_collection_with_fused_optimizer_matches_the_reference_backend(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_collection_with_fused_optimizer_matches_the_reference_backend() -> None:
     """End to end: a collection of 4 tables (D = 8..11, sum and mean) in one batched update."""
     tables = [embtab.TableConfig(f"t{i}", 30, 8 + i, oov="zero", pooling="mean" if i % 2 else "sum")
               for i in range(4)]
@@ -176,11 +173,9 @@ def test_collection_with_fused_optimizer_matches_the_reference_backend(monkeypat
     features = {f"t{i}": (ids[i], offsets) for i in range(4)}
     results = []
     for backend in ("triton", "reference"):
-        monkeypatch.setenv(_fused.ENV_VAR, backend)
         torch.manual_seed(1)
-        ebc = embtab.EmbeddingBagCollection(tables, device=DEVICE, optimizer=embtab.optim.RowWiseAdagrad(lr=0.1))
-        for bag in ebc.embedding_bags.values():
-            bag.backend = "triton"
+        ebc = embtab.EmbeddingBagCollection(tables, device=DEVICE, optimizer=embtab.optim.RowWiseAdagrad(lr=0.1),
+                                            backend=backend)
         for _ in range(2):
             ebc(features).concat().pow(2).sum().backward()
         bags = list(ebc.embedding_bags.values())

@@ -2,7 +2,8 @@
 
 The gradient comes from autograd through the reference backend (``backend="reference"``)
 on a float64 copy of the weight; the touched rows from resolving the ids with
-:func:`embtab.oov.resolve`; the update from :func:`embtab.optim.reference.fused_update`.
+:func:`IdStage.resolve` of the table's policy; the update from
+``embtab.ops.update_reference.fused_update``.
 None of it runs the planner, segment sums or kernels under test.
 """
 
@@ -11,7 +12,9 @@ from __future__ import annotations
 import torch
 
 import embtab
-from embtab.optim import _fused, reference
+from embtab.ids.policies import policy
+from embtab.ops import update_reference as reference
+from embtab.optim.specs import FusedSpec, new_state
 
 F64 = torch.float64
 
@@ -19,15 +22,15 @@ F64 = torch.float64
 class Oracle:
     """A float64 shadow of one table and its optimizer state."""
 
-    def __init__(self, weight: torch.Tensor, spec: _fused.FusedSpec) -> None:
+    def __init__(self, weight: torch.Tensor, spec: FusedSpec) -> None:
         self.weight = weight.detach().to(F64).clone()
         self.spec = spec
-        self.state = _fused.new_state(spec, self.weight)
+        self.state = new_state(spec, self.weight)
 
     def touched(self, ids: torch.Tensor, num_embeddings: int, oov: str, padding_idx: int | None,
                 buckets: int) -> torch.Tensor:
         flat = ids.reshape(-1)
-        resolved, _ = embtab.oov.resolve(flat, num_embeddings, oov, padding_idx, buckets, "oracle")
+        resolved, _ = policy(oov, padding_idx, buckets).resolve(flat, num_embeddings, where="oracle")
         keep = resolved >= 0
         if padding_idx is not None:
             keep &= resolved != padding_idx

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 import embtab
-from embtab.optim import _fused
+from embtab.optim.specs import FusedSpec
 from tests.conftest import assert_close
 
 pytestmark = [
@@ -46,10 +46,9 @@ def _batches(device: str) -> list[dict]:
 
 @pytest.mark.parametrize("backend", ["torch", "auto"])
 @pytest.mark.parametrize("spec", SPECS, ids=lambda s: s.kind)
-def test_collection_on_cuda_trains_like_cpu(spec: _fused.FusedSpec, backend: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv(_fused.ENV_VAR, backend)
+def test_collection_on_cuda_trains_like_cpu(spec: FusedSpec, backend: str) -> None:
     cpu = embtab.EmbeddingBagCollection(_tables(), optimizer=spec)
-    gpu = embtab.EmbeddingBagCollection(_tables(), optimizer=spec, device="cuda")
+    gpu = embtab.EmbeddingBagCollection(_tables(), optimizer=spec, device="cuda", backend=backend)
     gpu.load_state_dict(cpu.state_dict())
     grads = torch.randn(3, 8, cpu.output_dim, generator=torch.Generator().manual_seed(1))
     for model, device in ((cpu, "cpu"), (gpu, "cuda")):  # "auto": numba on CPU, Triton on CUDA
@@ -61,7 +60,7 @@ def test_collection_on_cuda_trains_like_cpu(spec: _fused.FusedSpec, backend: str
 
 
 @pytest.mark.parametrize("spec", SPECS, ids=lambda s: s.kind)
-def test_single_modules_and_sparse_optimizer_on_cuda(spec: _fused.FusedSpec) -> None:
+def test_single_modules_and_sparse_optimizer_on_cuda(spec: FusedSpec) -> None:
     ids = torch.tensor([[1, 2, 2], [7, 1, 0]])
     for cls in (embtab.Embedding, embtab.EmbeddingBag):
         kwargs = {"mode": "sum"} if cls is embtab.EmbeddingBag else {}

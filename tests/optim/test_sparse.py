@@ -9,7 +9,8 @@ import pytest
 import torch
 
 import embtab
-from embtab.optim import _fused, reference
+from embtab.ops import update_reference as reference
+from embtab.optim.specs import new_state
 from tests.conftest import assert_close
 
 
@@ -18,7 +19,7 @@ def _sparse_steps(opt_cls, steps: int = 3, **kwargs):  # type: ignore[no-untyped
     emb = torch.nn.Embedding(20, 6, sparse=True, dtype=torch.float64)
     opt = opt_cls(emb.parameters(), **kwargs)
     shadow = emb.weight.detach().clone()
-    state = _fused.new_state(opt._spec, shadow)
+    state = new_state(opt._spec, shadow)
     hyper = opt._spec.hyper(opt.param_groups[0])
     for _ in range(steps):
         ids = torch.randint(0, 8, (15,))  # heavy duplication, rows 8.. never touched
@@ -68,7 +69,7 @@ def test_sparse_rowwise_adagrad_dense_gradient_updates_every_row() -> None:
     w = torch.nn.Parameter(torch.randn(6, 4, dtype=torch.float64))
     opt = embtab.optim.SparseRowWiseAdagrad([w], lr=0.5)
     shadow = w.detach().clone()
-    state = _fused.new_state(opt._spec, shadow)
+    state = new_state(opt._spec, shadow)
     g = torch.randn(6, 4, dtype=torch.float64)
     w.grad = g.clone()
     opt.step()

@@ -5,14 +5,14 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .. import _checks
-from ..functional import _embedding
 from ..init import Init
-from ..optim import FusedSpec
-from ._table import _Table, pretrained_weight
+from ..optim.specs import FusedSpec
+from ..tables import pipeline
+from ..tables.spec import TableSpec
+from .table import Table, check_trainable, pretrained_weight
 
 
-class Embedding(_Table):
+class Embedding(Table):
     r"""A lookup table of ``num_embeddings`` learnable vectors of size ``embedding_dim``.
 
     Same arguments, results, gradients and ``state_dict`` as ``torch.nn.Embedding``
@@ -79,19 +79,17 @@ class Embedding(_Table):
         optimizer: FusedSpec | None = None,
     ) -> None:
         super().__init__()
-        self._setup_table(
-            "Embedding", num_embeddings, embedding_dim, padding_idx, max_norm, norm_type,
-            scale_grad_by_freq, sparse, _weight, not _freeze, device, dtype, oov,
-            num_oov_buckets, init, backend,
+        spec = TableSpec.make(
+            "Embedding", num_embeddings, embedding_dim, padding_idx=padding_idx, max_norm=max_norm,
+            norm_type=norm_type, scale_grad_by_freq=scale_grad_by_freq, sparse=sparse, oov=oov,
+            num_oov_buckets=num_oov_buckets, backend=backend,
         )
+        self._setup_table(spec, _weight, not _freeze, device, dtype, init, "Embedding")
         self._setup_optimizer(optimizer, "Embedding")
 
     def forward(self, input: Tensor) -> Tensor:
-        return _embedding(
-            input, self.weight, self.padding_idx, self.max_norm, self.norm_type,
-            self.scale_grad_by_freq, self.sparse, self.oov, self.num_oov_buckets, self.backend,
-            where="Embedding", counter=self._oov_count, fused=self._fused_target(),
-        )
+        return pipeline.embedding(self.spec, self.weight, input, where="Embedding", counter=self._oov_count,
+                                  fused=self._fused if self.weight.requires_grad else None)
 
     def extra_repr(self) -> str:
         s = f"{self.num_embeddings}, {self.embedding_dim}"
@@ -127,10 +125,11 @@ class Embedding(_Table):
         """An ``Embedding`` whose in-vocabulary rows are ``embeddings`` (V, D).
 
         The padding row keeps its pretrained values. With ``oov="hash"`` the
-        ``num_oov_buckets`` bucket rows are appended, drawn from N(0, std(embeddings)^2).
+        ``num_oov_buckets`` bucket rows are appended, drawn from N(0, std^2) with the std
+        of the finite rows. A row holding NaN or inf is refused unless ``nonfinite="keep"``.
         """
         where = "Embedding.from_pretrained"
-        _checks.check_oov(oov, num_oov_buckets, padding_idx, where)
+        check_trainable(freeze, optimizer, where)
         weight = pretrained_weight(embeddings, num_oov_buckets, where, nonfinite)
         return cls(
             embeddings.shape[0], embeddings.shape[1], padding_idx, max_norm, norm_type,

@@ -5,14 +5,14 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .. import _checks
-from ..functional import _embedding_bag
 from ..init import Init
-from ..optim import FusedSpec
-from ._table import _Table, pretrained_weight
+from ..optim.specs import FusedSpec
+from ..tables import pipeline
+from ..tables.spec import TableSpec
+from .table import Table, _spec_property, check_trainable, pretrained_weight
 
 
-class EmbeddingBag(_Table):
+class EmbeddingBag(Table):
     r"""Sums, means or maxes of bags of embeddings, without materialising the rows.
 
     Same arguments, results, gradients and ``state_dict`` as ``torch.nn.EmbeddingBag``,
@@ -55,25 +55,23 @@ class EmbeddingBag(_Table):
         optimizer: FusedSpec | None = None,
     ) -> None:
         super().__init__()
-        _checks.check_bag_mode(mode, scale_grad_by_freq, sparse, "EmbeddingBag")
-        self.mode = mode
-        self.include_last_offset = include_last_offset
-        self._setup_table(
-            "EmbeddingBag", num_embeddings, embedding_dim, padding_idx, max_norm, norm_type,
-            scale_grad_by_freq, sparse, _weight, True, device, dtype, oov, num_oov_buckets,
-            init, backend,
+        spec = TableSpec.make(
+            "EmbeddingBag", num_embeddings, embedding_dim, padding_idx=padding_idx, max_norm=max_norm,
+            norm_type=norm_type, scale_grad_by_freq=scale_grad_by_freq, sparse=sparse, mode=mode,
+            include_last_offset=include_last_offset, oov=oov, num_oov_buckets=num_oov_buckets, backend=backend,
         )
+        self._setup_table(spec, _weight, True, device, dtype, init, "EmbeddingBag")
         self._setup_optimizer(optimizer, "EmbeddingBag")
+
+    mode = _spec_property("mode", "The bag reduction: 'sum', 'mean' or 'max'.")
+    include_last_offset = _spec_property("include_last_offset", "Offsets hold B + 1 entries, the last the end.")
 
     def forward(
         self, input: Tensor, offsets: Tensor | None = None, per_sample_weights: Tensor | None = None
     ) -> Tensor:
-        return _embedding_bag(
-            input, self.weight, offsets, self.max_norm, self.norm_type, self.scale_grad_by_freq,
-            self.mode, self.sparse, per_sample_weights, self.include_last_offset, self.padding_idx,
-            self.oov, self.num_oov_buckets, self.backend, where="EmbeddingBag", counter=self._oov_count,
-            fused=self._fused_target(),
-        )
+        return pipeline.embedding_bag(self.spec, self.weight, input, offsets, per_sample_weights,
+                                      where="EmbeddingBag", counter=self._oov_count,
+                                      fused=self._fused if self.weight.requires_grad else None)
 
     def extra_repr(self) -> str:
         s = f"{self.num_embeddings}, {self.embedding_dim}"
@@ -110,7 +108,7 @@ class EmbeddingBag(_Table):
         """An ``EmbeddingBag`` whose in-vocabulary rows are ``embeddings`` (V, D); see
         :meth:`embtab.Embedding.from_pretrained`."""
         where = "EmbeddingBag.from_pretrained"
-        _checks.check_oov(oov, num_oov_buckets, padding_idx, where)
+        check_trainable(freeze, optimizer, where)
         weight = pretrained_weight(embeddings, num_oov_buckets, where, nonfinite)
         bag = cls(
             embeddings.shape[0], embeddings.shape[1], max_norm, norm_type, scale_grad_by_freq,
@@ -118,5 +116,5 @@ class EmbeddingBag(_Table):
             padding_idx=padding_idx, oov=oov, num_oov_buckets=num_oov_buckets, backend=backend,
             optimizer=optimizer,
         )
-        bag.weight.requires_grad = not freeze
+        bag.weight.requires_grad = not freeze and bag.weight.is_floating_point()
         return bag

@@ -2,15 +2,17 @@
 
 On CPU these kernels are the fastest tool for a plain lookup and its gradient, so
 the default CPU path uses them directly (same signatures as ``ops/reference.py``).
-They do not understand ``SKIP`` ids; the functional layer compacts those away before
-calling a backend with ``supports_skip = False``.
+They do not understand ``SKIP`` ids; the lookup pipeline compacts those away before
+calling a backend with ``supports_skip = False``. Where ATen's own differentiable ops
+compute exactly what this backend's forward and backward do, the pipeline calls those
+(one C++ autograd node instead of a Python one; see ``tables/pipeline.py``).
 """
 
 from __future__ import annotations
 
 import torch
 
-from .reference import MODE_CODES
+from .common import MODE_CODES, BagAux
 
 name = "torch"
 supports_skip = False
@@ -48,13 +50,13 @@ def embedding_bag_forward(
     mode: str,
     per_sample_weights: torch.Tensor | None,
     padding_idx: int | None,
-) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
+) -> tuple[torch.Tensor, BagAux]:
     pad = -1 if padding_idx is None else padding_idx
     # include_last_offset=True: our canonical offsets end with N.
     out, offset2bag, bag_size, max_indices = _aten._embedding_bag(
         weight, ids, offsets, False, MODE_CODES[mode], False, per_sample_weights, True, pad
     )
-    return out, (offset2bag, bag_size, max_indices)
+    return out, BagAux(offset2bag, bag_size, max_indices)
 
 
 def embedding_bag_inference(
@@ -77,7 +79,7 @@ def embedding_bag_backward(
     weight: torch.Tensor,
     ids: torch.Tensor,
     offsets: torch.Tensor,
-    aux: tuple[torch.Tensor, ...],
+    aux: BagAux,
     mode: str,
     per_sample_weights: torch.Tensor | None,
     padding_idx: int | None,
@@ -86,7 +88,7 @@ def embedding_bag_backward(
     need_weight_grad: bool,
     need_psw_grad: bool,
 ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
-    offset2bag, bag_size, max_indices = aux
+    offset2bag, bag_size, max_indices = aux.bag, aux.counts, aux.max_rows
     pad = -1 if padding_idx is None else padding_idx
     # (no copy: the kernels take a strided grad, e.g. a column slice of a concat)
     grad_weight = grad_psw = None

@@ -2,41 +2,22 @@
 
 Built from primitive tensor ops (index_select, index_add_, scatter_reduce_, bincount),
 never ``F.embedding``/``F.embedding_bag``, so it is an independent statement of what
-torch computes. Every backend implements the same functions with the same
-signatures (see ``ops/dispatch.py``); the tests hold each of them to this one, and
-this one to ``torch.nn``.
-
-Conventions shared by all backends (the functional layer guarantees them):
-- ``ids`` hold valid rows of ``weight``, or ``SKIP`` (-1) for an id that contributes
-  nothing and gets no gradient (the ``oov="zero"`` policy);
-- bags come as flat ``ids`` (N,) and ``offsets`` (B + 1,) with ``offsets[0] == 0``,
-  ``offsets[B] == N``, non-decreasing: bag ``b`` is ``ids[offsets[b]:offsets[b + 1]]``;
-- ``padding_idx`` is None or a row in ``[0, num_rows)``: it gets no gradient and is
-  left out of bag reductions and of the mean's count;
-- reductions accumulate in float32 for float16/bfloat16 weights.
+torch computes. Every lookup backend implements the same functions with the same
+signatures (see ``ops/registry.py``); the tests hold each of them to this one, and
+this one to ``torch.nn``. The conventions (SKIP ids, canonical offsets, padding,
+accumulation dtype) are in ``ops/common.py``. Ids reach a backend resolved (valid
+rows or SKIP), except that a backend with ``checks_bounds`` may get the raw ids of a
+table whose policy refuses out-of-range ids (see ``embtab/ids/policies.py``).
 """
 
 from __future__ import annotations
 
 import torch
 
+from .common import BagAux, acc_dtype, bag_of, kept_mask
+
 name = "reference"
 supports_skip = True
-
-MODE_CODES = {"sum": 0, "mean": 1, "max": 2}  # the kernels' mode numbers (torch's too)
-
-
-def acc_dtype(dtype: torch.dtype) -> torch.dtype:
-    """Accumulation (and optimizer state) dtype: float32 for 16-bit weights."""
-    return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
-
-
-def kept_mask(ids: torch.Tensor, padding_idx: int | None) -> torch.Tensor:
-    """Mask of ids that take part: not skipped, not padding."""
-    keep = ids >= 0
-    if padding_idx is not None:
-        keep &= ids != padding_idx
-    return keep
 
 
 def _assemble_grad(
@@ -94,14 +75,6 @@ def embedding_backward(
 # --- EmbeddingBag ---------------------------------------------------------------------
 
 
-def bag_of(offsets: torch.Tensor, num_ids: int) -> torch.Tensor:
-    """(N,) int64 bag of each id, from canonical offsets (B + 1,) (shared by every backend;
-    ``output_size`` keeps it free of host syncs)."""
-    lengths = (offsets[1:] - offsets[:-1]).to(torch.int64)
-    bags = torch.arange(lengths.numel(), device=offsets.device)
-    return torch.repeat_interleave(bags, lengths, output_size=num_ids)
-
-
 def embedding_bag_forward(
     weight: torch.Tensor,  # (V, D)
     ids: torch.Tensor,  # (N,)
@@ -109,7 +82,7 @@ def embedding_bag_forward(
     mode: str,
     per_sample_weights: torch.Tensor | None,  # (N,) or None
     padding_idx: int | None,
-) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
+) -> tuple[torch.Tensor, BagAux]:
     num_bags, dim = offsets.numel() - 1, weight.shape[1]
     acc = acc_dtype(weight.dtype)
     bag = bag_of(offsets, ids.numel())  # (N,)
@@ -130,12 +103,12 @@ def embedding_bag_forward(
         empty = (counts == 0).unsqueeze(1)
         out = out.masked_fill(empty, 0)
         max_rows = torch.cat([kids, kids.new_full((1,), -1)])[first]  # (B, D), -1 for empty bags
-        return out.to(weight.dtype), (bag, counts, max_rows)
+        return out.to(weight.dtype), BagAux(bag, counts, max_rows)
     out = torch.zeros(num_bags, dim, dtype=acc, device=weight.device)
     out.index_add_(0, kbag, rows)
     if mode == "mean":
         out = out / counts.clamp_min(1).to(acc).unsqueeze(1)
-    return out.to(weight.dtype), (bag, counts)
+    return out.to(weight.dtype), BagAux(bag, counts, bag.new_empty(0))
 
 
 def embedding_bag_inference(
@@ -156,7 +129,7 @@ def embedding_bag_backward(
     weight: torch.Tensor,
     ids: torch.Tensor,
     offsets: torch.Tensor,
-    aux: tuple[torch.Tensor, ...],
+    aux: BagAux,
     mode: str,
     per_sample_weights: torch.Tensor | None,
     padding_idx: int | None,
@@ -168,12 +141,12 @@ def embedding_bag_backward(
     num_weights, dim = weight.shape
     acc = acc_dtype(grad.dtype)
     g = grad.to(acc)
-    bag, counts = aux[0], aux[1]
+    bag, counts = aux.bag, aux.counts
     keep = kept_mask(ids, padding_idx)
     grad_weight = grad_psw = None
     if mode == "max":
         if need_weight_grad:
-            max_rows = aux[2]  # (B, D)
+            max_rows = aux.max_rows  # (B, D)
             hit = max_rows >= 0
             cols = torch.arange(dim, device=grad.device).expand_as(max_rows)
             flat = torch.zeros(num_weights * dim, dtype=acc, device=grad.device)

@@ -19,7 +19,8 @@ from typing import Any, Callable, Iterable
 import torch
 from torch import Tensor
 
-from ._fused import AdamW, FusedSpec, RowWiseAdagrad, new_state, select_backend
+from ..ops import registry
+from .specs import AdamW, FusedSpec, RowWiseAdagrad, new_state
 
 
 def _rows_view(p: Tensor) -> Tensor:
@@ -81,7 +82,7 @@ class _SparseRowOptimizer(torch.optim.Optimizer):
                 state = self.state[p]
                 if not state:
                     state.update(new_state(self._spec, view))
-                backend = select_backend(p.device, p.dtype, p.is_contiguous())
+                backend = registry.select("auto", p.device, p.dtype, True).update
                 # A contiguous parameter's rows view is the parameter itself; otherwise work on a
                 # contiguous copy (reshape may have made one already) and write it back.
                 target = view if p.is_contiguous() else view.contiguous()

@@ -24,7 +24,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ..reference import MODE_CODES, bag_of
+from ..common import MODE_CODES, BagAux, bag_of
 from . import _common as C
 from .backward import freq_factor, scatter_rows
 from .embedding import sparse_grad
@@ -138,13 +138,10 @@ def embedding_bag_forward(
     mode: str,
     per_sample_weights: torch.Tensor | None,  # (N,) or None
     padding_idx: int | None,
-) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
-    """Reduce each bag; returns ``(out (B, D), aux)``.
-
-    ``aux`` is ``(counts,)`` (int32 (B,), ids that count per bag) for sum and mean, and
-    ``(counts, counts, max_rows)`` for max: ``max_rows`` (int64 (B, D), the row giving
-    each column's max, -1 for an empty bag) sits at index 2 as in the other backends
-    (the collection's fused path reads ``aux[2]``).
+) -> tuple[torch.Tensor, BagAux]:
+    """Reduce each bag; returns ``(out (B, D), aux)``: ``aux.counts`` int32 (B,) ids that
+    count per bag, ``aux.max_rows`` for max (int64 (B, D), the row giving each column's
+    max, -1 for an empty bag); no ``aux.bag`` (the backward rebuilds it from the offsets).
     """
     acc = C.acc_tl(weight.dtype)
     weight = C.row_major(weight)
@@ -168,9 +165,8 @@ def embedding_bag_forward(
         )
     elif num_bags > 0:
         counts.zero_()
-    if is_max:
-        return out, (counts, counts, max_rows)
-    return out, (counts,)
+    empty = counts.new_empty(0)
+    return out, BagAux(empty, counts, max_rows if is_max else empty)
 
 
 def _max_backward(grad: torch.Tensor, max_rows: torch.Tensor, num_weights: int) -> torch.Tensor:
@@ -188,7 +184,7 @@ def embedding_bag_backward(
     weight: torch.Tensor,
     ids: torch.Tensor,
     offsets: torch.Tensor,
-    aux: tuple[torch.Tensor, ...],
+    aux: BagAux,
     mode: str,
     per_sample_weights: torch.Tensor | None,
     padding_idx: int | None,
@@ -205,9 +201,9 @@ def embedding_bag_backward(
     grad_weight = grad_psw = None
     if mode == "max":
         if need_weight_grad:
-            grad_weight = _max_backward(grad, aux[2], num_weights)
+            grad_weight = _max_backward(grad, aux.max_rows, num_weights)
         return grad_weight, None
-    counts = aux[0]
+    counts = aux.counts
     bag = bag_of(offsets, ids.numel())  # (N,)
     # Mean: each id receives grad / count of its bag.
     factor = (1.0 / counts.clamp_min(1).to(acc))[bag] if mode == "mean" else None

@@ -1,8 +1,8 @@
 """Backward fused with the optimizer update, for all tables of a collection in one launch.
 
-This is the ``"triton"`` backend of :mod:`embtab.optim` (selected for CUDA weights by
-``embtab.optim._fused.select_backend``); it provides ``name``, ``fused_update`` (rows
-and summed gradients given) and ``run_jobs`` (the table-batched path the engine prefers).
+This is the ``"triton"`` update backend (chosen for CUDA tables by ``ops/registry.py``);
+it provides ``name``, ``fused_update`` (rows and summed gradients given) and
+``run_jobs`` (the table-batched path the optimizer engine prefers).
 
 **Layout.** A batch of tables (``TableJob`` s sharing one flat gradient buffer and one
 weight dtype) is addressed through one small int64 *meta* table, built once per set
@@ -32,9 +32,9 @@ With plain SGD (no weight decay, no ``scale_grad_by_freq``), float32/float64 wei
 and determinism not requested, the update is linear in the contributions, so
 ``_sgd_atomic_kernel`` skips the sort and adds ``-lr * g`` to the weight with atomics.
 
-The math matches ``embtab.optim._torch_backend.fused_update`` operation for operation
-(Adam's bias corrections in float64 from each row's own step count, torch's ``lerp``
-formula for the first moment); the tests hold it to ``embtab.optim.reference``.
+The math matches ``ops/update_torch.fused_update`` operation for operation (Adam's bias
+corrections in float64 from each row's own step count, torch's ``lerp`` formula for the
+first moment); the tests hold it to ``ops/update_reference.py``.
 No step reads anything back to the host: hyperparameters and meta go to the device
 with asynchronous copies from pinned memory.
 """
@@ -42,23 +42,19 @@ with asynchronous copies from pinned memory.
 from __future__ import annotations
 
 from collections import OrderedDict
-from typing import TYPE_CHECKING, Any, NamedTuple, Sequence
+from typing import Any, NamedTuple, Sequence
 
 import torch
 import triton
 import triton.language as tl
 
+from ..common import KIND_CODES, Hyper, TableJob, state_slots
 from . import _common as C
 from .backward import BLOCK_Q, SLOTS_PER_PROGRAM, plan_segments
 
-if TYPE_CHECKING:  # the optimizer package imports us, not the other way round
-    from ...optim._fused import FusedHyper, TableJob
-
 name = "triton"
 
-# Kind codes, the same as embtab.optim._fused.KIND_CODES (the tests check it).
-SGD, ADAGRAD, ROWWISE_ADAGRAD, ADAM, ADAMW = 0, 1, 2, 3, 4
-KIND_CODES = {"sgd": SGD, "adagrad": ADAGRAD, "rowwise_adagrad": ROWWISE_ADAGRAD, "adam": ADAM, "adamw": ADAMW}
+SGD, ADAGRAD, ROWWISE_ADAGRAD, ADAM, ADAMW = (KIND_CODES[k] for k in ("sgd", "adagrad", "rowwise_adagrad", "adam", "adamw"))
 
 # Rows of the meta table (each T + 1 wide) and slots of the float64 hyperparameter
 # vector. tl.constexpr so that kernels may read them (host code uses ``.value``).
@@ -396,13 +392,6 @@ _meta_cache = _LRU(64)
 _hyper_cache = _LRU(16)
 
 
-def _state_tensors(state: dict[str, torch.Tensor]) -> tuple[torch.Tensor | None, ...]:
-    """(s1, s2, step) of a state dict, by the names of embtab.optim."""
-    if "exp_avg" in state:
-        return state["exp_avg"], state["exp_avg_sq"], state["step"]
-    return state.get("sum"), None, None
-
-
 class _Tables(NamedTuple):
     """A batch of tables as the kernels address it."""
 
@@ -436,10 +425,10 @@ def _alignment(values: Sequence[int]) -> int:
     return align
 
 
-def _tables(weights: Sequence[torch.Tensor], states: Sequence[dict[str, torch.Tensor]],
+def _tables(kind: str, weights: Sequence[torch.Tensor], states: Sequence[dict[str, torch.Tensor]],
             pads: Sequence[int | None], freqs: Sequence[bool]) -> _Tables:
     """The meta table of a batch (see the module docstring), cached by its host values."""
-    triples = [_state_tensors(st) for st in states]
+    triples = [state_slots(kind, st) for st in states]
     w0, w_at = _offsets(weights, weights[0])
     s1, s1_at = _offsets([x[0] for x in triples], w0)
     s2, s2_at = _offsets([x[1] for x in triples], w0)
@@ -459,21 +448,11 @@ def _tables(weights: Sequence[torch.Tensor], states: Sequence[dict[str, torch.Te
     return _Tables(meta, w0, s1, s2, step, align)
 
 
-def _hyper(hyper: FusedHyper, device: torch.device) -> torch.Tensor:
+def _hyper(hyper: Hyper, device: torch.device) -> torch.Tensor:
     """(8,) float64 hyperparameters on the device, in the slots ``_LR`` ... ``_1_B2``."""
     lr, wd, b1, b2 = hyper.lr, hyper.weight_decay, hyper.beta1, hyper.beta2
     values = [lr, hyper.eps, b1, b2, wd, 1 - lr * wd, 1 - b1, 1 - b2]
     return _hyper_cache.get_or_make((device, tuple(values)), lambda: _to_device(values, torch.float64, device))
-
-
-def _usable(weight: torch.Tensor, state: dict[str, torch.Tensor]) -> bool:
-    """CUDA (or CPU under the interpreter), a float dtype, contiguous weight and state;
-    anything else goes to the torch-ops backend of embtab.optim."""
-    on_device = weight.device.type == "cuda" or (weight.device.type == "cpu" and C.interpreted())
-    return (
-        on_device and weight.dtype in C.FLOAT_DTYPES and weight.dim() == 2 and weight.is_contiguous()
-        and all(s.is_contiguous() and s.device == weight.device for s in state.values())
-    )
 
 
 def _log2_ceil(n: int) -> int:
@@ -490,18 +469,13 @@ def _block_s(bd: int, kind: int, acc_bytes: int) -> int:
 
 @torch.no_grad()
 def fused_update(weight: torch.Tensor, state: dict[str, torch.Tensor], rows: torch.Tensor,
-                 grads: torch.Tensor, hyper: FusedHyper) -> None:
+                 grads: torch.Tensor, hyper: Hyper) -> None:
     """One step of ``hyper.kind`` on the distinct ``rows`` (U,) with summed ``grads`` (U, D)."""
     num, dim = rows.numel(), weight.shape[1]
     if num == 0 or dim == 0:
         return
-    if not _usable(weight, state):
-        from ...optim import _torch_backend
-
-        _torch_backend.fused_update(weight, state, rows, grads, hyper)
-        return
     kind = KIND_CODES[hyper.kind]
-    tables = _tables([weight], [state], [None], [False])
+    tables = _tables(hyper.kind, [weight], [state], [None], [False])
     bd = triton.next_power_of_2(dim)
     bs = _block_s(bd, kind, C.acc_size(weight.dtype))
     _rows_update_kernel[(triton.cdiv(num, bs),)](
@@ -512,18 +486,16 @@ def fused_update(weight: torch.Tensor, state: dict[str, torch.Tensor], rows: tor
     )
 
 
-def run_jobs(jobs: Sequence[TableJob], hyper: FusedHyper) -> None:
+def run_jobs(jobs: Sequence[TableJob], hyper: Hyper) -> None:
     """Update every job's looked-up rows: one batched pass per (gradient buffer, weight dtype)."""
+    from ..update_torch import reduce
+
     groups: dict[tuple[int, torch.dtype], list[TableJob]] = {}
     for job in jobs:
-        if not _usable(job.weight, job.state):
-            from ...optim import _torch_backend
-            from ...optim._fused import generic_run
-
-            generic_run(_torch_backend, [job], hyper)
-        elif job.rows is not None:
-            fused_update(job.weight, job.state, job.rows, job.grads, hyper)
-        else:
+        if job.rows is not None:
+            rows, grads = reduce(job) if job.sources else (job.rows, job.grads)
+            fused_update(job.weight, job.state, rows, grads, hyper)  # type: ignore[arg-type]
+        elif job.sources:
             groups.setdefault((id(job.grad_flat), job.weight.dtype), []).append(job)
     for group in groups.values():
         batched_update(group, hyper)
@@ -549,7 +521,7 @@ def _global_rows(ids: Sequence[torch.Tensor], pads: Sequence[int | None], tables
 
 
 @torch.no_grad()
-def batched_update(jobs: Sequence[TableJob], hyper: FusedHyper, *, deterministic: bool | None = None) -> None:
+def batched_update(jobs: Sequence[TableJob], hyper: Hyper, *, deterministic: bool | None = None) -> None:
     """Fused backward + update of several tables sharing ``grad_flat`` and a weight dtype.
 
     One plan (sort) over all tables' occurrences and two launches, whatever the
@@ -569,7 +541,7 @@ def batched_update(jobs: Sequence[TableJob], hyper: FusedHyper, *, deterministic
     num_tables = len(jobs)
     freqs = [bool(j.scale_grad_by_freq) for j in jobs]
     pads = [j.padding_idx for j in jobs]
-    tables = _tables(weights, [j.state for j in jobs], pads, freqs)
+    tables = _tables(hyper.kind, weights, [j.state for j in jobs], pads, freqs)
     hyp = _hyper(hyper, device)
     total_rows = sum(w.shape[0] for w in weights)
     dst = _global_rows([o[0] for o in occ], pads, tables)

@@ -17,7 +17,7 @@ import triton.language as tl
 
 from . import _common as C
 
-# Norm kinds with a specialised loop; other norm types fall back to the reference.
+# Norm kinds with a specialised loop (norm types are > 0: checked in _checks.check_max_norm).
 _NORM_2, _NORM_1, _NORM_INF, _NORM_P = 0, 1, 2, 3
 
 
@@ -76,8 +76,8 @@ def _renorm_kernel(
 def renorm_(weight: torch.Tensor, ids: torch.Tensor, max_norm: float, norm_type: float) -> None:
     """Rescale, in place, each referenced row whose ``norm_type``-norm exceeds ``max_norm``.
 
-    The scale is ``max_norm / (norm + 1e-7)``, torch's formula. Norm types 1, 2, inf
-    and any finite p > 0 run here; others (0, negative, -inf) use the reference code.
+    The scale is ``max_norm / (norm + 1e-7)``, torch's formula, for norm types 1, 2, inf
+    and any finite p > 0 (the only ones a table accepts).
     """
     acc = C.acc_dtype(weight.dtype)
     if norm_type == 2:
@@ -86,13 +86,8 @@ def renorm_(weight: torch.Tensor, ids: torch.Tensor, max_norm: float, norm_type:
         kind = _NORM_1
     elif norm_type == math.inf:
         kind = _NORM_INF
-    elif math.isfinite(norm_type) and norm_type > 0:
-        kind = _NORM_P
     else:
-        from .. import reference
-
-        reference.renorm_(weight, ids, max_norm, norm_type)
-        return
+        kind = _NORM_P
     flat = C.flat_ids(ids)
     n, dim = flat.numel(), weight.shape[1]
     if n == 0 or dim == 0:

@@ -8,7 +8,7 @@ from hypothesis import given, settings, strategies as st
 
 import embtab
 from embtab import functional as EF
-from embtab.oov import hash_bucket, hash_bucket_py
+from embtab.ids import hash_bucket, hash_bucket_py
 
 BACKENDS = ["torch", "reference"]
 

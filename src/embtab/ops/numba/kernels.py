@@ -1,7 +1,7 @@
 """The CPU fast path of the fused update: numba-compiled kernels (imported only if numba is).
 
 Two kernels do all the work of a backward pass, each run by a pool of plain
-threads (``nogil`` kernels; see ``_numba_backend``), not numba's ``prange``: the
+threads (``nogil`` kernels; see ``update.py``), not numba's ``prange``: the
 threads then block instead of spinning between calls, and no second OpenMP
 runtime competes with torch's for the cores.
 
@@ -37,8 +37,9 @@ from llvmlite import ir
 from numba import njit, types
 from numba.extending import intrinsic
 
-# Kinds, shared with ``_fused.KIND_CODES``.
-SGD, ADAGRAD, ROWWISE_ADAGRAD, ADAM, ADAMW = 0, 1, 2, 3, 4
+from ..common import KIND_CODES
+
+SGD, ADAGRAD, ROWWISE_ADAGRAD, ADAM, ADAMW = (KIND_CODES[k] for k in ("sgd", "adagrad", "rowwise_adagrad", "adam", "adamw"))
 
 # Rows of look-ahead for the prefetches: enough to cover DRAM latency (and the
 # nested page walks of a VM) with the row updates a core runs meanwhile; 8 and 16

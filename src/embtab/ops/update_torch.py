@@ -1,6 +1,6 @@
-"""The fused update in torch ops: any device and dtype, the fallback when numba is missing.
+"""Row updates in torch ops: any device and dtype (the ``"torch"`` update backend).
 
-Same functions and signatures as the other backends (see :mod:`embtab.optim`). Rows
+Same functions and signatures as the other update backends (see ``ops/registry.py``). Rows
 are gathered with ``index_select``, updated with a few vectorised ops in the
 accumulation dtype (float32 for 16-bit weights), and written back with
 ``index_copy_``: correct everywhere, several passes over the touched rows.
@@ -8,10 +8,12 @@ accumulation dtype (float32 for 16-bit weights), and written back with
 
 from __future__ import annotations
 
+from typing import Sequence
+
 import torch
 from torch import Tensor
 
-from ._fused import FusedHyper, kept_mask, state_dtype
+from .common import Hyper, TableJob, acc_dtype, kept_mask, state_slots
 
 name = "torch"
 
@@ -37,7 +39,7 @@ def segment_sum(
     dim: int, scale_grad_by_freq: bool,
 ) -> Tensor:
     """(U, dim) summed gradient rows: row u sums ``scale[j] * grad_flat[src[j]:src[j] + dim]``."""
-    acc = state_dtype(grad_flat.dtype)
+    acc = acc_dtype(grad_flat.dtype)
     counts = starts[1:] - starts[:-1]  # (U,)
     offsets = src[order]  # (M,)
     per_occurrence = grad_flat[offsets.unsqueeze(1) + torch.arange(dim, device=grad_flat.device)].to(acc)  # (M, D)
@@ -52,11 +54,11 @@ def segment_sum(
 
 
 @torch.no_grad()
-def fused_update(weight: Tensor, state: dict[str, Tensor], rows: Tensor, grads: Tensor, hyper: FusedHyper) -> None:
+def fused_update(weight: Tensor, state: dict[str, Tensor], rows: Tensor, grads: Tensor, hyper: Hyper) -> None:
     """Apply one step of ``hyper.kind`` to ``weight[rows]`` (and its state) given summed ``grads``."""
     if rows.numel() == 0:
         return
-    acc = state_dtype(weight.dtype)
+    acc = acc_dtype(weight.dtype)
     rows = rows.to(torch.int64)
     w = weight.index_select(0, rows).to(acc)  # (U, D)
     g = grads.to(acc)
@@ -64,25 +66,26 @@ def fused_update(weight: Tensor, state: dict[str, Tensor], rows: Tensor, grads: 
     kind = hyper.kind
     if kind != "adamw" and wd:
         g = g + wd * w
+    s1, s2, steps = state_slots(kind, state)
     if kind == "sgd":
         w -= lr * g
     elif kind == "adagrad":
-        s = state["sum"].index_select(0, rows) + g * g
-        state["sum"].index_copy_(0, rows, s)
+        s = s1.index_select(0, rows) + g * g
+        s1.index_copy_(0, rows, s)
         w -= lr * g / (s.sqrt() + eps)
     elif kind == "rowwise_adagrad":
-        s = state["sum"].index_select(0, rows) + (g * g).mean(1)
-        state["sum"].index_copy_(0, rows, s)
+        s = s1.index_select(0, rows) + (g * g).mean(1)
+        s1.index_copy_(0, rows, s)
         w -= (lr / (s.sqrt() + eps)).unsqueeze(1) * g
     elif kind in ("adam", "adamw"):
-        step = state["step"].index_select(0, rows) + 1
-        state["step"].index_copy_(0, rows, step)
+        step = steps.index_select(0, rows) + 1
+        steps.index_copy_(0, rows, step)
         if kind == "adamw":
             w *= 1 - lr * wd
-        m = state["exp_avg"].index_select(0, rows).lerp(g, 1 - hyper.beta1)
-        v = state["exp_avg_sq"].index_select(0, rows) * hyper.beta2 + (1 - hyper.beta2) * g * g
-        state["exp_avg"].index_copy_(0, rows, m)
-        state["exp_avg_sq"].index_copy_(0, rows, v)
+        m = s1.index_select(0, rows).lerp(g, 1 - hyper.beta1)
+        v = s2.index_select(0, rows) * hyper.beta2 + (1 - hyper.beta2) * g * g
+        s1.index_copy_(0, rows, m)
+        s2.index_copy_(0, rows, v)
         t = step.to(torch.float64)
         step_size = (lr / (1 - hyper.beta1**t)).to(acc).unsqueeze(1)
         bc2_sqrt = (1 - hyper.beta2**t).sqrt().to(acc).unsqueeze(1)
@@ -92,10 +95,40 @@ def fused_update(weight: Tensor, state: dict[str, Tensor], rows: Tensor, grads: 
     weight.index_copy_(0, rows, w.to(weight.dtype))
 
 
-def segment_update(
-    weight: Tensor, state: dict[str, Tensor], rows: Tensor, starts: Tensor, order: Tensor, src: Tensor,
-    scale: Tensor | None, grad_flat: Tensor, hyper: FusedHyper, scale_grad_by_freq: bool,
-) -> None:
-    """:func:`segment_sum` then :func:`fused_update`."""
-    grads = segment_sum(rows, starts, order, src, scale, grad_flat, weight.shape[1], scale_grad_by_freq)
-    fused_update(weight, state, rows, grads, hyper)
+def reduce(job: TableJob) -> tuple[Tensor, Tensor]:
+    """A job's distinct rows (U,) ascending and their summed gradients (U, D), accumulation dtype.
+
+    Every backend's update can start from this (the hook and deferred paths of the
+    optimizer engine do); ``run_jobs`` of the fast backends fuse it with the update.
+    """
+    acc = acc_dtype(job.weight.dtype)
+    parts: list[tuple[Tensor, Tensor]] = []
+    if job.sources:
+        ids, src, scale = job.occurrences()
+        rows, starts, order = plan(ids, job.padding_idx)
+        grads = segment_sum(rows, starts, order, src, scale, job.grad_flat, job.weight.shape[1],  # type: ignore[arg-type]
+                            job.scale_grad_by_freq)
+        parts.append((rows, grads))
+    if job.rows is not None:
+        parts.append((job.rows.to(torch.int64), job.grads.to(acc)))  # type: ignore[union-attr]
+    if not parts:
+        return torch.empty(0, dtype=torch.int64, device=job.weight.device), job.weight.new_empty(0, job.weight.shape[1], dtype=acc)
+    if len(parts) == 1:
+        return parts[0]
+    return merge_rows([p[0] for p in parts], [p[1] for p in parts], job.weight.shape[1])
+
+
+def merge_rows(rows: list[Tensor], grads: list[Tensor], dim: int) -> tuple[Tensor, Tensor]:
+    """Distinct rows of several (rows, grads) pairs, their gradients summed."""
+    all_rows = torch.cat(rows)
+    unique, inverse = torch.unique(all_rows, return_inverse=True)
+    out = torch.zeros(unique.numel(), dim, dtype=grads[0].dtype, device=all_rows.device)
+    out.index_add_(0, inverse, torch.cat(grads))
+    return unique, out
+
+
+def run_jobs(jobs: Sequence[TableJob], hyper: Hyper) -> None:
+    """Every job's update: :func:`reduce`, then :func:`fused_update`."""
+    for job in jobs:
+        rows, grads = reduce(job)
+        fused_update(job.weight, job.state, rows, grads, hyper)

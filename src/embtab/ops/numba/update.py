@@ -1,8 +1,8 @@
-"""The numba backend of the fused update (CPU, contiguous float32/float64 weights).
+"""The numba update backend (CPU, contiguous float32/float64 weights).
 
-Importing this module imports numba; :func:`embtab.optim._fused.select_backend` falls
-back to the torch-ops path when that fails. Same functions as the other backends,
-plus :func:`run_jobs`, which runs a whole backward pass in two parallel phases:
+Importing this module imports numba; the registry (``ops/registry.py``) chooses the
+torch-ops backend when that fails, and only gives this one contiguous float32/float64
+tables. :func:`run_jobs` runs a whole backward pass in two parallel phases:
 
 1. plan: a table per work item: write where every occurrence's gradient row is, sort
    the occurrences by row, cut them into segments of equal rows;
@@ -25,9 +25,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .._pool import POOL
-from . import _numba as K
-from ._fused import KIND_CODES, FusedHyper, TableJob
+from ..common import KIND_CODES, Hyper, TableJob, state_slots
+from . import kernels as K
+from ._pool import POOL
 
 name = "numba"
 
@@ -66,26 +66,17 @@ def _i64(t: Tensor) -> np.ndarray:
     return t.detach().reshape(-1).to(torch.int64).contiguous().numpy()
 
 
-def _state_arrays(weight: np.ndarray, state: dict[str, Tensor]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _state_arrays(kind: str, weight: np.ndarray, state: dict[str, Tensor]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(s1, s2, step) in the kernel's layout, with dummies for what the kind lacks."""
-    if "exp_avg" in state:
-        return _np(state["exp_avg"]), _np(state["exp_avg_sq"]), _np(state["step"])
-    s2, step = _dummy(weight.dtype, 2), _dummy(np.int64, 1)
-    if "sum" in state:
-        s = _np(state["sum"])
-        return (s.reshape(-1, 1) if s.ndim == 1 else s), s2, step
-    return _dummy(weight.dtype, 2), s2, step
+    s1, s2, step = state_slots(kind, state)
+    a1 = _dummy(weight.dtype, 2) if s1 is None else _np(s1)
+    return (a1.reshape(-1, 1) if a1.ndim == 1 else a1,
+            _dummy(weight.dtype, 2) if s2 is None else _np(s2),
+            _dummy(np.int64, 1) if step is None else _np(step))
 
 
-def _hyper_array(hyper: FusedHyper) -> np.ndarray:
+def _hyper_array(hyper: Hyper) -> np.ndarray:
     return np.array([hyper.lr, hyper.eps, hyper.beta1, hyper.beta2, hyper.weight_decay], np.float64)
-
-
-def _usable(weight: Tensor, state: dict[str, Tensor]) -> bool:
-    return (
-        weight.device.type == "cpu" and weight.dtype in (torch.float32, torch.float64) and weight.is_contiguous()
-        and all(s.is_contiguous() and s.dtype in (weight.dtype, torch.int64) for s in state.values())
-    )
 
 
 # Rows per work item: enough to amortise a kernel call (~10 us), few enough that a
@@ -126,63 +117,41 @@ class _Updates:
 # --- the backend interface ---------------------------------------------------------------------
 
 
-def fused_update(weight: Tensor, state: dict[str, Tensor], rows: Tensor, grads: Tensor, hyper: FusedHyper) -> None:
+def fused_update(weight: Tensor, state: dict[str, Tensor], rows: Tensor, grads: Tensor, hyper: Hyper) -> None:
     """Apply one step to the distinct ``rows`` (U,) given their summed ``grads`` (U, D)."""
     num = rows.numel()
     if num == 0:
         return
-    if not _usable(weight, state):
-        from . import _torch_backend
-
-        _torch_backend.fused_update(weight, state, rows, grads, hyper)
-        return
     w = _np(weight)
     dim = w.shape[1]
     g = grads.detach().to(weight.dtype).contiguous().reshape(-1).numpy()
-    st = _state_arrays(w, state)
+    st = _state_arrays(hyper.kind, w, state)
     starts = np.arange(num + 1, dtype=np.int64)
     updates = _Updates(KIND_CODES[hyper.kind], _hyper_array(hyper), g, _dummy(w.dtype, 1))
     updates.add(w, st, _i64(rows), starts, starts[:num] * dim, False, False)
     updates.run()
 
 
-def segment_update(
-    weight: Tensor, state: dict[str, Tensor], rows: Tensor, starts: Tensor, order: Tensor, src: Tensor,
-    scale: Tensor | None, grad_flat: Tensor, hyper: FusedHyper, scale_grad_by_freq: bool,
-) -> None:
-    """Sum each row's occurrences and update it, in one pass (see :mod:`embtab.optim`)."""
-    if rows.numel() == 0:
-        return
-    w = _np(weight)
-    st = _state_arrays(w, state)
-    o = order.to(torch.int64)
-    # Occurrences in sorted order, so that the kernel reads them sequentially.
-    sc = _dummy(w.dtype, 1) if scale is None else _np(scale[o].to(weight.dtype).contiguous())
-    r, s, sr = _i64(rows), _i64(starts - starts[0]), _i64(src[o])
-    g = _np(grad_flat.to(weight.dtype).contiguous())
-    updates = _Updates(KIND_CODES[hyper.kind], _hyper_array(hyper), g, sc)
-    updates.add(w, st, r, s, sr, scale is not None, scale_grad_by_freq)
-    updates.run()
+def run_jobs(jobs: Sequence[TableJob], hyper: Hyper) -> None:
+    """Every job of a backward pass: planned and updated in two parallel phases.
 
-
-def run_jobs(jobs: Sequence[TableJob], hyper: FusedHyper) -> None:
-    """Every job of a backward pass: planned and updated in two parallel phases."""
-    from . import _torch_backend
-    from ._fused import generic_run
+    A job with both lookups and pre-summed rows (a table looked up by a max bag and
+    by something else) is reduced with torch ops first.
+    """
+    from ..update_torch import reduce
 
     groups: dict[tuple[int, torch.dtype], list[TableJob]] = {}
     for job in jobs:
-        if not _usable(job.weight, job.state):
-            generic_run(_torch_backend, [job], hyper)
-        elif job.rows is not None:
-            fused_update(job.weight, job.state, job.rows, job.grads, hyper)
+        if job.rows is not None:
+            rows, grads = reduce(job) if job.sources else (job.rows, job.grads)
+            fused_update(job.weight, job.state, rows, grads, hyper)  # type: ignore[arg-type]
         elif job.sources:
             groups.setdefault((id(job.grad_flat), job.weight.dtype), []).append(job)
     for group in groups.values():
         _run_group(group, hyper)
 
 
-def _run_group(jobs: Sequence[TableJob], hyper: FusedHyper) -> None:
+def _run_group(jobs: Sequence[TableJob], hyper: Hyper) -> None:
     """Jobs of one weight dtype whose sources index the same flat gradient."""
     dtype = _np(jobs[0].weight[:0]).dtype
     sources = [(t, s) for t, job in enumerate(jobs) for s in job.sources]
@@ -248,6 +217,6 @@ def _run_group(jobs: Sequence[TableJob], hyper: FusedHyper) -> None:
         u = int(num_unique[t])
         lo = int(table[first_source[t], K.ID_LO])
         w = _np(job.weight)
-        updates.add(w, _state_arrays(w, job.state), rows[lo:lo + u], starts[lo + t:lo + t + u + 1], order,
+        updates.add(w, _state_arrays(hyper.kind, w, job.state), rows[lo:lo + u], starts[lo + t:lo + t + u + 1], order,
                     bool(flags[first_source[t]:first_source[t + 1]].any()), job.scale_grad_by_freq)
     updates.run()

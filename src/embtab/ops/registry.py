@@ -1,0 +1,283 @@
+"""The one place that picks a backend, for lookups and for row updates alike.
+
+A backend name picks both halves of a table's work:
+
+============  ===========================  ======================================
+name          lookups (forward/backward)   fused-optimizer row updates
+============  ===========================  ======================================
+reference     ``ops/reference.py``         ``ops/update_reference.py`` (float64)
+torch         ``ops/native.py`` (ATen)     ``ops/update_torch.py`` (torch ops)
+numba         ``ops/native.py`` (ATen)     ``ops/numba`` (CPU, float32/float64)
+triton        ``ops/triton``               ``ops/triton/fused_optim.py``
+============  ===========================  ======================================
+
+``"auto"`` (every table's default) picks by device and dtype: on CPU ATen lookups and
+numba updates (torch ops for 16-bit tables, or when numba is missing); on CUDA the
+Triton kernels (ATen and torch ops when Triton is missing); elsewhere ATen and torch
+ops. Under ``torch.compile`` lookups take a backend made of torch ops (``torch`` for
+``auto``), which the compiler can trace; updates run outside the graph anyway.
+
+``$EMBTAB_BACKEND`` replaces ``"auto"`` everywhere (read at import; :func:`refresh`
+reads it again). A backend asked for by name that cannot run raises; when ``auto``
+cannot use a fast path it falls back once, with a one-time warning that says why
+and what to install. :func:`backends` reports what runs where. Optional backends
+(numba, Triton) are imported on their first selection, never again on a call path.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import warnings
+from dataclasses import dataclass
+from types import ModuleType
+
+import torch
+
+from . import native, reference, update_reference, update_torch
+
+NAMES = ("auto", "reference", "torch", "numba", "triton")
+ENV_VAR = "EMBTAB_BACKEND"
+_FLOAT_32_64 = (torch.float32, torch.float64)
+_TRITON_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+
+@dataclass(frozen=True)
+class Backend:
+    """The modules that do a table's work on one (device, dtype), and what they can do.
+
+    ``lookup`` has the functions of ``ops/reference.py``; ``update`` has
+    ``fused_update`` (and optionally ``run_jobs``, a whole backward's updates in one go).
+    """
+
+    lookup: ModuleType
+    update: ModuleType
+
+    @property
+    def name(self) -> str:
+        return f"{self.lookup.name}+{self.update.name}"
+
+    @property
+    def supports_skip(self) -> bool:
+        """The lookup kernels understand SKIP ids (others get them compacted away)."""
+        return bool(self.lookup.supports_skip)
+
+    @property
+    def checks_bounds(self) -> bool:
+        """The lookup kernels raise on an out-of-range id (without naming it)."""
+        return bool(getattr(self.lookup, "checks_bounds", False))
+
+    @property
+    def native_autograd(self) -> bool:
+        """The lookups are ATen's, whose own differentiable ops compute the same results."""
+        return self.lookup is native
+
+
+def check_name(backend: object, where: str) -> str:
+    if backend not in NAMES:
+        from .._checks import BadArgumentError
+
+        raise BadArgumentError(f"{where}: unknown backend {backend!r}; choose one of {list(NAMES)}")
+    return backend  # type: ignore[return-value]
+
+
+_env_default = "auto"
+_env_error: Exception | None = None  # a bad $EMBTAB_BACKEND, raised at the first lookup (not at import)
+_cache: dict[tuple[str, str, torch.dtype, bool], Backend] = {}
+_warned: set[str] = set()
+
+
+def refresh() -> None:
+    """Read ``$EMBTAB_BACKEND`` again and forget the choices made (for tests and notebooks)."""
+    global _env_default, _env_error
+    value = os.environ.get(ENV_VAR, "") or "auto"
+    _cache.clear()
+    try:
+        _env_default, _env_error = check_name(value, f"${ENV_VAR}"), None
+    except ValueError as exc:
+        _env_default, _env_error = "auto", exc
+
+
+def select(name: str, device: torch.device, dtype: torch.dtype, contiguous: bool = True) -> Backend:
+    """The backend that runs ``name`` (checked) for tables of ``dtype`` on ``device``."""
+    if torch.compiler.is_compiling():
+        return _traceable(name)
+    key = (name, device.type, dtype, contiguous)
+    backend = _cache.get(key)
+    if backend is None:
+        if _env_error is not None:
+            raise _env_error
+        backend = _cache[key] = _choose(name, device, dtype, contiguous)
+    return backend
+
+
+def _traceable(name: str) -> Backend:
+    if name == "auto":
+        name = _env_default
+    if name == "reference":
+        return Backend(reference, update_reference)
+    if name == "triton":
+        raise RuntimeError(
+            "embtab: backend='triton' is not traced by torch.compile (its launchers are Python); "
+            "use backend='auto' there: the compiler generates its own kernels for the lookup"
+        )
+    return Backend(native, update_torch)
+
+
+def _choose(name: str, device: torch.device, dtype: torch.dtype, contiguous: bool) -> Backend:
+    if name == "auto":
+        name = _env_default
+    if name == "reference":
+        return Backend(reference, update_reference)
+    if name == "torch":
+        return Backend(native, update_torch)
+    if name == "numba":
+        if device.type != "cpu" or dtype not in _FLOAT_32_64 or not contiguous:
+            raise RuntimeError(
+                f"embtab: backend='numba' updates contiguous float32/float64 tables on CPU, got a "
+                f"{'' if contiguous else 'non-contiguous '}{dtype} table on {device}; use backend='auto'"
+            )
+        return Backend(native, _numba("backend='numba'"))
+    if name == "triton":
+        module = _triton("backend='triton'")
+        if not _triton_runs_on(device) or dtype not in _TRITON_DTYPES or not contiguous:
+            raise RuntimeError(
+                f"embtab: backend='triton' runs contiguous float tables on CUDA (or on CPU under Triton's "
+                f"interpreter, TRITON_INTERPRET=1), got a {'' if contiguous else 'non-contiguous '}{dtype} "
+                f"table on {device}"
+            )
+        return Backend(module, module.fused_optim)
+    # auto
+    if device.type == "cpu":
+        update: ModuleType = update_torch
+        if dtype in _FLOAT_32_64 and contiguous:
+            try:
+                update = _numba(None)
+            except ImportError as exc:
+                _warn_once("numba", f"embtab: numba is not available ({exc}); fused optimizer updates on CPU "
+                                    f"take the slower torch-ops path. Install it: pip install 'embtab[jit]'")
+        elif dtype.is_floating_point:
+            _warn_once(f"cpu-{dtype}-{contiguous}", (
+                f"embtab: fused optimizer updates of {'non-contiguous ' if not contiguous else ''}{dtype} "
+                f"tables on CPU take the torch-ops path (the numba kernels update contiguous float32 "
+                f"and float64 tables)"))
+        return Backend(native, update)
+    if device.type == "cuda":
+        try:
+            module = _triton(None)
+        except ImportError as exc:
+            _warn_once("triton", f"embtab: Triton is not available ({exc}); CUDA tables use ATen lookups and "
+                                 f"torch-ops updates. Install it: pip install 'embtab[triton]'")
+            return Backend(native, update_torch)
+        fast = dtype in _TRITON_DTYPES
+        return Backend(module if fast else native, module.fused_optim if fast and contiguous else update_torch)
+    return Backend(native, update_torch)
+
+
+def _triton_runs_on(device: torch.device) -> bool:
+    # Triton's interpreter (its own setting) runs kernels on CPU tensors.
+    return device.type == "cuda" or (device.type == "cpu" and os.environ.get("TRITON_INTERPRET") == "1")
+
+
+_optional: dict[str, ModuleType | ImportError] = {}
+
+
+def _import(module: str) -> ModuleType:
+    """Import an optional backend once; a failure is remembered (and re-raised), not retried."""
+    got = _optional.get(module)
+    if got is None:
+        try:
+            got = importlib.import_module(module)
+        except (ImportError, RuntimeError, OSError) as exc:  # numba may fail to find a cache folder
+            got = exc if isinstance(exc, ImportError) else ImportError(str(exc))
+        _optional[module] = got
+    if isinstance(got, ImportError):
+        raise got
+    return got
+
+
+def _numba(asked: str | None) -> ModuleType:
+    try:
+        return _import("embtab.ops.numba.update")
+    except ImportError as exc:
+        if asked is None:
+            raise
+        raise RuntimeError(f"embtab: {asked} needs numba ({exc}): pip install 'embtab[jit]'") from exc
+
+
+def _triton(asked: str | None) -> ModuleType:
+    try:
+        module = _import("embtab.ops.triton")
+        _import("embtab.ops.triton.fused_optim")
+        return module
+    except ImportError as exc:
+        if asked is None:
+            raise
+        raise RuntimeError(f"embtab: {asked} needs Triton ({exc}): pip install 'embtab[triton]'") from exc
+
+
+def _warn_once(key: str, message: str) -> None:
+    if key not in _warned:
+        _warned.add(key)
+        warnings.warn(message, RuntimeWarning, stacklevel=4)
+
+
+def numba_scan() -> ModuleType | None:
+    """The numba bag-scan kernels (one pass over a CPU lookup's ids and offsets), or None."""
+    try:
+        return _import("embtab.ops.numba.scan")
+    except ImportError:
+        return None
+
+
+@dataclass(frozen=True)
+class BackendReport:
+    """What :func:`backends` returns: one row per (device, dtype) of this machine."""
+
+    rows: tuple[tuple[str, str, str, str], ...]  # (device, dtype, lookups, updates)
+    default: str
+    notes: tuple[str, ...]
+
+    def __str__(self) -> str:
+        width = [max(len(r[i]) for r in self.rows + (("device", "dtype", "lookups", "updates"),)) for i in range(4)]
+        head = ("device", "dtype", "lookups", "updates")
+        lines = [f"embtab backends (backend='{self.default}'):"]
+        lines.append("  " + "  ".join(h.ljust(w) for h, w in zip(head, width)))
+        lines += ["  " + "  ".join(c.ljust(w) for c, w in zip(r, width)) for r in self.rows]
+        return "\n".join(lines + [f"  note: {n}" for n in self.notes])
+
+
+def backends(name: str = "auto") -> BackendReport:
+    """What runs where on this machine for tables of backend ``name`` (default ``"auto"``).
+
+    Example:
+        >>> print(embtab.backends())  # doctest: +SKIP
+        embtab backends (backend='auto'):
+          device  dtype          lookups  updates
+          cpu     torch.float32  torch    numba
+          ...
+    """
+    check_name(name, "backends()")
+    devices = [torch.device("cpu")] + ([torch.device("cuda")] if torch.cuda.is_available() else [])
+    rows, notes = [], []
+    for device in devices:
+        for dtype in (torch.float32, torch.float64, torch.float16, torch.bfloat16):
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                try:
+                    b = _choose(name, device, dtype, True)
+                    rows.append((device.type, str(dtype), b.lookup.name, b.update.name))
+                except RuntimeError as exc:
+                    rows.append((device.type, str(dtype), "-", "-"))
+                    notes.append(str(exc))
+    for module, what in (("embtab.ops.numba.update", "numba"), ("embtab.ops.triton", "triton")):
+        try:
+            _import(module)
+        except ImportError as exc:
+            notes.append(f"{what} not available: {exc}")
+    if _env_default != "auto":
+        notes.append(f"${ENV_VAR}={_env_default} replaces 'auto'")
+    return BackendReport(tuple(rows), name, tuple(dict.fromkeys(notes)))
+
+
+refresh()

@@ -1,0 +1,1 @@
+"""Tables: what a table is (:mod:`.spec`) and the one lookup pipeline every table runs (:mod:`.pipeline`)."""

@@ -1,0 +1,307 @@
+"""The one lookup pipeline: check the call, canonical offsets, ids to rows, then the backend.
+
+Used by the functional API, the modules and the collection alike::
+
+    embedding(spec, weight, input)           unpooled:  check -> ids to rows -> lookup
+    embedding_bag(spec, weight, input, ...)  pooled:    prepare_bags -> pool([feature])
+    collection forward                       pooled:    prepare_bags per feature -> pool(features)
+
+:func:`prepare_bags` is the only place where a bag lookup's input is checked, its
+offsets made canonical (flat ids (N,), offsets (B + 1,) ending at N) and its ids turned
+into rows by the table's ids stage. :func:`pool` looks up any number of prepared
+features (one output ``(B, sum of D)``) through one autograd node
+(``ops/autograd.BagsFunction``), or through ATen's own differentiable op where that
+computes exactly the same thing faster (one table, the ``torch`` backend, no fused
+optimizer; see :func:`_aten_bag_ok`). Backward hands a fused optimizer each table's
+row gradients (``embtab.optim``); otherwise it returns dense or sparse weight gradients.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Iterator, NamedTuple, Sequence, cast
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from .. import _checks
+from ..ids.policies import raise_out_of_range
+from ..ops import registry
+from ..ops.autograd import BagsFunction, BagsPlan, EmbeddingFunction, Fused
+from ..ops.common import MODE_CODES, SKIP
+from .spec import TableSpec
+
+_INDEX_DTYPES = _checks.INDEX_DTYPES
+
+
+class Bags(NamedTuple):
+    """One feature's bags, prepared: what the lookup and its backward read.
+
+    ``ids`` (N,) are rows of the weight or SKIP, except when ``raw``: then they are the
+    caller's ids, unresolved, and the kernel's own bounds check stands in for the
+    policy's (``oov="error"`` only; a refusal is turned into our named error).
+    """
+
+    ids: Tensor
+    ends: Tensor  # (B + 1,) canonical offsets
+    psw: Tensor | None  # (N,) per-sample weights
+    shape: torch.Size  # the caller's input shape, for error positions
+    raw: bool
+    num_embeddings: int
+    where: str
+
+
+class Feature(NamedTuple):
+    """A prepared lookup into one table: what :func:`pool` takes."""
+
+    spec: TableSpec
+    weight: Tensor
+    backend: registry.Backend
+    bags: Bags
+    table: object | None = None  # the module a fused optimizer updates (its state lives there)
+
+
+def backend_of(spec: TableSpec, weight: Tensor) -> registry.Backend:
+    return registry.select(spec.backend, weight.device, weight.dtype, weight.is_contiguous())
+
+
+def _needs_grad(weight: Tensor, psw: Tensor | None = None) -> bool:
+    return torch.is_grad_enabled() and (weight.requires_grad or (psw is not None and psw.requires_grad))
+
+
+def _check_ids(input: object, weight: Tensor, where: str) -> None:
+    if type(input) is not Tensor or input.dtype not in _INDEX_DTYPES:  # type: ignore[union-attr]
+        _checks.check_ids(input, "input", where)
+    if input.device != weight.device:  # type: ignore[union-attr]
+        _checks.check_same_device(input, weight, "input", where)  # type: ignore[arg-type]
+
+
+def _resolve(
+    spec: TableSpec, backend: registry.Backend, ids: Tensor, where: str, counter: Tensor | None, shape: torch.Size,
+) -> tuple[Tensor, bool, bool]:
+    """``(ids, raw, has_skip)``: the ids stage applied, or the ids left raw for the kernel."""
+    stage = spec.ids
+    if (stage.kernel_may_check and backend.checks_bounds and spec.max_norm is None
+            and ids.device.type == "cpu" and not torch.compiler.is_compiling()):
+        # The kernel refuses out-of-range ids itself; naming one only on failure saves a
+        # pass over the ids on every call. (Not with max_norm: the renorm runs first and
+        # would wrap a negative id around.)
+        return ids, True, False
+    rows, has_skip = stage.resolve(ids, spec.num_embeddings, where=where, counter=counter, shape=shape)
+    return rows, False, has_skip
+
+
+@contextlib.contextmanager
+def _named_errors(bags: Sequence[Bags]) -> Iterator[None]:
+    """Turn a kernel's bare bounds error on raw ids into our error that names the id."""
+    try:
+        yield
+    except (IndexError, RuntimeError):
+        for b in bags:
+            if b.raw:
+                raise_out_of_range(b.ids, b.num_embeddings, b.where, b.shape)
+        raise  # not an out-of-range id after all
+
+
+# --- unpooled lookups -----------------------------------------------------------------------
+
+
+def embedding(
+    spec: TableSpec, weight: Tensor, input: Tensor, *, where: str, counter: Tensor | None = None,
+    fused: Fused | None = None,
+) -> Tensor:
+    """``(*) -> (*, D)``: the rows of ``input``'s ids, as ``torch.nn.functional.embedding``."""
+    _check_ids(input, weight, where)
+    backend = backend_of(spec, weight)
+    ids, raw, has_skip = _resolve(spec, backend, input, where, counter, input.shape)
+    if has_skip and not backend.supports_skip:
+        return _compacted(spec, weight, ids, backend, fused)
+    if spec.max_norm is not None:
+        backend.lookup.renorm_(weight.detach(), ids, spec.max_norm, spec.norm_type)
+    if not raw:
+        return _embedding_call(spec, weight, ids, backend, fused)
+    try:
+        return _embedding_call(spec, weight, ids, backend, fused)
+    except (IndexError, RuntimeError):
+        raise_out_of_range(ids, spec.num_embeddings, where, input.shape)
+        raise
+
+
+def _embedding_call(
+    spec: TableSpec, weight: Tensor, ids: Tensor, backend: registry.Backend, fused: Fused | None,
+) -> Tensor:
+    if not _needs_grad(weight):
+        return backend.lookup.embedding_forward(weight, ids)
+    if fused is None and backend.native_autograd:
+        # ATen's differentiable op: torch's own gradients (dense, sparse, double backward).
+        pad = -1 if spec.padding_idx is None else spec.padding_idx
+        if ids.dim() == 0 and spec.sparse:  # torch's sparse backward fails on 0-d ids with padding
+            return torch.embedding(weight, ids.reshape(1), pad, spec.scale_grad_by_freq, True)[0]
+        return torch.embedding(weight, ids, pad, spec.scale_grad_by_freq, spec.sparse)
+    return EmbeddingFunction.apply(weight, ids, backend, spec, fused)
+
+
+def _compacted(spec: TableSpec, weight: Tensor, ids: Tensor, backend: registry.Backend, fused: Fused | None) -> Tensor:
+    """Lookup for a backend without SKIP support: look up the kept ids, zeros elsewhere."""
+    flat = ids.reshape(-1)
+    keep = flat >= 0  # (N,)
+    kept = flat[keep]
+    if spec.max_norm is not None:
+        backend.lookup.renorm_(weight.detach(), kept, spec.max_norm, spec.norm_type)
+    rows = _embedding_call(spec, weight, kept, backend, fused)
+    out = rows.new_zeros(keep.numel(), weight.shape[1]).masked_scatter(keep.unsqueeze(1), rows)
+    return out.reshape(*ids.shape, weight.shape[1])
+
+
+# --- bags ----------------------------------------------------------------------------------
+
+
+def embedding_bag(
+    spec: TableSpec, weight: Tensor, input: Tensor, offsets: Tensor | None, per_sample_weights: Tensor | None,
+    *, where: str, counter: Tensor | None = None, fused: Fused | None = None,
+) -> Tensor:
+    """``(B, D)``: each bag's rows reduced by ``spec.mode``, as ``torch.nn.functional.embedding_bag``."""
+    backend = backend_of(spec, weight)
+    bags = prepare_bags(spec, weight, backend, input, offsets, per_sample_weights, spec.include_last_offset,
+                        where=where, counter=counter)
+    return pool([Feature(spec, weight, backend, bags, fused.table if fused is not None else None)],
+                fused.optimizer if fused is not None else None)
+
+
+def prepare_bags(
+    spec: TableSpec, weight: Tensor, backend: registry.Backend, input: Tensor, offsets: Tensor | None,
+    per_sample_weights: Tensor | None, include_last_offset: bool, *, where: str, counter: Tensor | None = None,
+) -> Bags:
+    """Check a bag lookup's input, make its offsets canonical, resolve its ids (and, with
+    ``max_norm``, renormalise the rows they name, in place, as torch does before a lookup)."""
+    _check_ids(input, weight, where)
+    if input.dim() != 1 or offsets is not None and (type(offsets) is not Tensor or offsets.dtype not in _INDEX_DTYPES
+                                                    or offsets.dim() != 1 or offsets.device != input.device):
+        _checks.check_offsets_shape(input, offsets, include_last_offset, where)
+    elif offsets is None or include_last_offset and offsets.numel() == 0:
+        _checks.check_offsets_shape(input, offsets, include_last_offset, where)
+    if per_sample_weights is not None:
+        _checks.check_per_sample_weights(per_sample_weights, input, weight, cast(str, spec.mode), where)
+    check_values = input.device.type == "cpu" or spec.oov == "error"
+    ids, ends, psw = canonical_bags(input, offsets, per_sample_weights, include_last_offset, spec, check_values, where)
+    rows, raw, has_skip = _resolve(spec, backend, ids, where, counter, input.shape)
+    if has_skip and not backend.supports_skip:
+        rows, ends, psw = _drop_skipped(rows, ends, psw)
+    if spec.max_norm is not None:
+        backend.lookup.renorm_(weight.detach(), rows, spec.max_norm, spec.norm_type)
+    return Bags(rows, ends, psw, input.shape, raw, spec.num_embeddings, where)
+
+
+def canonical_bags(
+    input: Tensor, offsets: Tensor | None, per_sample_weights: Tensor | None, include_last_offset: bool,
+    spec: TableSpec, check_values: bool, where: str,
+) -> tuple[Tensor, Tensor, Tensor | None]:
+    """Flat ids (N,), offsets (B + 1,) ending at N, flat per-sample weights (N,).
+
+    With ``include_last_offset=True`` and ``offsets[-1] < len(input)`` torch's kernels
+    keep the ids after the last offset in the last bag for ``mode="max"`` and whenever
+    ``padding_idx`` is set, and drop them otherwise; so do we (``_keeps_trailing_ids``).
+    On CUDA the values are checked only under ``oov="error"`` (which syncs anyway):
+    checking costs a host sync.
+    """
+    if input.dim() == 2:
+        num_bags, length = input.shape
+        ids = input.reshape(-1)
+        ends = torch.arange(num_bags + 1, dtype=input.dtype, device=input.device) * length
+        psw = None if per_sample_weights is None else per_sample_weights.reshape(-1)
+        return ids, ends, psw
+    offsets = cast(Tensor, offsets)  # not None: checked by the caller
+    num_ids = input.numel()
+    keep_trailing = _keeps_trailing_ids(spec)
+    if torch.compiler.is_compiling():
+        from ..ops import compiled
+
+        if check_values and offsets.numel() > 0:
+            compiled.check_offsets(offsets, num_ids, where)
+        starts = offsets[:-1] if include_last_offset else offsets
+        return input, torch.cat([starts, starts.new_full((1,), num_ids)]), per_sample_weights
+    # On CPU, numpy on a zero-copy view: a few microseconds, where each small torch op
+    # costs about ten, and this runs on every call.
+    o = offsets.numpy() if offsets.device.type == "cpu" else None
+    if check_values and offsets.numel() > 0:
+        if o is not None:
+            first, last = int(o[0]), int(o[-1])
+            low = 0
+            if o.size > 1 and (o[1:] < o[:-1]).any():
+                low = int((o[1:] - o[:-1]).min())
+        else:
+            steps = offsets[1:] - offsets[:-1]
+            min_step = steps.min() if steps.numel() else offsets.new_zeros(())
+            first, last, low = torch.stack([offsets[0], offsets[-1], min_step]).tolist()
+        _checks.check_offsets_values(first, last, low, num_ids, where)
+        if include_last_offset and last < num_ids and not keep_trailing:
+            input = input[:last]
+            per_sample_weights = None if per_sample_weights is None else per_sample_weights[:last]
+            num_ids = last
+    if o is not None:
+        starts = o[:-1] if include_last_offset else o
+        ends_np = np.empty(starts.size + 1, dtype=o.dtype)
+        ends_np[:-1] = starts
+        ends_np[-1] = num_ids
+        return input, torch.from_numpy(ends_np), per_sample_weights
+    starts_t = offsets[:-1] if include_last_offset else offsets
+    return input, torch.cat([starts_t, starts_t.new_full((1,), num_ids)]), per_sample_weights
+
+
+def _keeps_trailing_ids(spec: TableSpec) -> bool:
+    """Whether ids after the last offset (include_last_offset=True) stay in the last bag, as in torch."""
+    return spec.mode == "max" or spec.padding_idx is not None
+
+
+def _drop_skipped(ids: Tensor, ends: Tensor, psw: Tensor | None) -> tuple[Tensor, Tensor, Tensor | None]:
+    """Bags without their SKIP ids, for a backend that does not understand them:
+    the ids dropped, the offsets shifted; ``psw[keep]`` keeps its autograd link."""
+    keep = ids >= 0
+    dropped = torch.cat([ids.new_zeros(1), torch.cumsum(~keep, 0).to(ids.dtype)])  # (N + 1,)
+    ends = ends - dropped[ends.to(torch.int64)]
+    return ids[keep], ends, None if psw is None else psw[keep]
+
+
+def pool(features: Sequence[Feature], optimizer: object | None = None) -> Tensor:
+    """Every feature's bags reduced, side by side: ``(B, sum of D)`` in the features' order.
+
+    ``optimizer`` (a fused optimizer bound to the features' tables) makes backward
+    update the rows instead of returning weight gradients.
+    """
+    grad = torch.is_grad_enabled() and any(
+        f.weight.requires_grad or (f.bags.psw is not None and f.bags.psw.requires_grad) for f in features
+    )
+    with _named_errors([f.bags for f in features]):
+        if not grad:
+            return _inference(features)
+        if len(features) == 1 and optimizer is None and _aten_bag_ok(features[0]):
+            f = features[0]
+            return torch.embedding_bag(  # padding_idx None: no padding (-1 would be the last row here)
+                f.weight, f.bags.ids, f.bags.ends, False, MODE_CODES[f.spec.mode], f.spec.sparse,  # type: ignore[index]
+                f.bags.psw, True, f.spec.padding_idx,
+            )[0]
+        plan = BagsPlan(features, optimizer)
+        return BagsFunction.apply(plan, *plan.weights, *[f.bags.psw for f in features])
+
+
+def _aten_bag_ok(f: Feature) -> bool:
+    """ATen's differentiable bag op gives our results: the torch backend, a float weight,
+    and not ``scale_grad_by_freq`` (its CPU kernel divides some rows by another id's count)."""
+    return f.backend.native_autograd and not f.spec.scale_grad_by_freq and f.weight.is_floating_point()
+
+
+def _inference(features: Sequence[Feature]) -> Tensor:
+    """The pooled outputs when no gradient will be asked for (no autograd node)."""
+    outs = []
+    with torch.no_grad():
+        for f in features:
+            b = f.bags
+            outs.append(f.backend.lookup.embedding_bag_inference(
+                f.weight.detach(), b.ids, b.ends, f.spec.mode, None if b.psw is None else b.psw.detach(),
+                f.spec.padding_idx,
+            ))
+    return outs[0] if len(outs) == 1 else torch.cat(outs, dim=1)
+
+
+__all__ = ["Bags", "Feature", "TableSpec", "embedding", "embedding_bag", "pool", "prepare_bags", "SKIP"]
