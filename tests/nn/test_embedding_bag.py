@@ -8,7 +8,7 @@ from hypothesis import given, settings, strategies as st
 
 import embtab
 from embtab import functional as EF
-from tests.conftest import assert_close_to_torch
+from tests.conftest import assert_close, assert_close_to_torch
 
 BACKENDS = ["torch", "reference"]
 DTYPES = [torch.float32, torch.float64, torch.float16, torch.bfloat16]
@@ -182,11 +182,28 @@ def test_all_padding_and_empty_bags_are_zero() -> None:
     assert torch.allclose(out[2], bag.weight[3])
 
 
-def test_include_last_offset_shorter_than_input_ignores_trailing_ids() -> None:
-    w = torch.randn(6, 2)
+@pytest.mark.parametrize("mode", ["sum", "mean", "max"])
+@pytest.mark.parametrize("padding_idx", [None, 3])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("backend", ["auto", "reference"])
+def test_include_last_offset_shorter_than_input_keeps_trailing_ids_in_the_last_bag(
+    mode: str, padding_idx: int | None, dtype: torch.dtype, backend: str,
+) -> None:
+    """With offsets[-1] < len(input) the last bag runs to the end of the input, as torch's
+    CPU kernels do in float64, for max and with padding_idx (its float32 sum/mean path
+    without padding disagrees with itself: PyTorch issue 89677); the gradient follows."""
+    w = torch.randn(6, 2, dtype=torch.float64)
     ids, offsets = torch.tensor([1, 2, 3, 4, 5]), torch.tensor([0, 2, 3])
-    expected = torch.nn.functional.embedding_bag(ids, w, offsets, mode="sum", include_last_offset=True)
-    assert torch.allclose(EF.embedding_bag(ids, w, offsets, mode="sum", include_last_offset=True), expected)
+    ref_w = w.clone().requires_grad_()
+    expected = torch.nn.functional.embedding_bag(ids, ref_w, offsets, mode=mode, include_last_offset=True,
+                                                 padding_idx=padding_idx)
+    expected.sum().backward()
+    ours_w = w.to(dtype).requires_grad_()
+    out = EF.embedding_bag(ids, ours_w, offsets, mode=mode, include_last_offset=True, padding_idx=padding_idx,
+                           backend=backend)
+    out.sum().backward()
+    assert_close(out.double(), expected.detach(), dtype)
+    assert_close(ours_w.grad.double(), ref_w.grad, dtype)
 
 
 @pytest.mark.parametrize("kwargs", [{}, {"mode": "sum"}, {"padding_idx": 2, "max_norm": 1.0}, {"norm_type": 3.0}])

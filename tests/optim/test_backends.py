@@ -195,12 +195,15 @@ def test_auto_falls_back_once_with_a_warning_when_numba_is_missing(monkeypatch: 
     monkeypatch.setattr(registry, "_warned", set())
     registry.refresh()
     try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # a lookup alone does not warn: it needs no update
+            backend = registry.select("auto", torch.device("cpu"), torch.float32)
         with pytest.warns(RuntimeWarning, match=r"numba is not available.*pip install 'embtab\[jit\]'"):
-            assert registry.select("auto", torch.device("cpu"), torch.float32).update is update_torch
+            assert backend.updater() is update_torch
         with warnings.catch_warnings():
             warnings.simplefilter("error")  # once only
             registry.refresh()
-            registry.select("auto", torch.device("cpu"), torch.float32)
+            registry.select("auto", torch.device("cpu"), torch.float32).updater()
         assert "numba not available" in str(registry.backends())
         with pytest.raises(RuntimeError, match=r"backend='numba' needs numba"):
             registry.select("numba", torch.device("cpu"), torch.float32)

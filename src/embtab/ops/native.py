@@ -24,7 +24,7 @@ _aten = torch.ops.aten
 
 
 def embedding_forward(weight: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
-    return _aten.embedding(weight, ids)
+    return torch.embedding(weight, ids)  # the C++ binding: half the call overhead of torch.ops.aten
 
 
 def embedding_backward(
@@ -53,8 +53,8 @@ def embedding_bag_forward(
 ) -> tuple[torch.Tensor, BagAux]:
     pad = -1 if padding_idx is None else padding_idx
     # include_last_offset=True: our canonical offsets end with N.
-    out, offset2bag, bag_size, max_indices = _aten._embedding_bag(
-        weight, ids, offsets, False, MODE_CODES[mode], False, per_sample_weights, True, pad
+    out, offset2bag, bag_size, max_indices = torch._embedding_bag(
+        weight, ids.contiguous(), offsets, False, MODE_CODES[mode], False, per_sample_weights, True, pad
     )
     return out, BagAux(offset2bag, bag_size, max_indices)
 
@@ -69,7 +69,7 @@ def embedding_bag_inference(
 ) -> torch.Tensor:
     pad = -1 if padding_idx is None else padding_idx
     # torch's own no-grad kernel: no offset2bag, bag sizes or max indices to build.
-    return _aten._embedding_bag_forward_only(
+    return torch._embedding_bag_forward_only(
         weight, ids, offsets, False, MODE_CODES[mode], False, per_sample_weights, True, pad
     )[0]
 
@@ -94,7 +94,7 @@ def embedding_bag_backward(
     grad_weight = grad_psw = None
     if need_weight_grad:
         grad_weight = _aten._embedding_bag_backward(
-            grad, ids, offsets, offset2bag, bag_size, max_indices, weight.shape[0],
+            grad, ids.contiguous(), offsets, offset2bag, bag_size, max_indices, weight.shape[0],
             False, MODE_CODES[mode], sparse, per_sample_weights, pad,
         )
         if scale_grad_by_freq:
@@ -105,7 +105,7 @@ def embedding_bag_backward(
             grad_weight = grad_weight / counts.to(grad_weight.dtype).unsqueeze(1)
     if need_psw_grad:
         grad_psw = _aten._embedding_bag_per_sample_weights_backward(
-            grad, weight, ids, offsets, offset2bag, MODE_CODES[mode], pad
+            grad, weight, ids.contiguous(), offsets, offset2bag, MODE_CODES[mode], pad
         )
     return grad_weight, grad_psw
 

@@ -52,6 +52,15 @@ class Backend:
 
     lookup: ModuleType
     update: ModuleType
+    # Why ``update`` is not the fast one, said once when an update first runs (not on
+    # lookups of tables that never train with a fused optimizer).
+    update_note: str = ""
+
+    def updater(self) -> ModuleType:
+        """``update``, after the one-time warning of a fallback."""
+        if self.update_note:
+            _warn_once(self.update_note, self.update_note)
+        return self.update
 
     @property
     def name(self) -> str:
@@ -149,19 +158,17 @@ def _choose(name: str, device: torch.device, dtype: torch.dtype, contiguous: boo
         return Backend(module, module.fused_optim)
     # auto
     if device.type == "cpu":
-        update: ModuleType = update_torch
         if dtype in _FLOAT_32_64 and contiguous:
             try:
-                update = _numba(None)
+                return Backend(native, _numba(None))
             except ImportError as exc:
-                _warn_once("numba", f"embtab: numba is not available ({exc}); fused optimizer updates on CPU "
-                                    f"take the slower torch-ops path. Install it: pip install 'embtab[jit]'")
-        elif dtype.is_floating_point:
-            _warn_once(f"cpu-{dtype}-{contiguous}", (
-                f"embtab: fused optimizer updates of {'non-contiguous ' if not contiguous else ''}{dtype} "
-                f"tables on CPU take the torch-ops path (the numba kernels update contiguous float32 "
-                f"and float64 tables)"))
-        return Backend(native, update)
+                return Backend(native, update_torch, (
+                    f"embtab: numba is not available ({exc}); fused optimizer updates on CPU take the "
+                    f"slower torch-ops path. Install it: pip install 'embtab[jit]'"))
+        return Backend(native, update_torch, (
+            f"embtab: fused optimizer updates of {'non-contiguous ' if not contiguous else ''}{dtype} "
+            f"tables on CPU take the torch-ops path (the numba kernels update contiguous float32 "
+            f"and float64 tables)") if dtype.is_floating_point else "")
     if device.type == "cuda":
         try:
             module = _triton(None)
@@ -219,7 +226,7 @@ def _triton(asked: str | None) -> ModuleType:
 def _warn_once(key: str, message: str) -> None:
     if key not in _warned:
         _warned.add(key)
-        warnings.warn(message, RuntimeWarning, stacklevel=4)
+        warnings.warn(message, RuntimeWarning, stacklevel=5)
 
 
 def numba_scan() -> ModuleType | None:

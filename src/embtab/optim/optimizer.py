@@ -258,7 +258,7 @@ class FusedOptimizer(torch.optim.Optimizer):
 
 def _update_backend(table: Any) -> Any:
     w = table.weight
-    return registry.select(table.spec.backend, w.device, w.dtype, w.is_contiguous()).update
+    return registry.select(table.spec.backend, w.device, w.dtype, w.is_contiguous()).updater()
 
 
 def _bump_versions(weights: Iterable[Tensor]) -> None:

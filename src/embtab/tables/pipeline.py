@@ -18,8 +18,7 @@ row gradients (``embtab.optim``); otherwise it returns dense or sparse weight gr
 
 from __future__ import annotations
 
-import contextlib
-from typing import Iterator, NamedTuple, Sequence, cast
+from typing import NamedTuple, Sequence, cast
 
 import numpy as np
 import torch
@@ -35,21 +34,54 @@ from .spec import TableSpec
 _INDEX_DTYPES = _checks.INDEX_DTYPES
 
 
-class Bags(NamedTuple):
+class Bags:
     """One feature's bags, prepared: what the lookup and its backward read.
 
     ``ids`` (N,) are rows of the weight or SKIP, except when ``raw``: then they are the
     caller's ids, unresolved, and the kernel's own bounds check stands in for the
     policy's (``oov="error"`` only; a refusal is turned into our named error).
+    ``offsets`` are the caller's offsets (None for a 2-D input). :attr:`ends`, the
+    canonical offsets (B + 1,) ending at N, is computed (and checked) on first use: a
+    CPU ATen kernel takes the caller's offsets as they are and checks them itself, so
+    the common lookup never builds them.
     """
 
-    ids: Tensor
-    ends: Tensor  # (B + 1,) canonical offsets
-    psw: Tensor | None  # (N,) per-sample weights
-    shape: torch.Size  # the caller's input shape, for error positions
-    raw: bool
-    num_embeddings: int
-    where: str
+    __slots__ = ("ids", "offsets", "last", "psw", "shape", "raw", "spec", "where", "_ends")
+
+    def __init__(self, ids: Tensor, offsets: Tensor | None, last: bool, psw: Tensor | None, shape: torch.Size,
+                 raw: bool, spec: TableSpec, where: str, ends: Tensor | None = None) -> None:
+        self.ids, self.offsets, self.last, self.psw = ids, offsets, last, psw
+        self.shape, self.raw, self.spec, self.where = shape, raw, spec, where
+        self._ends = ends
+
+    @property
+    def ends(self) -> Tensor:
+        """Canonical offsets (B + 1,); computing them checks the offsets' values (on CUDA
+        only under ``oov="error"``, which syncs anyway)."""
+        if self._ends is None:
+            check = self.ids.device.type == "cpu" or self.spec.oov == "error"
+            self._ends = canonical_bags(self.ids, self.offsets, self.last, check, self.where, self.shape)
+        return self._ends
+
+    def kernel_args(self) -> tuple[Tensor, Tensor, bool]:
+        """``(ids, offsets, include_last_offset)`` for an ATen bag kernel: the caller's own
+        offsets on CPU (the kernel checks them), else the canonical ones. Not with
+        ``include_last_offset``: ATen's CPU kernels disagree among themselves about ids
+        after the last offset (see :func:`canonical_bags`)."""
+        if self._ends is None and self.offsets is not None and not self.last and self.ids.device.type == "cpu":
+            return self.ids, self.offsets, False
+        return self.ids, self.ends, True
+
+    def name_error(self) -> None:
+        """After a kernel refused this lookup: raise our error that names the bad offset or
+        id, if there is one (the caller re-raises the kernel's error otherwise)."""
+        if self.offsets is not None and self.offsets.numel() > 0:
+            o = self.offsets.cpu()
+            steps = o[1:] - o[:-1]
+            low = int(steps.min()) if steps.numel() else 0
+            _checks.check_offsets_values(int(o[0]), int(o[-1]), min(low, 0), self.ids.numel(), self.where)
+        if self.raw:
+            raise_out_of_range(self.ids, self.spec.num_embeddings, self.where, self.shape)
 
 
 class Feature(NamedTuple):
@@ -90,18 +122,6 @@ def _resolve(
         return ids, True, False
     rows, has_skip = stage.resolve(ids, spec.num_embeddings, where=where, counter=counter, shape=shape)
     return rows, False, has_skip
-
-
-@contextlib.contextmanager
-def _named_errors(bags: Sequence[Bags]) -> Iterator[None]:
-    """Turn a kernel's bare bounds error on raw ids into our error that names the id."""
-    try:
-        yield
-    except (IndexError, RuntimeError):
-        for b in bags:
-            if b.raw:
-                raise_out_of_range(b.ids, b.num_embeddings, b.where, b.shape)
-        raise  # not an out-of-range id after all
 
 
 # --- unpooled lookups -----------------------------------------------------------------------
@@ -173,56 +193,58 @@ def prepare_bags(
     spec: TableSpec, weight: Tensor, backend: registry.Backend, input: Tensor, offsets: Tensor | None,
     per_sample_weights: Tensor | None, include_last_offset: bool, *, where: str, counter: Tensor | None = None,
 ) -> Bags:
-    """Check a bag lookup's input, make its offsets canonical, resolve its ids (and, with
-    ``max_norm``, renormalise the rows they name, in place, as torch does before a lookup)."""
+    """Check a bag lookup's input, resolve its ids (and, with ``max_norm``, renormalise the
+    rows they name, in place, as torch does before a lookup). The offsets' values are
+    checked when :attr:`Bags.ends` is first needed, or by the CPU kernel itself."""
     _check_ids(input, weight, where)
-    if input.dim() != 1 or offsets is not None and (type(offsets) is not Tensor or offsets.dtype not in _INDEX_DTYPES
-                                                    or offsets.dim() != 1 or offsets.device != input.device):
-        _checks.check_offsets_shape(input, offsets, include_last_offset, where)
-    elif offsets is None or include_last_offset and offsets.numel() == 0:
-        _checks.check_offsets_shape(input, offsets, include_last_offset, where)
+    if input.dim() == 1:
+        if (type(offsets) is not Tensor or offsets.dtype not in _INDEX_DTYPES or offsets.dim() != 1
+                or offsets.device != input.device or include_last_offset and offsets.numel() == 0):
+            _checks.check_offsets_shape(input, offsets, include_last_offset, where)
+        ids, psw = input, per_sample_weights
+    else:
+        if input.dim() != 2 or offsets is not None:
+            _checks.check_offsets_shape(input, offsets, include_last_offset, where)
+        ids, psw = input.reshape(-1), None if per_sample_weights is None else per_sample_weights.reshape(-1)
+        offsets, include_last_offset = None, False
     if per_sample_weights is not None:
         _checks.check_per_sample_weights(per_sample_weights, input, weight, cast(str, spec.mode), where)
-    check_values = input.device.type == "cpu" or spec.oov == "error"
-    ids, ends, psw = canonical_bags(input, offsets, per_sample_weights, include_last_offset, spec, check_values, where)
     rows, raw, has_skip = _resolve(spec, backend, ids, where, counter, input.shape)
+    bags = Bags(rows, offsets, include_last_offset, psw, input.shape, raw, spec, where)
     if has_skip and not backend.supports_skip:
-        rows, ends, psw = _drop_skipped(rows, ends, psw)
+        rows, ends, psw = _drop_skipped(rows, bags.ends, bags.psw)
+        bags = Bags(rows, None, True, psw, input.shape, raw, spec, where, ends)
     if spec.max_norm is not None:
-        backend.lookup.renorm_(weight.detach(), rows, spec.max_norm, spec.norm_type)
-    return Bags(rows, ends, psw, input.shape, raw, spec.num_embeddings, where)
+        backend.lookup.renorm_(weight.detach(), bags.ids, spec.max_norm, spec.norm_type)
+    return bags
 
 
 def canonical_bags(
-    input: Tensor, offsets: Tensor | None, per_sample_weights: Tensor | None, include_last_offset: bool,
-    spec: TableSpec, check_values: bool, where: str,
-) -> tuple[Tensor, Tensor, Tensor | None]:
-    """Flat ids (N,), offsets (B + 1,) ending at N, flat per-sample weights (N,).
+    ids: Tensor, offsets: Tensor | None, include_last_offset: bool, check_values: bool, where: str,
+    shape: torch.Size,
+) -> Tensor:
+    """Canonical offsets (B + 1,) ending at N = ``ids.numel()``.
 
-    With ``include_last_offset=True`` and ``offsets[-1] < len(input)`` torch's kernels
-    keep the ids after the last offset in the last bag for ``mode="max"`` and whenever
-    ``padding_idx`` is set, and drop them otherwise; so do we (``_keeps_trailing_ids``).
-    On CUDA the values are checked only under ``oov="error"`` (which syncs anyway):
-    checking costs a host sync.
+    ``offsets`` None: fixed-length bags of ``shape[1]`` ids (a 2-D input, flattened).
+    With ``include_last_offset=True`` the last bag runs to the end of the input even when
+    ``offsets[-1] < N``: what torch's CPU kernels do in float64, for ``mode="max"`` and
+    whenever ``padding_idx`` is set (their float32 sum/mean path without padding sums
+    only up to ``offsets[-1]`` but divides the mean by the count to the end, and its
+    gradient follows the first rule; we do not copy that).
     """
-    if input.dim() == 2:
-        num_bags, length = input.shape
-        ids = input.reshape(-1)
-        ends = torch.arange(num_bags + 1, dtype=input.dtype, device=input.device) * length
-        psw = None if per_sample_weights is None else per_sample_weights.reshape(-1)
-        return ids, ends, psw
-    offsets = cast(Tensor, offsets)  # not None: checked by the caller
-    num_ids = input.numel()
-    keep_trailing = _keeps_trailing_ids(spec)
+    num_ids = ids.numel()
+    if offsets is None:
+        num_bags, length = (shape[0], shape[1]) if len(shape) == 2 else (0, 0)
+        return torch.arange(num_bags + 1, dtype=ids.dtype, device=ids.device) * length
     if torch.compiler.is_compiling():
         from ..ops import compiled
 
         if check_values and offsets.numel() > 0:
             compiled.check_offsets(offsets, num_ids, where)
         starts = offsets[:-1] if include_last_offset else offsets
-        return input, torch.cat([starts, starts.new_full((1,), num_ids)]), per_sample_weights
+        return torch.cat([starts, starts.new_full((1,), num_ids)])
     # On CPU, numpy on a zero-copy view: a few microseconds, where each small torch op
-    # costs about ten, and this runs on every call.
+    # costs about ten.
     o = offsets.numpy() if offsets.device.type == "cpu" else None
     if check_values and offsets.numel() > 0:
         if o is not None:
@@ -235,23 +257,14 @@ def canonical_bags(
             min_step = steps.min() if steps.numel() else offsets.new_zeros(())
             first, last, low = torch.stack([offsets[0], offsets[-1], min_step]).tolist()
         _checks.check_offsets_values(first, last, low, num_ids, where)
-        if include_last_offset and last < num_ids and not keep_trailing:
-            input = input[:last]
-            per_sample_weights = None if per_sample_weights is None else per_sample_weights[:last]
-            num_ids = last
     if o is not None:
         starts = o[:-1] if include_last_offset else o
         ends_np = np.empty(starts.size + 1, dtype=o.dtype)
         ends_np[:-1] = starts
         ends_np[-1] = num_ids
-        return input, torch.from_numpy(ends_np), per_sample_weights
+        return torch.from_numpy(ends_np)
     starts_t = offsets[:-1] if include_last_offset else offsets
-    return input, torch.cat([starts_t, starts_t.new_full((1,), num_ids)]), per_sample_weights
-
-
-def _keeps_trailing_ids(spec: TableSpec) -> bool:
-    """Whether ids after the last offset (include_last_offset=True) stay in the last bag, as in torch."""
-    return spec.mode == "max" or spec.padding_idx is not None
+    return torch.cat([starts_t, starts_t.new_full((1,), num_ids)])
 
 
 def _drop_skipped(ids: Tensor, ends: Tensor, psw: Tensor | None) -> tuple[Tensor, Tensor, Tensor | None]:
@@ -272,35 +285,42 @@ def pool(features: Sequence[Feature], optimizer: object | None = None) -> Tensor
     grad = torch.is_grad_enabled() and any(
         f.weight.requires_grad or (f.bags.psw is not None and f.bags.psw.requires_grad) for f in features
     )
-    with _named_errors([f.bags for f in features]):
-        if not grad:
-            return _inference(features)
+    try:
         if len(features) == 1 and optimizer is None and _aten_bag_ok(features[0]):
             f = features[0]
+            ids, offsets, last = f.bags.kernel_args()
+            mode = MODE_CODES[f.spec.mode]  # type: ignore[index]
+            if not grad:  # torch's own no-grad kernel: no offset2bag, bag sizes or max indices to build
+                return torch._embedding_bag_forward_only(
+                    f.weight, ids, offsets, False, mode, False, f.bags.psw, last,
+                    -1 if f.spec.padding_idx is None else f.spec.padding_idx,
+                )[0]
             return torch.embedding_bag(  # padding_idx None: no padding (-1 would be the last row here)
-                f.weight, f.bags.ids, f.bags.ends, False, MODE_CODES[f.spec.mode], f.spec.sparse,  # type: ignore[index]
-                f.bags.psw, True, f.spec.padding_idx,
+                f.weight, ids, offsets, False, mode, f.spec.sparse, f.bags.psw, last, f.spec.padding_idx,
             )[0]
+        if not grad:
+            return _inference(features)
         plan = BagsPlan(features, optimizer)
         return BagsFunction.apply(plan, *plan.weights, *[f.bags.psw for f in features])
+    except (IndexError, RuntimeError):
+        for f in features:
+            f.bags.name_error()
+        raise  # not an input error after all
 
 
 def _aten_bag_ok(f: Feature) -> bool:
-    """ATen's differentiable bag op gives our results: the torch backend, a float weight,
-    and not ``scale_grad_by_freq`` (its CPU kernel divides some rows by another id's count)."""
+    """ATen's bag op gives our results: the torch backend, a float weight, and not
+    ``scale_grad_by_freq`` (its CPU kernel divides some rows by another id's count)."""
     return f.backend.native_autograd and not f.spec.scale_grad_by_freq and f.weight.is_floating_point()
 
 
 def _inference(features: Sequence[Feature]) -> Tensor:
     """The pooled outputs when no gradient will be asked for (no autograd node)."""
     outs = []
-    with torch.no_grad():
-        for f in features:
-            b = f.bags
-            outs.append(f.backend.lookup.embedding_bag_inference(
-                f.weight.detach(), b.ids, b.ends, f.spec.mode, None if b.psw is None else b.psw.detach(),
-                f.spec.padding_idx,
-            ))
+    for f in features:
+        b = f.bags
+        outs.append(f.backend.lookup.embedding_bag_inference(f.weight, b.ids, b.ends, f.spec.mode, b.psw,
+                                                             f.spec.padding_idx))
     return outs[0] if len(outs) == 1 else torch.cat(outs, dim=1)
 
 
