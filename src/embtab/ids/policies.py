@@ -153,5 +153,6 @@ def raise_out_of_range(ids: Tensor, num_embeddings: int, where: str, shape: torc
         f"{where}: id {value} at position {position} is out of range for a table of "
         f"{num_embeddings} rows (valid ids are 0..{num_embeddings - 1}); {count} of "
         f"{flat.numel()} ids are out of range. Fix the ids, or choose a policy with "
-        f"oov='padding', 'zero' or 'hash'."
+        f"oov='padding', 'zero' or 'hash'. (torch: index out of range in self; "
+        f"Expected idx >= 0 && idx < num_embeddings)"
     )

@@ -15,6 +15,11 @@ the table's weight and per-row state, and the gradient of the rows a backward pa
 touched, either as lookups into one flat gradient buffer (:class:`BagSource`, the
 duplicates not yet summed) or as distinct rows with summed gradients (``rows``,
 ``grads``). :class:`Hyper` carries the update rule and its hyperparameters.
+
+An update backend provides ``fused_update(weight, state, rows, grads, hyper)`` (distinct
+rows, summed gradients) and ``run_jobs(jobs, hyper)``: jobs of one weight dtype whose
+sources all index the same flat gradient and that have no pre-summed rows (the
+optimizer engine groups them so), summed and updated in one go.
 """
 
 from __future__ import annotations

@@ -128,7 +128,7 @@ def merge_rows(rows: list[Tensor], grads: list[Tensor], dim: int) -> tuple[Tenso
 
 
 def run_jobs(jobs: Sequence[TableJob], hyper: Hyper) -> None:
-    """Every job's update: :func:`reduce`, then :func:`fused_update`."""
+    """Every job's update: :func:`reduce`, then :func:`fused_update` (any jobs)."""
     for job in jobs:
         rows, grads = reduce(job)
         fused_update(job.weight, job.state, rows, grads, hyper)

@@ -101,10 +101,7 @@ class FusedOptimizer(torch.optim.Optimizer):
     @torch.no_grad()
     def step(self, closure: Callable[[], float] | None = None) -> float | None:  # type: ignore[override]
         """Apply the waiting row gradients (``update="step"``); call ``closure`` first if given."""
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
+        loss = run_closure(closure)
         if self._waiting:
             waiting, self._waiting = list(self._waiting.values()), {}
             self._apply_rows(waiting, self.hyper())
@@ -191,11 +188,17 @@ class FusedOptimizer(torch.optim.Optimizer):
             self._apply_rows([RowGrads(table, *update_torch.reduce(job)) for table, job in jobs], hyper)
             return
         with torch.no_grad():
-            by_backend: dict[int, tuple[Any, list[TableJob]]] = {}
+            # One run_jobs call per (backend, weight dtype): every source of a pass indexes the
+            # same flat gradient (see _jobs). Pre-summed rows (max pooling) go to fused_update.
+            groups: dict[tuple[int, torch.dtype], tuple[Any, list[TableJob]]] = {}
             for table, job in jobs:
                 update = _update_backend(table)
-                by_backend.setdefault(id(update), (update, []))[1].append(job)
-            for update, group in by_backend.values():
+                if job.rows is not None:
+                    rows, grads = update_torch.reduce(job) if job.sources else (job.rows, job.grads)
+                    update.fused_update(job.weight, job.state, rows, grads, hyper)
+                else:
+                    groups.setdefault((id(update), job.weight.dtype), (update, []))[1].append(job)
+            for update, group in groups.values():
                 update.run_jobs(group, hyper)
         _bump_versions([job.weight for _, job in jobs])
 
@@ -254,6 +257,14 @@ class FusedOptimizer(torch.optim.Optimizer):
                 table = rg.table
                 _update_backend(table).fused_update(table.weight, table._optim_state(), rg.rows, rg.grads, hyper)
         _bump_versions([rg.table.weight for rg in row_grads])
+
+
+def run_closure(closure: Callable[[], float] | None) -> float | None:
+    """``optimizer.step(closure)``'s closure, with gradients on (as torch.optim does)."""
+    if closure is None:
+        return None
+    with torch.enable_grad():
+        return closure()
 
 
 def _update_backend(table: Any) -> Any:

@@ -20,6 +20,7 @@ import torch
 from torch import Tensor
 
 from ..ops import registry
+from .optimizer import run_closure
 from .specs import AdamW, FusedSpec, RowWiseAdagrad, new_state
 
 
@@ -65,10 +66,7 @@ class _SparseRowOptimizer(torch.optim.Optimizer):
     @torch.no_grad()
     def step(self, closure: Callable[[], float] | None = None) -> float | None:  # type: ignore[override]
         """One update of every parameter that has a gradient."""
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
+        loss = run_closure(closure)
         where = type(self).__name__
         for group in self.param_groups:
             hyper = self._renamed(lambda: self._spec.hyper(group))

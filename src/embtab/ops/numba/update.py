@@ -133,26 +133,8 @@ def fused_update(weight: Tensor, state: dict[str, Tensor], rows: Tensor, grads: 
 
 
 def run_jobs(jobs: Sequence[TableJob], hyper: Hyper) -> None:
-    """Every job of a backward pass: planned and updated in two parallel phases.
-
-    A job with both lookups and pre-summed rows (a table looked up by a max bag and
-    by something else) is reduced with torch ops first.
-    """
-    from ..update_torch import reduce
-
-    groups: dict[tuple[int, torch.dtype], list[TableJob]] = {}
-    for job in jobs:
-        if job.rows is not None:
-            rows, grads = reduce(job) if job.sources else (job.rows, job.grads)
-            fused_update(job.weight, job.state, rows, grads, hyper)  # type: ignore[arg-type]
-        elif job.sources:
-            groups.setdefault((id(job.grad_flat), job.weight.dtype), []).append(job)
-    for group in groups.values():
-        _run_group(group, hyper)
-
-
-def _run_group(jobs: Sequence[TableJob], hyper: Hyper) -> None:
-    """Jobs of one weight dtype whose sources index the same flat gradient."""
+    """Jobs of one weight dtype whose sources index the same flat gradient (the engine's
+    groups): planned and updated in two parallel phases."""
     dtype = _np(jobs[0].weight[:0]).dtype
     sources = [(t, s) for t, job in enumerate(jobs) for s in job.sources]
     num_tables, num_sources = len(jobs), len(sources)

@@ -487,18 +487,9 @@ def fused_update(weight: torch.Tensor, state: dict[str, torch.Tensor], rows: tor
 
 
 def run_jobs(jobs: Sequence[TableJob], hyper: Hyper) -> None:
-    """Update every job's looked-up rows: one batched pass per (gradient buffer, weight dtype)."""
-    from ..update_torch import reduce
-
-    groups: dict[tuple[int, torch.dtype], list[TableJob]] = {}
-    for job in jobs:
-        if job.rows is not None:
-            rows, grads = reduce(job) if job.sources else (job.rows, job.grads)
-            fused_update(job.weight, job.state, rows, grads, hyper)  # type: ignore[arg-type]
-        elif job.sources:
-            groups.setdefault((id(job.grad_flat), job.weight.dtype), []).append(job)
-    for group in groups.values():
-        batched_update(group, hyper)
+    """Jobs of one weight dtype whose sources index the same flat gradient (the engine's
+    groups): one batched pass."""
+    batched_update(jobs, hyper)
 
 
 def _global_rows(ids: Sequence[torch.Tensor], pads: Sequence[int | None], tables: _Tables) -> torch.Tensor:
