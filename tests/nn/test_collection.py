@@ -410,3 +410,35 @@ def test_construction_errors() -> None:
     with pytest.raises(TypeError, match=r"torch optimizer SGD"):
         embtab.EmbeddingBagCollection([embtab.TableConfig("a", 3, 2)],
                                       optimizer=torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.1))
+
+
+@pytest.mark.parametrize("name", ["items", "keys", "values", "type", "train", "to", "forward", "a.b", "état"])
+def test_any_non_empty_string_names_a_table(name: str) -> None:
+    tables = [embtab.TableConfig(name, 10, 3, feature_names=[name, "second"]), embtab.TableConfig("other", 5, 2)]
+    ebc = embtab.EmbeddingBagCollection(tables, optimizer=embtab.optim.Adagrad(lr=0.1))
+    assert isinstance(ebc.embedding_bags[name], embtab.EmbeddingBag)
+    assert list(ebc.embedding_bags) == [name, "other"]
+    assert f"embedding_bags.{name}.weight" in ebc.state_dict() and f"embedding_bags.{name}.optim_sum" in ebc.state_dict()
+    batch = {name: (torch.tensor([1, 2]), torch.tensor([0, 1])), "second": (torch.tensor([3]), torch.tensor([0, 1])),
+             "other": (torch.tensor([4, 0]), torch.tensor([0, 1]))}
+    ebc(batch).concat().sum().backward()
+    fresh = embtab.EmbeddingBagCollection(tables, optimizer=embtab.optim.Adagrad(lr=0.1))
+    fresh.load_state_dict(ebc.state_dict())
+    for key, value in ebc.state_dict().items():
+        assert torch.equal(fresh.state_dict()[key], value)
+    assert callable(ebc.train) and callable(ebc.embedding_bags.to)  # no attribute shadowed
+
+
+def test_backend_name_reaches_the_lookups_and_the_updates(monkeypatch: pytest.MonkeyPatch) -> None:
+    from embtab.ops import reference as lookup_reference, update_reference
+
+    calls: list[str] = []
+    for module, names in ((lookup_reference, ["embedding_bag_forward", "embedding_bag_inference"]),
+                          (update_reference, ["fused_update", "run_jobs"])):
+        for fn in names:
+            original = getattr(module, fn)
+            monkeypatch.setattr(module, fn, lambda *a, _f=original, _n=fn, **k: (calls.append(_n), _f(*a, **k))[1])
+    ebc = embtab.EmbeddingBagCollection([embtab.TableConfig("t", 6, 2)], optimizer=embtab.optim.SGD(lr=0.1),
+                                        backend="reference")
+    ebc({"t": (torch.tensor([1, 2]), torch.tensor([0, 1]))}).concat().sum().backward()
+    assert calls == ["embedding_bag_forward", "run_jobs", "fused_update"]

@@ -186,3 +186,32 @@ def test_freeze_and_no_grad_paths() -> None:
 
 def test_tolerance_table_covers_every_dtype() -> None:
     assert set(DTYPES) <= set(TOLERANCES)
+
+
+@pytest.mark.parametrize("backend", ["auto", "reference"])
+@pytest.mark.parametrize("options", [{}, {"padding_idx": 2}, {"scale_grad_by_freq": True}], ids=["plain", "padding", "freq"])
+def test_second_derivative_of_the_dense_gradient_is_torchs(backend: str, options: dict) -> None:
+    """A gradient penalty: d/dw of ||dL/dw||^2, against torch.nn.functional.embedding."""
+    ids = torch.tensor([[1, 2, 2], [4, 2, 0]])
+    w0 = torch.randn(6, 3, dtype=torch.float64)
+    results = []
+    for fn in (lambda w: torch.nn.functional.embedding(ids, w, **options),
+               lambda w: EF.embedding(ids, w, backend=backend, **options)):
+        w = w0.clone().requires_grad_()
+        (grad,) = torch.autograd.grad(fn(w).pow(3).sum(), w, create_graph=True)
+        (penalty,) = torch.autograd.grad(grad.pow(2).sum(), w)
+        results.append(penalty)
+    torch.testing.assert_close(results[1], results[0])
+    if not options.get("scale_grad_by_freq"):  # torch's own double backward leaves the scaling out
+        assert torch.autograd.gradgradcheck(lambda w: EF.embedding(ids, w, backend=backend, **options).pow(2),
+                                            (w0.clone().requires_grad_(),))
+
+
+@pytest.mark.parametrize("backend", ["auto", "reference"])
+def test_second_derivative_through_a_bag_is_refused(backend: str) -> None:
+    w = torch.randn(6, 3, dtype=torch.float64, requires_grad=True)
+    out = EF.embedding_bag(torch.tensor([1, 2, 4]), w, torch.tensor([0, 1]), mode="sum", backend=backend,
+                           scale_grad_by_freq=backend == "auto")  # ATen cannot serve this one: ours runs
+    (grad,) = torch.autograd.grad(out.pow(3).sum(), w, create_graph=True)
+    with pytest.raises(RuntimeError, match=r"derivative"):
+        grad.pow(2).sum().backward()

@@ -108,6 +108,16 @@ class TableDict(Module):
     def items(self) -> Any:
         return self._modules.items()
 
+    def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str, local_metadata: dict, strict: bool,
+                              missing_keys: list[str], unexpected_keys: list[str], error_msgs: list[str]) -> None:
+        before = len(unexpected_keys)
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                                       error_msgs)
+        # torch finds a key's module by its text up to the first '.': a table named "a.b"
+        # owns "a.b.weight", which the children load themselves.
+        unexpected_keys[before:] = [k for k in unexpected_keys[before:]
+                                    if not any(k.startswith(f"{prefix}{name}.") for name in self._modules)]
+
 
 class EmbeddingBagCollection(Module):
     r"""A collection of pooled embedding tables, looked up by named features.

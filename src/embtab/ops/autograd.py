@@ -97,8 +97,8 @@ class EmbeddingBackward(torch.autograd.Function):
     """The weight gradient of an unpooled lookup, as a function of the output gradient.
 
     It is linear in ``grad``: its own backward gathers the incoming (V, D) gradient at
-    the ids (padding rows excluded, ``scale_grad_by_freq`` applied), as torch's
-    ``embedding_dense_backward`` derivative does.
+    the ids, padding rows excluded, as torch's ``embedding_dense_double_backward`` does
+    (which, like this, leaves ``scale_grad_by_freq`` out).
     """
 
     @staticmethod
@@ -121,12 +121,8 @@ class EmbeddingBackward(torch.autograd.Function):
         (ids,) = ctx.saved_tensors
         spec: TableSpec = ctx.spec
         out = EmbeddingFunction.apply(grad_grad, ids, ctx.backend, spec, None)  # (*ids.shape, D)
-        flat = ids.reshape(-1)
-        keep = kept_mask(flat, spec.padding_idx).to(out.dtype)
-        if spec.scale_grad_by_freq:
-            counts = torch.bincount(flat[flat >= 0].to(torch.int64), minlength=grad_grad.shape[0])
-            keep = keep / counts[flat.clamp_min(0).to(torch.int64)].clamp_min(1).to(out.dtype)
-        return out * keep.reshape(*ids.shape, 1), None, None, None, None
+        keep = kept_mask(ids, spec.padding_idx).to(out.dtype)
+        return out * keep.unsqueeze(-1), None, None, None, None
 
 
 # --- bags -----------------------------------------------------------------------------------------

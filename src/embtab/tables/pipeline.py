@@ -68,7 +68,8 @@ class Bags:
         offsets on CPU (the kernel checks them), else the canonical ones. Not with
         ``include_last_offset``: ATen's CPU kernels disagree among themselves about ids
         after the last offset (see :func:`canonical_bags`)."""
-        if self._ends is None and self.offsets is not None and not self.last and self.ids.device.type == "cpu":
+        if (self._ends is None and self.offsets is not None and not self.last and self.ids.device.type == "cpu"
+                and not torch.compiler.is_compiling()):  # in a graph our checks run first (ops/compiled.py)
             return self.ids, self.offsets, False
         return self.ids, self.ends, True
 
