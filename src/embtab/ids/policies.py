@@ -127,6 +127,10 @@ class HashPolicy(IdStage):
         return torch.where(bad, buckets, ids)
 
 
+# The stateless policies: a backend may apply them inside its kernel (see ops/triton/pooled.py).
+POLICIES = (ErrorPolicy, PaddingPolicy, ZeroPolicy, HashPolicy)
+
+
 def policy(oov: str, padding_idx: int | None, num_oov_buckets: int) -> IdStage:
     """The stage of a checked policy name (see ``_checks.check_oov``)."""
     if oov == "padding":

@@ -17,7 +17,7 @@ contribution of one backward pass per table and applies one update when the pass
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, NamedTuple, Sequence
+from typing import TYPE_CHECKING, Any, Callable, NamedTuple, Sequence
 
 import torch
 from torch import Tensor
@@ -135,9 +135,11 @@ class BagsPlan:
     ``table_of[i]`` is feature i's index in it.
     """
 
-    def __init__(self, features: Sequence[Feature], optimizer: Any) -> None:
+    def __init__(self, features: Sequence[Feature], optimizer: Any,
+                 pooled: Callable[[], tuple[Tensor, list[BagAux]]] | None = None) -> None:
         self.features = list(features)
         self.optimizer = optimizer
+        self.pooled = pooled  # every feature in one batched call (see tables.pipeline), or None
         self.weights: list[Tensor] = []
         self.table_of: list[int] = []
         seen: dict[int, int] = {}
@@ -160,19 +162,23 @@ class BagsFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx: Any, plan: BagsPlan, *tensors: Tensor | None) -> Tensor:  # type: ignore[override]
         num_tables = len(plan.weights)
-        outs = []
-        for f in plan.features:
-            b = f.bags
-            out, aux = f.backend.lookup.embedding_bag_forward(f.weight, b.ids, b.ends, f.spec.mode, b.psw,
-                                                              f.spec.padding_idx)
-            outs.append(out)
-            plan.aux.append(aux)
+        if plan.pooled is not None:
+            full, plan.aux = plan.pooled()
+        else:
+            outs = []
+            for f in plan.features:
+                b = f.bags
+                out, aux = f.backend.lookup.embedding_bag_forward(f.weight, b.ids, b.ends, f.spec.mode, b.psw,
+                                                                  f.spec.padding_idx)
+                outs.append(out)
+                plan.aux.append(aux)
+            full = outs[0] if len(outs) == 1 else torch.cat(outs, dim=1)
         # The weights are needed by the per-sample-weights gradient only.
         need = [ctx.needs_input_grad[1 + num_tables + i] for i in range(len(plan.features))]
         ctx.save_for_backward(*[w if any(need[i] for i, t in enumerate(plan.table_of) if t == k) else None
                                 for k, w in enumerate(plan.weights)])
         ctx.plan = plan
-        return outs[0] if len(outs) == 1 else torch.cat(outs, dim=1)
+        return full
 
     @staticmethod
     def backward(ctx: Any, grad: Tensor) -> tuple[Any, ...]:

@@ -31,6 +31,7 @@ import os
 import warnings
 from dataclasses import dataclass
 from types import ModuleType
+from typing import Any, Callable
 
 import torch
 
@@ -75,6 +76,12 @@ class Backend:
     def checks_bounds(self) -> bool:
         """The lookup kernels raise on an out-of-range id (without naming it)."""
         return bool(getattr(self.lookup, "checks_bounds", False))
+
+    @property
+    def pooled(self) -> "Callable[..., Any] | None":
+        """The lookup's table-batched bag forward, which also resolves the stateless policies
+        and checks the input in its kernel (``ops/triton/pooled.py``), or None."""
+        return getattr(self.lookup, "pooled_forward", None)
 
     @property
     def native_autograd(self) -> bool:

@@ -18,17 +18,17 @@ row gradients (``embtab.optim``); otherwise it returns dense or sparse weight gr
 
 from __future__ import annotations
 
-from typing import NamedTuple, Sequence, cast
+from typing import Callable, NamedTuple, Sequence, cast
 
 import numpy as np
 import torch
 from torch import Tensor
 
 from .. import _checks
-from ..ids.policies import raise_out_of_range
+from ..ids.policies import POLICIES, raise_out_of_range
 from ..ops import registry
 from ..ops.autograd import BagsFunction, BagsPlan, EmbeddingFunction, Fused
-from ..ops.common import MODE_CODES, SKIP
+from ..ops.common import MODE_CODES, SKIP, BagAux
 from .spec import TableSpec
 
 _INDEX_DTYPES = _checks.INDEX_DTYPES
@@ -43,16 +43,32 @@ class Bags:
     ``offsets`` are the caller's offsets (None for a 2-D input). :attr:`ends`, the
     canonical offsets (B + 1,) ending at N, is computed (and checked) on first use: a
     CPU ATen kernel takes the caller's offsets as they are and checks them itself, so
-    the common lookup never builds them.
+    the common lookup never builds them. ``deferred``: nothing is resolved or checked
+    yet; a backend that resolves the policies inside its kernel does all of it in one
+    launch for every feature (``ops/triton/pooled.py``), and :meth:`resolved` does it
+    here otherwise.
     """
 
-    __slots__ = ("ids", "offsets", "last", "psw", "shape", "raw", "spec", "where", "_ends")
+    __slots__ = ("ids", "offsets", "last", "psw", "shape", "raw", "spec", "where", "_ends", "deferred", "counter")
 
     def __init__(self, ids: Tensor, offsets: Tensor | None, last: bool, psw: Tensor | None, shape: torch.Size,
-                 raw: bool, spec: TableSpec, where: str, ends: Tensor | None = None) -> None:
+                 raw: bool, spec: TableSpec, where: str, ends: Tensor | None = None, *, deferred: bool = False,
+                 counter: Tensor | None = None) -> None:
         self.ids, self.offsets, self.last, self.psw = ids, offsets, last, psw
         self.shape, self.raw, self.spec, self.where = shape, raw, spec, where
-        self._ends = ends
+        self._ends, self.deferred, self.counter = ends, deferred, counter
+
+    def resolved(self, weight: Tensor, backend: registry.Backend) -> "Bags":
+        """The ids stage applied (and, with ``max_norm``, the rows renormalised)."""
+        spec = self.spec
+        rows, raw, has_skip = _resolve(spec, backend, self.ids, self.where, self.counter, self.shape)
+        bags = Bags(rows, self.offsets, self.last, self.psw, self.shape, raw, spec, self.where, counter=self.counter)
+        if has_skip and not backend.supports_skip:
+            rows, ends, psw = _drop_skipped(rows, bags.ends, bags.psw)
+            bags = Bags(rows, None, True, psw, self.shape, raw, spec, self.where, ends, counter=self.counter)
+        if spec.max_norm is not None:
+            backend.lookup.renorm_(weight.detach(), bags.ids, spec.max_norm, spec.norm_type)
+        return bags
 
     @property
     def ends(self) -> Tensor:
@@ -210,14 +226,16 @@ def prepare_bags(
         offsets, include_last_offset = None, False
     if per_sample_weights is not None:
         _checks.check_per_sample_weights(per_sample_weights, input, weight, cast(str, spec.mode), where)
-    rows, raw, has_skip = _resolve(spec, backend, ids, where, counter, input.shape)
-    bags = Bags(rows, offsets, include_last_offset, psw, input.shape, raw, spec, where)
-    if has_skip and not backend.supports_skip:
-        rows, ends, psw = _drop_skipped(rows, bags.ends, bags.psw)
-        bags = Bags(rows, None, True, psw, input.shape, raw, spec, where, ends)
-    if spec.max_norm is not None:
-        backend.lookup.renorm_(weight.detach(), bags.ids, spec.max_norm, spec.norm_type)
-    return bags
+    bags = Bags(ids, offsets, include_last_offset, psw, input.shape, True, spec, where, deferred=True, counter=counter)
+    if _kernel_resolves(backend, spec):
+        return bags
+    return bags.resolved(weight, backend)
+
+
+def _kernel_resolves(backend: registry.Backend, spec: TableSpec) -> bool:
+    """The backend resolves this table's policy (and checks its input) inside its kernel."""
+    return (backend.pooled is not None and spec.max_norm is None and type(spec.ids) in POLICIES
+            and not torch.compiler.is_compiling())
 
 
 def canonical_bags(
@@ -286,6 +304,16 @@ def pool(features: Sequence[Feature], optimizer: object | None = None) -> Tensor
     grad = torch.is_grad_enabled() and any(
         f.weight.requires_grad or (f.bags.psw is not None and f.bags.psw.requires_grad) for f in features
     )
+    if any(f.bags.deferred for f in features):
+        pooled = _pooled_runner(features)
+        if pooled is None:  # not one batch: resolve here, feature by feature
+            features = [f._replace(bags=f.bags.resolved(f.weight, f.backend)) if f.bags.deferred else f
+                        for f in features]
+        elif not grad:
+            return pooled()[0]
+        else:
+            plan = BagsPlan(features, optimizer, pooled)
+            return BagsFunction.apply(plan, *plan.weights, *[f.bags.psw for f in features])
     try:
         if len(features) == 1 and optimizer is None and _aten_bag_ok(features[0]):
             f = features[0]
@@ -307,6 +335,49 @@ def pool(features: Sequence[Feature], optimizer: object | None = None) -> Tensor
         for f in features:
             f.bags.name_error()
         raise  # not an input error after all
+
+
+def _pooled_runner(features: Sequence[Feature]) -> Callable[[], tuple[Tensor, list[BagAux]]] | None:
+    """A function running every feature in one batched launch (their backend's ``pooled``),
+    or None when the features do not form one batch (other backends, dtypes or devices)."""
+    first = features[0]
+    pooled = first.backend.pooled
+    if pooled is None or any(not f.bags.deferred or f.backend.lookup is not first.backend.lookup
+                             or f.weight.dtype != first.weight.dtype or f.weight.device != first.weight.device
+                             for f in features):
+        return None
+
+    def run() -> tuple[Tensor, list[BagAux]]:
+        bags = [f.bags for f in features]
+        policies = [(b.spec.ids.name, b.spec.num_embeddings, b.spec.ids.extra_rows) for b in bags]
+        res = pooled(
+            [f.weight.detach() for f in features], [b.ids for b in bags], [b.offsets for b in bags],
+            [b.shape[1] if b.offsets is None and len(b.shape) == 2 else 0 for b in bags],
+            [f.spec.mode for f in features], [f.spec.padding_idx for f in features], policies,
+            [None if b.psw is None else b.psw.detach() for b in bags], [b.spec.oov == "error" for b in bags],
+            _batch_size(bags),
+        )
+        if any(b.spec.oov == "error" for b in bags):
+            flags = res.flags[:, :2].tolist()  # the one host sync: did any checked table see bad input?
+            for b, (bad_ids, bad_offsets) in zip(bags, flags):
+                if bad_ids or bad_offsets:
+                    b.name_error()
+        counters = [b.counter for b in bags if b.counter is not None and b.spec.oov != "error"]
+        if counters:
+            torch._foreach_add_(counters, [res.flags[f, 2] for f, b in enumerate(bags)
+                                           if b.counter is not None and b.spec.oov != "error"])
+        for f, b in enumerate(bags):  # what the backward reads: the rows the kernel resolved
+            b.ids, b._ends, b.raw, b.deferred = res.rows[f], res.ends[f], False, False
+        return res.out, res.aux
+
+    return run
+
+
+def _batch_size(bags: Sequence[Bags]) -> int:
+    b = bags[0]
+    if b.offsets is None:
+        return b.shape[0] if len(b.shape) == 2 else 0
+    return b.offsets.numel() - (1 if b.last else 0)
 
 
 def _aten_bag_ok(f: Feature) -> bool:

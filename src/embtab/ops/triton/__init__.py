@@ -6,6 +6,8 @@ Same functions and signatures as ``ops/reference.py``; one module per op:
 
 - :mod:`.embedding`: the row gather and the Embedding gradient;
 - :mod:`.embedding_bag`: bag reductions (sum / mean / max), their gradients;
+- :mod:`.pooled`: every feature of a collection in one launch (ids resolved and input
+  checked in the kernel);
 - :mod:`.backward`: the row-scatter engine every gradient uses (atomic, or sorted
   segments when determinism is requested);
 - :mod:`.renorm`: ``max_norm`` renormalisation in place;
@@ -18,6 +20,7 @@ import triton  # noqa: F401  (ImportError here means: no Triton backend)
 
 from .embedding import embedding_backward, embedding_forward
 from .embedding_bag import embedding_bag_backward, embedding_bag_forward, embedding_bag_inference
+from .pooled import pooled_forward
 from .renorm import renorm_
 
 name = "triton"
@@ -30,6 +33,7 @@ __all__ = [
     "embedding_bag_inference",
     "embedding_forward",
     "name",
+    "pooled_forward",
     "renorm_",
     "supports_skip",
 ]
