@@ -8,13 +8,16 @@ Commands::
     embtab vectors info|convert|neighbors|evaluate   pretrained word vectors
 
 Results go to stdout, progress to stderr. Exit status 0 on success, 2 with a one-line
-reason on bad input (missing file, unknown column, ...), 130 when interrupted.
+reason on bad input (missing file, unknown column, ...), 130 when interrupted (with the
+epoch saved and the command that resumes), 141 quietly when the reader of the output
+went away (``embtab vectors info x.vec | head -1``).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from dataclasses import MISSING, fields
 from typing import Any, Sequence
@@ -22,6 +25,7 @@ from typing import Any, Sequence
 from . import __version__
 
 EXIT_OK, EXIT_BAD_INPUT, EXIT_INTERRUPTED = 0, 2, 130
+EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE: what a shell reports for a tool its reader left
 
 
 class _Formatter(argparse.RawDescriptionHelpFormatter):
@@ -313,6 +317,32 @@ def _one_line(exc: BaseException) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit status."""
+    try:
+        code = _main(argv)
+        # Flush here, not at exit, so that a closed pipe is seen while it can be handled.
+        sys.stdout.flush()
+        return code
+    except BrokenPipeError:
+        # The reader went away (`embtab vectors info x.vec | head -1`): end quietly, as
+        # Unix tools do on SIGPIPE; what is still buffered goes nowhere.
+        _silence_output()
+        return EXIT_BROKEN_PIPE
+
+
+def _silence_output() -> None:
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            fd = stream.fileno()
+        except (AttributeError, OSError, ValueError):  # not a real file (captured)
+            continue
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        try:
+            os.dup2(devnull, fd)
+        finally:
+            os.close(devnull)
+
+
+def _main(argv: Sequence[str] | None) -> int:
     parser = build_parser()
     try:
         args = parser.parse_args(argv)
