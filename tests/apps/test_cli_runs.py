@@ -14,7 +14,6 @@ import torch
 
 from embtab.cli import main
 
-REPO = Path(__file__).resolve().parents[2]
 TEXT_FAST = ["--text-column", "message", "--label-column", "topic", "--epochs", "2", "--dim", "16", "--hidden", "16",
              "--buckets", "2048", "--threads", "1", "-q"]
 RECSYS_FAST = ["--epochs", "2", "--dim", "8", "--threads", "1", "-q"]
@@ -46,8 +45,7 @@ def test_closed_pipe_ends_quietly(tmp_path):
     """`embtab vectors info x.vec | head -1`: no BrokenPipeError traceback, the SIGPIPE status."""
     vec = tmp_path / "v.vec"
     vec.write_text("3 2\na 1 0\nb 0 1\nc 1 1\n")
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO / "src"), os.environ.get("PYTHONPATH", "")])}
-    proc = subprocess.Popen([sys.executable, "-m", "embtab.cli", "vectors", "info", str(vec)], env=env,
+    proc = subprocess.Popen([sys.executable, "-m", "embtab.cli", "vectors", "info", str(vec)],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=tmp_path)
     proc.stdout.close()  # the reader is gone before the first line
     err = proc.stderr.read().decode()
@@ -68,3 +66,83 @@ def test_closed_pipe_in_process(capsys, monkeypatch, tmp_path):
     monkeypatch.setattr(sys, "stdout", Closed())
     assert main(["vectors", "info", str(vec)]) == 141
     assert main(["--help"]) == 141
+
+
+def _text(csv: Path, run: Path, *extra: str) -> list[str]:
+    return ["train", "text", "--data", str(csv), "--out", str(run), *TEXT_FAST, *extra]
+
+
+def _recsys(ratings: Path, run: Path, *extra: str) -> list[str]:
+    return ["train", "recsys", "--ratings", str(ratings), "--out", str(run), *RECSYS_FAST, *extra]
+
+
+def _outcome(metrics: dict) -> dict:
+    """What must match between runs: everything but wall-clock times and paths."""
+    history = [{k: v for k, v in h.items() if k not in ("seconds", "examples_per_s")} for h in metrics["history"]]
+    return {"test": metrics["test"], "history": history, "best_epoch": metrics["best_epoch"]}
+
+
+def _metrics(run: Path) -> dict:
+    return json.loads((run / "metrics.json").read_text())
+
+
+def _text(csv: Path, run: Path, *extra: str) -> list[str]:
+    return ["train", "text", "--data", str(csv), "--out", str(run), *TEXT_FAST, *extra]
+
+
+def _recsys(ratings: Path, run: Path, *extra: str) -> list[str]:
+    return ["train", "recsys", "--ratings", str(ratings), "--out", str(run), *RECSYS_FAST, *extra]
+
+
+def _outcome(metrics: dict) -> dict:
+    """What must match between runs: everything but wall-clock times and paths."""
+    history = [{k: v for k, v in h.items() if k not in ("seconds", "examples_per_s")} for h in metrics["history"]]
+    return {"test": metrics["test"], "history": history, "best_epoch": metrics["best_epoch"]}
+
+
+def _metrics(run: Path) -> dict:
+    return json.loads((run / "metrics.json").read_text())
+
+
+# --- 24: small data -------------------------------------------------------------------
+
+
+def test_negative_cosine_neighbours_are_explained(capsys, tmp_path, ratings_csv):
+    code, out, err = _run(capsys, *_recsys(ratings_csv, tmp_path / "run", "--neighbors", "Movie 1", "Movie 5",
+                                           "--neighbor-min-ratings", "100"))
+    assert code == 0, err
+    m = _metrics(tmp_path / "run")
+    cosines = [x["cosine"] for nb in m["neighbors"] for x in nb["neighbors"]]
+    assert min(cosines) < 0, "precondition: few candidates give negative cosines"
+    note = next(ln for ln in out.splitlines() if ln.strip().startswith("note:"))
+    candidates = m["neighbors"][0]["candidates"]
+    assert "negative cosine" in note and f"Only {candidates} movies have at least 100" in note
+    assert "--neighbor-min-ratings" in note
+
+
+def test_word_map_labels_telling_words_not_stop_words(tmp_path, monkeypatch):
+    """Small data: few words reach 20 texts, and those few are "a", "and", "the"."""
+    import numpy as np
+
+    import embtab
+    from embtab.apps import plots, text
+
+    rng = np.random.default_rng(0)
+    classes = ["spam", "ham"]
+    tokens, y = [], []
+    for k in range(120):
+        c = int(k % 3 == 0)  # imbalanced: 80 spam, 40 ham
+        cue = [f"{classes[c]}{i}" for i in range(6)]
+        words = ["the", "a", "and"] + list(rng.choice(cue, size=2)) + [f"w{int(rng.integers(40))}"]
+        tokens.append(words)
+        y.append(c)
+    vocab = embtab.Vocab.build(tokens)
+    model = text.TextClassifier(len(vocab), 2, dim=4, hidden=0, dropout=0.0, num_buckets=0,
+                                padding_idx=vocab.pad_id, init="normal")
+    seen = {}
+    monkeypatch.setattr(plots, "plot_embedding_map", lambda vecs, labels, path, **kw: seen.setdefault("l", labels))
+    text._word_map(model, vocab, tokens, np.array(y), classes, tmp_path / "e.png")
+    labels = {lab for lab in seen["l"] if lab}
+    assert not labels & {"the", "a", "and"}
+    assert labels and all(lab.startswith(("spam", "ham")) for lab in labels)
+    assert any(lab.startswith("ham") for lab in labels) and any(lab.startswith("spam") for lab in labels)

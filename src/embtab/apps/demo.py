@@ -64,6 +64,9 @@ def summary_table(s: dict[str, Any]) -> list[str]:
     for nb in r["neighbors"]:
         if nb["found"]:
             out.append(f"nearest to {nb['movie']}: " + "; ".join(x["movie"] for x in nb["neighbors"]))
+    note = recsys.neighbors_note(r)
+    if note:
+        out.append(f"note: {note}")
     out += [
         "",
         f"total {format_seconds(s['seconds'])}; outputs in {s['run_dir']}/",

@@ -341,6 +341,7 @@ def nearest_neighbors(
         top = torch.topk(sims, min(k, int(eligible.sum()))).indices.tolist()
         out.append({
             "query": query, "found": True, "movie": titles.get(item, item), "ratings": count_of[item],
+            "candidates": int(eligible.sum()) - int(bool(eligible[row])),
             "neighbors": [{"movie": titles.get(item_tokens[j], item_tokens[j]), "cosine": float(sims[j])}
                           for j in top if sims[j] > -2.0],
         })
@@ -490,6 +491,7 @@ def train(cfg: RecsysConfig, *, resume: str | None = None) -> dict[str, Any]:
         "oov_policy": "ids seen only in the test split -> -1 -> table oov='zero': zero vector, zero bias",
         "optimizer": "embtab.optim.SGD (fused, EmbeddingBagCollection)" if spec else "torch.optim.SGD (dense gradients)",
         "neighbors": neighbors,
+        "neighbor_min_ratings": cfg.neighbor_min_ratings,
         "train_seconds": result.train_seconds,
         "seconds": time.perf_counter() - t_start,
         "outputs": run_outputs(run_dir, result.checkpoints),
@@ -517,4 +519,21 @@ def summary_lines(m: dict[str, Any]) -> list[str]:
             continue
         shown = "; ".join(f"{x['movie']} ({x['cosine']:.2f})" for x in nb["neighbors"])
         out.append(f"  nearest to {nb['movie']}: {shown}")
+    note = neighbors_note(m)
+    if note:
+        out.append(f"  note: {note}")
     return out
+
+
+def neighbors_note(m: dict[str, Any]) -> str | None:
+    """A warning when "nearest" lists hold movies with a negative cosine: too few candidates."""
+    negative = [nb for nb in m.get("neighbors", []) if any(x["cosine"] < 0 for x in nb["neighbors"])]
+    if not negative:
+        return None
+    candidates = min(nb.get("candidates", 0) for nb in negative)
+    threshold = m.get("neighbor_min_ratings")
+    return (
+        f"some 'nearest' movies above have a negative cosine: they point away from the movie, they are not "
+        f"similar to it. Only {candidates:,} movies have at least {threshold} training ratings to choose from; "
+        f"lower --neighbor-min-ratings (now {threshold}) to draw from more"
+    )

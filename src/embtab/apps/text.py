@@ -321,6 +321,33 @@ def _load_data(cfg: TextConfig) -> data_mod.TextData:
     return data_mod.load_text_file(cfg.data, cfg.text_column, cfg.label_column)
 
 
+def informative_labels(counts: np.ndarray, class_sizes: np.ndarray, per_class: int = 5,
+                       min_lift: float = 2.0, min_z: float = 3.0) -> list[int]:
+    """The rows of ``counts`` (words x classes: how many texts of each class hold the word)
+    worth a label on a word map: per class, the words most telling of it.
+
+    A word is telling of class ``c`` when the share of ``c``'s texts that hold it is at
+    least ``min_lift`` times the share among the other texts (half a text added to each,
+    so a word never seen elsewhere has a finite lift), and more of its texts are of class
+    ``c`` than chance explains: the z-score of that number against a binomial with the
+    class's share of the texts is at least ``min_z``. Words in most texts of every class
+    ("a", "and", "the") have a lift near 1 and are never chosen, however frequent.
+    Ranked by lift; each word labelled once.
+    """
+    counts = np.asarray(counts, dtype=np.float64)  # (W, C)
+    sizes = np.asarray(class_sizes, dtype=np.float64)  # (C,)
+    n = counts.sum(1, keepdims=True)  # (W, 1) texts holding the word
+    share = sizes / sizes.sum()  # (C,) a text's chance to be of each class
+    z = (counts - n * share) / np.sqrt(np.maximum(n * share * (1 - share), 1e-12))
+    lift = ((counts + 0.5) / (sizes + 1)) / ((n - counts + 0.5) / (sizes.sum() - sizes + 1))
+    chosen: list[int] = []
+    for k in range(counts.shape[1]):
+        ok = np.flatnonzero((lift[:, k] >= min_lift) & (z[:, k] >= min_z))
+        ranked = [int(i) for i in ok[np.argsort(-lift[ok, k], kind="stable")] if int(i) not in chosen]
+        chosen += ranked[:per_class]
+    return chosen
+
+
 def _word_map(model: TextClassifier, vocab: embtab.Vocab, train_tokens: Sequence[Sequence[str]],
               y_train: np.ndarray, classes: Sequence[str], path: Path) -> None:
     """PCA map of the most frequent words, coloured by the class they occur in most."""
@@ -337,14 +364,12 @@ def _word_map(model: TextClassifier, vocab: embtab.Vocab, train_tokens: Sequence
             i = index.get(t)
             if i is not None:
                 counts[i, y] += 1
-    share = counts / counts.sum(1, keepdims=True).clip(min=1)
     groups = [classes[int(k)] for k in counts.argmax(1)]
-    # Label the most telling words: per class, the frequent words most specific to it.
+    # Label the most telling words of each class (not the merely frequent: "the", "a").
     labels: list[str | None] = [None] * len(words)
-    for c in range(len(classes)):
-        cand = [i for i in range(len(words)) if counts[i].sum() >= 20]
-        for i in sorted(cand, key=lambda i: -share[i, c])[:5]:
-            labels[i] = words[i]
+    sizes = np.bincount(np.asarray(y_train, dtype=np.int64), minlength=len(classes))
+    for i in informative_labels(counts, sizes):
+        labels[i] = words[i]
     ids = torch.tensor(vocab.lookup_ids(words))
     vecs = model.embed.weight.detach()[ids]
     plot_embedding_map(vecs, labels, path, groups=groups,
