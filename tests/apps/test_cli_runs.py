@@ -104,6 +104,40 @@ def _metrics(run: Path) -> dict:
     return json.loads((run / "metrics.json").read_text())
 
 
+# --- 18: a missing optional dependency ------------------------------------------------
+
+
+@pytest.fixture
+def no_matplotlib(monkeypatch):
+    for name in [m for m in sys.modules if m == "matplotlib" or m.startswith("matplotlib.")]:
+        monkeypatch.delitem(sys.modules, name)
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib -> ImportError
+
+
+def test_missing_matplotlib_warns_before_training_and_keeps_the_metrics(capsys, tmp_path, text_csv, no_matplotlib):
+    run = tmp_path / "run"
+    argv = [a for a in _text(text_csv, run) if a != "-q"]
+    code, out, err = _run(capsys, *argv)
+    assert code == 0, err
+    lines = err.splitlines()
+    warning = next(i for i, ln in enumerate(lines) if ln.startswith("embtab: warning: matplotlib"))
+    first_epoch = next(i for i, ln in enumerate(lines) if ln.startswith("epoch 1/"))
+    assert warning < first_epoch  # said before the training, not found out after it
+    assert "pip install 'embtab[apps]'" in lines[warning] and "no curves.png" in lines[warning]
+    m = _metrics(run)
+    assert "macro-F1" in out and "curves" not in m["outputs"]
+    assert not (run / "curves.png").exists() and not (run / "embeddings.png").exists()
+    code, _, err = _run(capsys, "train", "text", "--resume", str(run), "--threads", "1", "-q")
+    assert code == 0, err  # a resumed run works the same way
+    assert "embtab: warning: matplotlib" in err  # a warning, even with -q
+
+
+def test_missing_matplotlib_recsys(capsys, tmp_path, ratings_csv, no_matplotlib):
+    code, _, err = _run(capsys, *_recsys(ratings_csv, tmp_path / "run"))
+    assert code == 0, err
+    assert _metrics(tmp_path / "run")["test"]["rmse"] > 0
+
+
 # --- 24: small data -------------------------------------------------------------------
 
 

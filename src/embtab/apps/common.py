@@ -111,6 +111,11 @@ def default_run_dir(app: str, root: str | os.PathLike[str] = "runs") -> Path:
     return path
 
 
+def warn(message: str) -> None:
+    """A warning on stderr, shown even with ``--quiet`` (which silences progress only)."""
+    print(f"embtab: warning: {message}", file=sys.stderr, flush=True)
+
+
 def prepare_new_run_dir(path: str | os.PathLike[str], *, create: bool = True) -> Path:
     """Create a fresh run folder; refuse one that already holds files (use --resume).
 
@@ -148,11 +153,12 @@ def create_run_dir(cfg: Any, app: str) -> Path:
 
 
 def run_outputs(run_dir: Path, checkpoints: dict[str, str], **extra: str) -> dict[str, str]:
-    """The files of a finished run folder, by name (for ``metrics.json`` and the summary)."""
+    """The files of a finished run folder, by name (for ``metrics.json`` and the summary);
+    the plots only when they were drawn."""
+    plots = {k: str(run_dir / f"{k}.png") for k in ("curves", "embeddings") if (run_dir / f"{k}.png").is_file()}
     return {
         "run_dir": str(run_dir), "config": str(run_dir / "config.json"), "metrics": str(run_dir / "metrics.json"),
-        "curves": str(run_dir / "curves.png"), "embeddings": str(run_dir / "embeddings.png"),
-        **extra, **checkpoints,
+        **plots, **extra, **checkpoints,
     }
 
 

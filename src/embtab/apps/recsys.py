@@ -36,7 +36,7 @@ import embtab
 
 from . import data as data_mod
 from .common import (
-    AppError, Bags, format_seconds, log,
+    AppError, Bags, format_seconds, log, warn,
     create_run_dir, read_json, run_outputs, start_run, write_json,
 )
 from .metrics import regression_metrics
@@ -367,6 +367,11 @@ def train(cfg: RecsysConfig, *, resume: str | None = None) -> dict[str, Any]:
     t_start = time.perf_counter()
     cfg, run_dir = start_run(cfg, resume, APP)  # run_dir is created below, after the checks
     quiet = cfg.quiet
+    from . import plots
+
+    no_plots = plots.missing()
+    if no_plots:
+        warn(f"{no_plots}: this run writes metrics.json and checkpoints, but no curves.png or embeddings.png")
     # Read and split the data before creating the run folder: bad input leaves nothing behind.
     data = data_mod.load_movielens() if cfg.ratings is None else data_mod.load_ratings_file(cfg.ratings, cfg.movies)
     n = len(data.ratings)
@@ -458,19 +463,18 @@ def train(cfg: RecsysConfig, *, resume: str | None = None) -> dict[str, Any]:
     neighbors = nearest_neighbors(vectors, item_tokens, counts, data.item_titles, cfg.neighbors,
                                   min_ratings=cfg.neighbor_min_ratings) if data.item_titles else []
 
-    from .plots import plot_curves, plot_embedding_map
-
-    bias_b = baselines["user_item_bias"]
-    plot_curves(result.history, run_dir / "curves.png", title="movie recommender", val_key="val_rmse",
-                val_label="validation RMSE", best_epoch=result.best_epoch,
-                baselines={"user + item biases": bias_b["val_rmse_by_reg"][str(bias_b["reg"])]})
-    top = torch.argsort(counts, descending=True, stable=True)[:1000]
-    labels = [data.item_titles.get(item_tokens[j], item_tokens[j]) if rank < 20 else None
-              for rank, j in enumerate(top.tolist())]
-    item_bias = model.table("item")[top, cfg.dim]
-    plot_embedding_map(vectors[top], labels, run_dir / "embeddings.png", colors=item_bias.tolist(),
-                       color_label="learned movie bias",
-                       title="movie vectors (1,000 most rated movies, PCA); the 20 most rated labelled")
+    if not no_plots:
+        bias_b = baselines["user_item_bias"]
+        plots.plot_curves(result.history, run_dir / "curves.png", title="movie recommender", val_key="val_rmse",
+                          val_label="validation RMSE", best_epoch=result.best_epoch,
+                          baselines={"user + item biases": bias_b["val_rmse_by_reg"][str(bias_b["reg"])]})
+        top = torch.argsort(counts, descending=True, stable=True)[:1000]
+        labels = [data.item_titles.get(item_tokens[j], item_tokens[j]) if rank < 20 else None
+                  for rank, j in enumerate(top.tolist())]
+        item_bias = model.table("item")[top, cfg.dim]
+        plots.plot_embedding_map(vectors[top], labels, run_dir / "embeddings.png", colors=item_bias.tolist(),
+                                 color_label="learned movie bias",
+                                 title="movie vectors (1,000 most rated movies, PCA); the 20 most rated labelled")
 
     bias_rmse = baselines["user_item_bias"]["test"]["rmse"]
     metrics = {

@@ -34,7 +34,7 @@ import embtab
 
 from . import data as data_mod
 from .common import (
-    Bags, AppError, format_seconds, log,
+    Bags, AppError, format_seconds, log, warn,
     create_run_dir, read_json, run_outputs, start_run, write_json,
 )
 from .metrics import classification_metrics
@@ -381,6 +381,11 @@ def train(cfg: TextConfig, *, resume: str | None = None) -> dict[str, Any]:
     t_start = time.perf_counter()
     cfg, run_dir = start_run(cfg, resume, APP)  # run_dir is created below, after the checks
     quiet = cfg.quiet
+    from . import plots
+
+    no_plots = plots.missing()
+    if no_plots:
+        warn(f"{no_plots}: this run writes metrics.json and checkpoints, but no curves.png or embeddings.png")
     if cfg.vectors and not Path(cfg.vectors).is_file():
         raise AppError(f"--vectors file not found: {cfg.vectors!r}")
     # Read and split the data before creating the run folder: bad input leaves nothing behind.
@@ -485,13 +490,13 @@ def train(cfg: TextConfig, *, resume: str | None = None) -> dict[str, Any]:
     # The test split, once, with the best weights (fit() loaded them).
     test = classification_metrics(y_te, _predict(model, test_bags), num_classes)
     bow_f1 = baselines["bow_logistic_regression"]["test"]["macro_f1"]
-    from .plots import plot_curves
-
-    bow_b = baselines["bow_logistic_regression"]
-    plot_curves(result.history, run_dir / "curves.png", title="text classifier", val_key="val_macro_f1",
-                val_label="validation macro-F1", best_epoch=result.best_epoch,
-                baselines={"bag-of-words LR": bow_b["val_macro_f1_by_l2"][str(bow_b["l2"])]})
-    _word_map(model, vocab, [tokens[i] for i in train_idx], y_all[train_idx], classes, run_dir / "embeddings.png")
+    if not no_plots:
+        bow_b = baselines["bow_logistic_regression"]
+        plots.plot_curves(result.history, run_dir / "curves.png", title="text classifier", val_key="val_macro_f1",
+                          val_label="validation macro-F1", best_epoch=result.best_epoch,
+                          baselines={"bag-of-words LR": bow_b["val_macro_f1_by_l2"][str(bow_b["l2"])]})
+        _word_map(model, vocab, [tokens[i] for i in train_idx], y_all[train_idx], classes,
+                  run_dir / "embeddings.png")
     metrics = {
         "app": APP,
         "data": data.source,
