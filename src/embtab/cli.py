@@ -17,9 +17,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 from dataclasses import MISSING, fields
+from pathlib import Path
 from typing import Any, Sequence
 
 from . import __version__
@@ -87,6 +89,17 @@ _RECSYS_HELP = {
 _COMMON = ("out", "threads", "quiet")
 
 
+def _finite_float(text: str) -> float:
+    """A float option: NaN and infinities are refused here, not found out by training."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"must be a finite number, got {text!r}")
+    return value
+
+
 def _add_config_options(p: argparse.ArgumentParser, config_cls: type, helps: dict[str, str]) -> None:
     """One option per field of the config dataclass, its default taken from the dataclass."""
     from .init import INITS
@@ -108,8 +121,8 @@ def _add_config_options(p: argparse.ArgumentParser, config_cls: type, helps: dic
             p.add_argument(flag, nargs="+", default=default, metavar="TITLE", help=text)
         else:
             kind = type(default) if default is not None else str
-            p.add_argument(flag, type=kind, default=default, help=text, choices=choices.get(f.name),
-                           metavar=None if f.name in choices else f.name.upper())
+            p.add_argument(flag, type=_finite_float if kind is float else kind, default=default, help=text,
+                           choices=choices.get(f.name), metavar=None if f.name in choices else f.name.upper())
 
 
 def _add_run_options(p: argparse.ArgumentParser) -> None:
@@ -256,7 +269,18 @@ def _train(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         from .apps import recsys as app  # type: ignore[no-redef]
 
         cfg = _config(args, parser, app.RecsysConfig)
-    metrics = app.train(cfg, resume=args.resume)
+    try:
+        metrics = app.train(cfg, resume=args.resume)
+    except KeyboardInterrupt:
+        raise
+    except Exception as exc:
+        # A new run that stopped on an error: mark its folder failed, so that the same
+        # --out can be used again (a resumable run is left as it is).
+        from .apps.common import mark_failed
+
+        if args.resume is None and cfg.out is not None and Path(cfg.out, "config.json").is_file():
+            mark_failed(Path(cfg.out), _one_line(exc))
+        raise
     if args.json:
         print(json.dumps(metrics, indent=2, default=str))
     else:

@@ -138,6 +138,58 @@ def test_missing_matplotlib_recsys(capsys, tmp_path, ratings_csv, no_matplotlib)
     assert _metrics(tmp_path / "run")["test"]["rmse"] > 0
 
 
+# --- 23: non-finite options, divergence, a failed run's folder -------------------------
+
+
+@pytest.mark.parametrize("option", [("--reg", "nan"), ("--init-std", "inf"), ("--lr", "-inf")])
+def test_non_finite_options_are_refused_at_parse_time(capsys, tmp_path, ratings_csv, option):
+    code, out, err = _run(capsys, *_recsys(ratings_csv, tmp_path / "run"), "=".join(option))
+    assert code == 2 and out == ""
+    assert f"argument {option[0]}: must be a finite number, got '{option[1]}'" in err
+    assert not (tmp_path / "run").exists()
+
+
+def test_non_finite_config_values_are_refused(tmp_path):
+    from embtab.apps import recsys, text
+    from embtab.apps.common import AppError
+
+    with pytest.raises(AppError, match="--reg must be a finite number, got nan"):
+        recsys.train(recsys.RecsysConfig(out=str(tmp_path / "r"), reg=float("nan")))
+    with pytest.raises(AppError, match="--dropout must be a finite number"):
+        text.train(text.TextConfig(out=str(tmp_path / "t"), dropout=float("nan")))
+    assert not list(tmp_path.iterdir())
+
+
+def test_divergence_names_the_causes_and_the_folder_can_be_reused(capsys, tmp_path, ratings_csv):
+    run = tmp_path / "run"
+    code, _, err = _run(capsys, *_recsys(ratings_csv, run, "--reg", "200"))
+    line = _error_line(err)
+    assert code == 2 and "training diverged" in line
+    assert "--reg 200 with --lr 0.01" in line and "--lr 0.01 is" not in line  # the causes that apply
+    assert (run / "failed.json").is_file()
+    code, _, err = _run(capsys, *_recsys(ratings_csv, run, "--lr", "100", "--reg", "0"))
+    line = _error_line(err)
+    assert code == 2 and "--lr 100 is 1e+04x the default 0.01" in line and "--reg" not in line
+    code, _, err = _run(capsys, *_recsys(ratings_csv, run, "--init-std", "3"))
+    line = _error_line(err)
+    assert code == 2 and "--init-std 3 (dim 8): initial predictions are off by about" in line and "--lr" not in line
+    code, _, err = _run(capsys, *[a for a in _recsys(ratings_csv, run) if a != "-q"])  # the same --out
+    assert code == 0, err
+    assert "replacing the failed run" in err
+    assert not (run / "failed.json").exists() and (run / "metrics.json").is_file()
+
+
+def test_failed_folder_with_other_files_is_not_emptied(capsys, tmp_path, ratings_csv):
+    run = tmp_path / "run"
+    code, _, _ = _run(capsys, *_recsys(ratings_csv, run, "--reg", "200"))
+    assert code == 2
+    (run / "notes.txt").write_text("mine")
+    code, _, err = _run(capsys, *_recsys(ratings_csv, run))
+    line = _error_line(err)
+    assert code == 2 and "notes.txt" in line and "holds a failed run" in line
+    assert (run / "notes.txt").read_text() == "mine" and (run / "config.json").is_file()
+
+
 # --- 24: small data -------------------------------------------------------------------
 
 

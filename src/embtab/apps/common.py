@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import shlex
 import sys
 import time
 from dataclasses import asdict, dataclass, fields
@@ -18,6 +19,7 @@ from .._io import atomic_write_text
 
 RUN_FORMAT = "embtab.run"
 RUN_FORMAT_VERSION = 1
+FAILED = "failed.json"
 
 
 class AppError(ValueError):
@@ -116,22 +118,85 @@ def warn(message: str) -> None:
     print(f"embtab: warning: {message}", file=sys.stderr, flush=True)
 
 
-def prepare_new_run_dir(path: str | os.PathLike[str], *, create: bool = True) -> Path:
+# --- run folders ----------------------------------------------------------------------
+
+# What a run writes in its folder: a failed run's folder holding only these may be reused.
+_RUN_FILES = ("config.json", "baselines.json", "metrics.json", "vocab.json", FAILED, "curves.png", "embeddings.png")
+_CHECKPOINT_FILES = ("last.safetensors", "best.safetensors")
+
+
+def _is_run_file(p: Path) -> bool:
+    name = p.name
+    if name.endswith(".tmp") and name.startswith("."):
+        return p.is_file()
+    if p.is_dir():
+        return name == "checkpoints" and all(
+            c.is_file() and (c.name in _CHECKPOINT_FILES or (c.name.startswith(".") and c.name.endswith(".tmp")))
+            for c in p.iterdir())
+    return p.is_file() and (name in _RUN_FILES or (name.startswith("vocab_") and name.endswith(".json")))
+
+
+def _failed_reason(path: Path) -> str | None:
+    """Why the run in ``path`` failed, when it is a failed run's folder (its ``failed.json``)."""
+    if not (path / FAILED).is_file() or (path / "metrics.json").exists():
+        return None
+    try:
+        doc = json.loads((path / FAILED).read_text(encoding="utf-8"))
+        return str(doc.get("reason", "")) or "unknown reason"
+    except (OSError, ValueError, AttributeError):
+        return "unknown reason"
+
+
+def mark_failed(run_dir: Path, reason: str) -> None:
+    """Record that the run in ``run_dir`` failed, so that a new run may reuse the folder."""
+    if (run_dir / "config.json").is_file() and not (run_dir / "metrics.json").exists():
+        write_json(run_dir / FAILED, {"reason": reason, "time": time.strftime("%Y-%m-%d %H:%M:%S")})
+
+
+def prepare_new_run_dir(path: str | os.PathLike[str], *, create: bool = True, quiet: bool = False) -> Path:
     """Create a fresh run folder; refuse one that already holds files (use --resume).
 
+    A failed run's folder (``failed.json``, written when training diverged or a new run
+    stopped on an error) holding nothing but that run's files is emptied and reused.
     ``create=False`` only checks, so that a command can refuse early, before slow work.
     """
     path = Path(path)
     if path.exists() and not path.is_dir():
         raise AppError(f"--out {str(path)!r} exists and is not a folder")
     if path.is_dir() and any(path.iterdir()):
-        raise AppError(
-            f"--out {str(path)!r} already holds files; choose a new folder, or continue that "
-            f"run with --resume {str(path)!r}"
-        )
+        reason = _failed_reason(path)
+        if reason is None:
+            raise AppError(
+                f"--out {str(path)!r} already holds files; choose a new folder, or continue that "
+                f"run with --resume {shlex.quote(str(path))}"
+            )
+        foreign = sorted(p.name for p in path.iterdir() if not _is_run_file(p))
+        if foreign:
+            raise AppError(
+                f"--out {str(path)!r} holds a failed run ({reason}) and files that are not the run's "
+                f"({', '.join(foreign[:3])}); move those away to reuse the folder, or choose a new one"
+            )
+        if create:
+            log(f"replacing the failed run in {path} ({reason})", quiet=quiet)
+            for p in path.iterdir():
+                if p.is_dir():
+                    for c in p.iterdir():
+                        c.unlink()
+                    p.rmdir()
+                elif p.name != FAILED:
+                    p.unlink()
+            (path / FAILED).unlink()  # last: a kill in between leaves a folder still marked failed
     if create:
         path.mkdir(parents=True, exist_ok=True)
     return path
+
+
+def check_finite(cfg: Any) -> None:
+    """Refuse NaN and infinite numbers in a config (they pass ``< 0`` checks silently)."""
+    for f in fields(cfg):
+        value = getattr(cfg, f.name)
+        if isinstance(value, float) and not math.isfinite(value):
+            raise AppError(f"--{f.name.replace('_', '-')} must be a finite number, got {value}")
 
 
 def load_run_config(run_dir: Path, app: str, cls: type) -> Any:
@@ -146,7 +211,7 @@ def load_run_config(run_dir: Path, app: str, cls: type) -> Any:
 
 def create_run_dir(cfg: Any, app: str) -> Path:
     """Create the new run folder ``cfg.out`` (chosen by :func:`start_run`) with its config."""
-    run_dir = prepare_new_run_dir(cfg.out)
+    run_dir = prepare_new_run_dir(cfg.out, quiet=cfg.quiet)
     write_json(run_dir / "config.json", {"format": RUN_FORMAT, "format_version": RUN_FORMAT_VERSION,
                                         "app": app, "config": asdict(cfg)})
     return run_dir
@@ -173,6 +238,7 @@ def start_run(cfg: Any, resume: str | None, app: str) -> tuple[Any, Path]:
         saved = load_run_config(run_dir, app, type(cfg))
         saved.threads, saved.quiet = cfg.threads, cfg.quiet
         cfg = saved
+    check_finite(cfg)
     cfg.check()
     set_threads(cfg.threads)
     if resume is None:

@@ -262,6 +262,39 @@ class _RecsysTask:
     def validate(self) -> dict[str, float]:
         return regression_metrics(self.predict(self.val), self.val.ratings)
 
+    def divergence_causes(self) -> list[str]:
+        """The options and data properties that likely made the loss non-finite."""
+        cfg, default = self.cfg, RecsysConfig()
+        causes = []
+        high_lr = cfg.lr > 3 * default.lr
+        if high_lr:
+            causes.append(f"--lr {cfg.lr:g} is {cfg.lr / default.lr:.3g}x the default {default.lr:g}: lower it")
+        for name in ("reg", "bias_reg", "feature_reg"):
+            value = getattr(cfg, name)
+            if value > getattr(default, name) and cfg.lr * value > 0.5:
+                # Each step multiplies a looked-up row by (1 - 2 lr reg): below -1, it grows.
+                causes.append(f"--{name.replace('_', '-')} {value:g} with --lr {cfg.lr:g}: each step scales the "
+                              f"rows by 1 - 2*lr*reg = {1 - 2 * cfg.lr * value:.3g}; keep lr*reg well below 1")
+        if cfg.dim * cfg.init_std ** 2 > 0.5:
+            causes.append(f"--init-std {cfg.init_std:g} (dim {cfg.dim}): initial predictions are off by about "
+                          f"dim*std^2 = {cfg.dim * cfg.init_std ** 2:.3g} stars (default {default.init_std:g})")
+        lo, hi = self.clamp
+        if hi - lo > 10:
+            causes.append(f"the ratings span {lo:g} to {hi:g} (MovieLens: 0.5 to 5): rescale them, or lower --lr")
+        if not high_lr:
+            # The loss is summed over a batch: a row looked up k times in it takes k steps at once.
+            worst = max(((float(torch.bincount(ids[ids >= 0]).max()) / max(len(self.train), 1), what)
+                         for what, ids in (("movie", self.train.items), ("user", self.train.users))
+                         if bool((ids >= 0).any())), default=(0.0, ""))
+            share, what = worst
+            per_batch = share * min(cfg.batch_size, len(self.train))
+            if cfg.lr * per_batch > 1:
+                causes.append(
+                    f"one {what} has {share:.0%} of the training ratings, so a batch of {cfg.batch_size} holds "
+                    f"about {per_batch:.0f} of them and moves its row by that many steps of --lr {cfg.lr:g} "
+                    f"at once: lower --batch-size or --lr")
+        return causes
+
 
 # --- baselines ------------------------------------------------------------------------
 

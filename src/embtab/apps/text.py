@@ -311,6 +311,20 @@ class _TextTask:
         m = classification_metrics(self.y_val, pred, self.num_classes)
         return {"macro_f1": float(m["macro_f1"]), "accuracy": float(m["accuracy"])}
 
+    def divergence_causes(self) -> list[str]:
+        """The options that likely made the loss non-finite (for the error message)."""
+        cfg, default = self.cfg, TextConfig()
+        causes = []
+        if cfg.lr > 3 * default.lr:
+            causes.append(f"--lr {cfg.lr:g} is {cfg.lr / default.lr:.3g}x the default {default.lr:g}: lower it")
+        if cfg.init_scale > 1:
+            causes.append(f"--init-scale {cfg.init_scale:g} starts the table with large values (default "
+                          f"{default.init_scale:g})")
+        weights = self.model.embed.weight.detach()
+        if not bool(torch.isfinite(weights).all()):
+            causes.append("the table holds NaN or infinite values (pretrained --vectors?)")
+        return causes
+
 
 # --- the run --------------------------------------------------------------------------
 

@@ -23,7 +23,7 @@ import torch
 
 from .._io import remove_stale_temps
 from . import checkpoint as ckpt_io
-from .common import AppError, format_seconds, is_tty, log
+from .common import FAILED, AppError, format_seconds, is_tty, log, mark_failed
 
 LAST = "last.safetensors"
 BEST = "best.safetensors"
@@ -49,6 +49,9 @@ class Task(Protocol):
     def validate(self) -> dict[str, float]:
         """Metrics on the validation split (the model is left in training mode after)."""
         ...
+
+    # Optional: ``divergence_causes() -> list[str]``, the options and data properties that
+    # likely made the loss non-finite (named in the error when training diverges).
 
 
 @dataclass
@@ -150,9 +153,7 @@ def fit(task: Task, loop: LoopConfig, run_dir: Path, *, resume: bool) -> FitResu
             for batch, size in task.train_batches(order):
                 loss = task.train_step(batch)
                 if not math.isfinite(loss):
-                    raise AppError(
-                        f"training diverged: the loss is {loss} in epoch {epoch}; lower the learning rate (--lr)"
-                    )
+                    _diverged(task, run_dir, loss, epoch, done + 1, num_batches)
                 loss_sum += loss * size
                 seen += size
                 done += 1
@@ -193,6 +194,7 @@ def fit(task: Task, loop: LoopConfig, run_dir: Path, *, resume: bool) -> FitResu
     if not best_path.is_file():
         raise AppError(f"no best weights in {ckpt_dir}: train for at least one epoch (--epochs)")
     ckpt_io.load_weights(best_path, task.model)
+    (run_dir / FAILED).unlink(missing_ok=True)  # a run that failed once and then went through
     task.model.eval()
     return FitResult(
         history=state["history"], best_epoch=int(state["best_epoch"]),
@@ -200,4 +202,15 @@ def fit(task: Task, loop: LoopConfig, run_dir: Path, *, resume: bool) -> FitResu
         stopped_early=bool(state["stopped_early"]), resumed_from=resumed_from,
         train_seconds=float(state["train_seconds"]),
         checkpoints={"last": str(last_path), "best": str(best_path)},
+    )
+
+
+def _diverged(task: Task, run_dir: Path, loss: float, epoch: int, batch: int, num_batches: int) -> None:
+    """Mark the run failed and raise the error that names the likely causes."""
+    causes = list(getattr(task, "divergence_causes", lambda: [])())
+    reason = f"training diverged: the loss is {loss} in epoch {epoch} (batch {batch} of {num_batches})"
+    mark_failed(run_dir, reason)
+    raise AppError(
+        f"{reason}; likely cause{'s' if len(causes) > 1 else ''}: {'; '.join(causes) or 'a learning rate too high for this data: lower --lr'}. "
+        f"Start a new run with other options (the same --out {str(run_dir)!r} may be reused)"
     )
