@@ -272,7 +272,9 @@ def _train(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     try:
         metrics = app.train(cfg, resume=args.resume)
     except KeyboardInterrupt:
-        raise
+        run_dir = args.resume if args.resume is not None else cfg.out  # (start_run has chosen cfg.out)
+        _interrupted(args.app, run_dir, args.threads)
+        return EXIT_INTERRUPTED
     except Exception as exc:
         # A new run that stopped on an error: mark its folder failed, so that the same
         # --out can be used again (a resumable run is left as it is).
@@ -288,10 +290,42 @@ def _train(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     return EXIT_OK
 
 
+def _interrupted(app: str | None, run_dir: str | os.PathLike[str] | None, threads: int | None) -> None:
+    """Say what Ctrl-C left: which epoch is saved, and the exact command that resumes."""
+    from .apps.checkpoint import saved_epoch
+    from .apps.common import resume_command
+
+    folder = Path(run_dir) if run_dir is not None else None
+    if folder is None or not (folder / "config.json").is_file():
+        print("embtab: interrupted before the run folder was made; nothing was saved", file=sys.stderr)
+        return
+    if app is None:
+        try:
+            app = str(json.loads((folder / "config.json").read_text(encoding="utf-8"))["app"])
+        except (OSError, ValueError, KeyError, TypeError):
+            app = "APP"
+    epoch = saved_epoch(folder)
+    try:
+        total = json.loads((folder / "config.json").read_text(encoding="utf-8"))["config"]["epochs"]
+    except (OSError, ValueError, KeyError, TypeError):
+        total = None
+    if epoch is None:
+        saved = "no epoch had ended, so none is saved (a resumed run starts from the beginning)"
+    else:
+        saved = f"epoch {epoch}{f' of {total}' if total else ''} is saved in {folder / 'checkpoints' / 'last.safetensors'}"
+    print(f"embtab: interrupted; {saved}", file=sys.stderr)
+    print(f"embtab: resume with: {resume_command(app, folder, threads)}", file=sys.stderr)
+
+
 def _demo(args: argparse.Namespace) -> int:
     from .apps import demo
 
-    summary = demo.run(args.out, threads=args.threads, quiet=args.quiet)
+    runs: list[str] = []
+    try:
+        summary = demo.run(args.out, threads=args.threads, quiet=args.quiet, started=runs.append)
+    except KeyboardInterrupt:
+        _interrupted(None, runs[-1] if runs else None, args.threads)
+        return EXIT_INTERRUPTED
     print("\n".join(demo.summary_table(summary)))
     return EXIT_OK
 

@@ -138,6 +138,52 @@ def test_missing_matplotlib_recsys(capsys, tmp_path, ratings_csv, no_matplotlib)
     assert _metrics(tmp_path / "run")["test"]["rmse"] > 0
 
 
+# --- 20: Ctrl-C -----------------------------------------------------------------------
+
+
+def test_ctrl_c_says_what_is_saved_and_how_to_resume(capsys, tmp_path, ratings_csv, monkeypatch):
+    from embtab.apps import recsys
+
+    real_step = recsys._RecsysTask.train_step
+    calls = {"n": 0}
+
+    def interrupting_step(self, batch):
+        calls["n"] += 1
+        if calls["n"] == 20:  # 16 batches per epoch: in epoch 2
+            raise KeyboardInterrupt
+        return real_step(self, batch)
+
+    monkeypatch.setattr(recsys._RecsysTask, "train_step", interrupting_step)
+    run = tmp_path / "my run"
+    code, _, err = _run(capsys, *_recsys(ratings_csv, run, "--epochs", "3"))
+    assert code == 130
+    assert f"epoch 1 of 3 is saved in {run / 'checkpoints' / 'last.safetensors'}" in err
+    command = err.strip().splitlines()[-1]
+    assert command == f"embtab: resume with: embtab train recsys --resume '{run}' --threads 1"
+
+    monkeypatch.setattr(recsys._RecsysTask, "train_step", real_step)
+    import shlex
+
+    code, _, err = _run(capsys, *shlex.split(command.split(": ", 2)[-1])[1:], "-q")  # the printed command
+    assert code == 0, err
+    assert _metrics(run)["epochs_run"] == 3
+
+
+def test_ctrl_c_before_the_first_epoch_or_the_run_folder(capsys, tmp_path, ratings_csv, monkeypatch):
+    from embtab.apps import data, recsys
+
+    def interrupt(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(recsys._RecsysTask, "train_step", interrupt)
+    code, _, err = _run(capsys, *_recsys(ratings_csv, tmp_path / "run"))
+    assert code == 130 and "no epoch had ended" in err
+    assert f"resume with: embtab train recsys --resume {tmp_path / 'run'}" in err
+    monkeypatch.setattr(data, "load_ratings_file", interrupt)
+    code, _, err = _run(capsys, *_recsys(ratings_csv, tmp_path / "run2"))
+    assert code == 130 and "nothing was saved" in err and not (tmp_path / "run2").exists()
+
+
 # --- 23: non-finite options, divergence, a failed run's folder -------------------------
 
 

@@ -139,6 +139,37 @@ def _open(path: Path, what: str) -> tuple[dict[str, str], dict[str, Tensor]]:
     return meta, tensors
 
 
+def _metadata(path: Path, expected: str, what: str) -> dict[str, str]:
+    """The metadata of a checkpoint or weights file, without reading its tensors."""
+    from safetensors import safe_open
+
+    if not path.is_file():
+        raise AppError(f"{what} not found: {str(path)!r}")
+    try:
+        with safe_open(str(path), framework="pt") as f:  # checks that the file is whole
+            meta = f.metadata() or {}
+    except Exception as exc:
+        raise AppError(f"{what} {str(path)!r} is not a readable safetensors file ({exc}); it is corrupt") from None
+    _check_format(meta, expected, path, what)
+    return meta
+
+
+def _json_meta(meta: dict[str, str], key: str, path: Path, what: str) -> Any:
+    try:
+        return json.loads(meta[key])
+    except (KeyError, json.JSONDecodeError) as exc:
+        raise AppError(f"{what} {str(path)!r} has damaged metadata ({exc})") from None
+
+
+def saved_epoch(run_dir: Path) -> int | None:
+    """The last complete epoch saved in ``run_dir`` (``None``: none, or unreadable)."""
+    try:
+        meta = _metadata(Path(run_dir) / "checkpoints" / "last.safetensors", FORMAT_NAME, "checkpoint")
+        return int(_json_meta(meta, "state", Path(run_dir), "checkpoint")["epoch"])
+    except (AppError, KeyError, TypeError, ValueError):
+        return None
+
+
 def _check_format(meta: dict[str, str], expected: str, path: Path, what: str) -> None:
     if meta.get("format") != expected:
         raise AppError(

@@ -246,6 +246,14 @@ def start_run(cfg: Any, resume: str | None, app: str) -> tuple[Any, Path]:
     return cfg, Path(resume) if resume is not None else Path(cfg.out)
 
 
+def resume_command(app: str, run_dir: str | os.PathLike[str], threads: int | None = None) -> str:
+    """The command that resumes the run in ``run_dir`` (with its thread count, for equal metrics)."""
+    words = ["embtab", "train", app, "--resume", str(run_dir)]
+    if threads is not None:
+        words += ["--threads", str(threads)]
+    return " ".join(shlex.quote(w) for w in words)
+
+
 def format_seconds(seconds: float) -> str:
     if seconds < 60:
         return f"{seconds:.1f}s"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from . import recsys, text
 from .common import default_run_dir, format_seconds, log, prepare_new_run_dir, write_json
@@ -13,21 +13,28 @@ from .common import default_run_dir, format_seconds, log, prepare_new_run_dir, w
 def run(
     out: str | None = None, *, threads: int | None = None, quiet: bool = False,
     text_options: dict[str, Any] | None = None, recsys_options: dict[str, Any] | None = None,
+    started: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
     """Train the text classifier and the recommender with their default settings.
 
     ``text_options`` / ``recsys_options`` override fields of :class:`~embtab.apps.text.TextConfig`
     / :class:`~embtab.apps.recsys.RecsysConfig` (other data, fewer epochs, ...).
 
+    ``started(run_dir)`` is called as each application's run begins (the command line
+    uses it to say, on Ctrl-C, which run to resume).
+
     Returns ``{"text": metrics, "recsys": metrics, "seconds": total, "run_dir": folder}``;
     also written to ``<folder>/summary.json``.
     """
+    started = started or (lambda run_dir: None)
     t0 = time.perf_counter()
     root = prepare_new_run_dir(out or default_run_dir("demo"))
     log(f"embtab demo -> {root}", quiet=quiet)
     log("[1/2] text classifier: which phone or client sent a tweet, from its text", quiet=quiet)
+    started(str(root / "text"))
     text_m = text.train(text.TextConfig(out=str(root / "text"), threads=threads, quiet=quiet, **(text_options or {})))
     log("[2/2] movie recommender: biased matrix factorisation on MovieLens ratings", quiet=quiet)
+    started(str(root / "recsys"))
     rec_m = recsys.train(recsys.RecsysConfig(out=str(root / "recsys"), threads=threads, quiet=quiet,
                                              **(recsys_options or {})))
     summary = {"text": text_m, "recsys": rec_m, "seconds": time.perf_counter() - t0, "run_dir": str(root)}
