@@ -269,6 +269,7 @@ def _train(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         from .apps import recsys as app  # type: ignore[no-redef]
 
         cfg = _config(args, parser, app.RecsysConfig)
+    config_before = _identity(Path(cfg.out, "config.json")) if cfg.out is not None else None
     try:
         metrics = app.train(cfg, resume=args.resume)
     except KeyboardInterrupt:
@@ -277,17 +278,28 @@ def _train(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         return EXIT_INTERRUPTED
     except Exception as exc:
         # A new run that stopped on an error: mark its folder failed, so that the same
-        # --out can be used again (a resumable run is left as it is).
+        # --out can be used again. Only a folder this run made (its config.json is new):
+        # a run already there, refused as --out, is left as it is.
         from .apps.common import mark_failed
 
-        if args.resume is None and cfg.out is not None and Path(cfg.out, "config.json").is_file():
-            mark_failed(Path(cfg.out), _one_line(exc))
+        config = Path(cfg.out, "config.json") if cfg.out is not None else None
+        if args.resume is None and config is not None and _identity(config) not in (None, config_before):
+            mark_failed(config.parent, _one_line(exc))
         raise
     if args.json:
         print(json.dumps(metrics, indent=2, default=str))
     else:
         print("\n".join(app.summary_lines(metrics)))
     return EXIT_OK
+
+
+def _identity(path: Path) -> tuple[int, int, int] | None:
+    """Which file ``path`` is (a rewrite, atomic or not, changes it); ``None``: no file."""
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino, st.st_mtime_ns
 
 
 def _interrupted(app: str | None, run_dir: str | os.PathLike[str] | None, threads: int | None) -> None:

@@ -236,6 +236,30 @@ def test_failed_folder_with_other_files_is_not_emptied(capsys, tmp_path, ratings
     assert (run / "notes.txt").read_text() == "mine" and (run / "config.json").is_file()
 
 
+def test_a_refused_out_folder_is_not_marked_failed(capsys, tmp_path, ratings_csv, monkeypatch):
+    """An interrupted run's folder, given as --out to a new run: refused, and left resumable."""
+    from embtab.apps import recsys
+
+    real_step = recsys._RecsysTask.train_step
+    calls = {"n": 0}
+
+    def interrupting_step(self, batch):
+        calls["n"] += 1
+        if calls["n"] == 20:
+            raise KeyboardInterrupt
+        return real_step(self, batch)
+
+    monkeypatch.setattr(recsys._RecsysTask, "train_step", interrupting_step)
+    run = tmp_path / "run"
+    assert _run(capsys, *_recsys(ratings_csv, run))[0] == 130
+    monkeypatch.setattr(recsys._RecsysTask, "train_step", real_step)
+    for _ in range(2):
+        code, _, err = _run(capsys, *_recsys(ratings_csv, run, "--dim", "4"))
+        assert code == 2 and "--resume" in _error_line(err)
+    assert not (run / "failed.json").exists()
+    assert (run / "checkpoints" / "last.safetensors").is_file()
+
+
 # --- 24: small data -------------------------------------------------------------------
 
 
