@@ -101,7 +101,12 @@ def _finite_float(text: str) -> float:
 
 
 def _add_config_options(p: argparse.ArgumentParser, config_cls: type, helps: dict[str, str]) -> None:
-    """One option per field of the config dataclass, its default taken from the dataclass."""
+    """One option per field of the config dataclass, its default taken from the dataclass.
+
+    An option not given is left out of the parsed arguments (``SUPPRESS``), so that a
+    resumed run can tell what was given (``--epochs 10`` is a request even when 10 is the
+    default); the dataclass supplies the defaults.
+    """
     from .init import INITS
 
     choices = {"init": tuple(sorted(INITS)), "optimizer": config_cls.OPTIMIZERS}
@@ -116,19 +121,25 @@ def _add_config_options(p: argparse.ArgumentParser, config_cls: type, helps: dic
             text += f" (default: {shown})"
         if isinstance(default, bool):
             text += f" (default: {'on' if default else 'off'})"
-            p.add_argument(flag, action=argparse.BooleanOptionalAction, default=default, help=text)
+            p.add_argument(flag, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS, help=text)
         elif isinstance(default, list):
-            p.add_argument(flag, nargs="+", default=default, metavar="TITLE", help=text)
+            p.add_argument(flag, nargs="+", default=argparse.SUPPRESS, metavar="TITLE", help=text)
         else:
             kind = type(default) if default is not None else str
-            p.add_argument(flag, type=_finite_float if kind is float else kind, default=default, help=text,
-                           choices=choices.get(f.name), metavar=None if f.name in choices else f.name.upper())
+            p.add_argument(flag, type=_finite_float if kind is float else kind, default=argparse.SUPPRESS,
+                           help=text, choices=choices.get(f.name),
+                           metavar=None if f.name in choices else f.name.upper())
 
 
 def _add_run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", metavar="RUN_DIR", help="run folder to create (default: runs/<app>-<date>-<time>)")
     p.add_argument("--resume", metavar="RUN_DIR",
-                   help="continue the run in RUN_DIR from its last complete checkpoint, with its saved config")
+                   help="continue the run in RUN_DIR from its last complete checkpoint, with its saved config "
+                        "(from any folder); with it, --epochs N trains on to N epochs, --patience changes "
+                        "early stopping, and an input file option gives the file's new place (same content)")
+    p.add_argument("--from-best", action="store_true",
+                   help="with --resume: go on from the best epoch's weights (when last.safetensors is damaged); "
+                        "the optimizer state starts afresh")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress on stderr")
     p.add_argument("--json", action="store_true", help="print metrics.json to stdout instead of the summary")
@@ -240,38 +251,55 @@ def build_parser() -> argparse.ArgumentParser:
 # --- commands -------------------------------------------------------------------------
 
 
-def _config(args: argparse.Namespace, parser: argparse.ArgumentParser, config_cls: type) -> Any:
-    values = {f.name: getattr(args, f.name) for f in fields(config_cls) if hasattr(args, f.name)}
-    if args.resume is not None:
-        # The saved config defines a resumed run; a changed option would silently be
-        # ignored (or silently change the run), so refuse it.
-        defaults = {f.name: parser.get_default(f.name) for f in fields(config_cls)}
-        changed = [f"--{k.replace('_', '-')}" for k, v in values.items()
-                   if k not in _COMMON and v != defaults.get(k)]
-        if args.out is not None:
-            changed.append("--out")
-        if changed:
-            from .apps.common import AppError
+# Options a resumed run accepts: how far to train, and where its input files are now.
+_RESUME_OPTIONS = ("epochs", "patience")
 
-            raise AppError(
-                f"--resume continues a run with its saved config.json; drop {', '.join(changed)}"
-            )
-    values["out"] = args.out
+
+def _config(args: argparse.Namespace, config_cls: type) -> Any:
+    """The config of a new run, from the options given and the dataclass defaults."""
+    values = {f.name: getattr(args, f.name) for f in fields(config_cls) if hasattr(args, f.name)}
+    values["out"], values["threads"], values["quiet"] = args.out, args.threads, args.quiet
     return config_cls(**values)
 
 
+def _resume(args: argparse.Namespace, config_cls: type) -> Any:
+    """What a resumed run may change: a saved run goes on with its config.json, and any
+    other option given would be silently ignored (or silently change the run): refused."""
+    from .apps.common import AppError, Resume
+
+    given = {f.name: getattr(args, f.name) for f in fields(config_cls)
+             if hasattr(args, f.name) and f.name not in _COMMON}
+    inputs = {k: v for k, v in given.items() if k in getattr(config_cls, "INPUT_FILES", ())}
+    refused = [f"--{k.replace('_', '-')}" for k in given if k not in _RESUME_OPTIONS and k not in inputs]
+    if args.out is not None:
+        refused.append("--out")
+    if refused:
+        raise AppError(
+            f"--resume continues a run with its saved config.json; drop {', '.join(refused)} (a resumed run "
+            f"takes only --epochs, --patience and the new place of its input files)"
+        )
+    return Resume(args.resume, epochs=given.get("epochs"), patience=given.get("patience"), inputs=inputs,
+                  from_best=args.from_best)
+
+
 def _train(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    from .apps.common import AppError, mark_failed
+
     if args.app == "text":
         from .apps import text as app
-
-        cfg = _config(args, parser, app.TextConfig)
     else:
         from .apps import recsys as app  # type: ignore[no-redef]
-
-        cfg = _config(args, parser, app.RecsysConfig)
+    config_cls = app.TextConfig if args.app == "text" else app.RecsysConfig  # type: ignore[attr-defined]
+    if args.from_best and args.resume is None:
+        raise AppError("--from-best goes with --resume RUN_DIR (it picks the checkpoint a run goes on from)")
+    if args.resume is not None:
+        resume = _resume(args, config_cls)
+        cfg = config_cls(threads=args.threads, quiet=args.quiet)
+    else:
+        resume, cfg = None, _config(args, config_cls)
     config_before = _identity(Path(cfg.out, "config.json")) if cfg.out is not None else None
     try:
-        metrics = app.train(cfg, resume=args.resume)
+        metrics = app.train(cfg, resume=resume)
     except KeyboardInterrupt:
         run_dir = args.resume if args.resume is not None else cfg.out  # (start_run has chosen cfg.out)
         _interrupted(args.app, run_dir, args.threads)
@@ -280,8 +308,6 @@ def _train(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         # A new run that stopped on an error: mark its folder failed, so that the same
         # --out can be used again. Only a folder this run made (its config.json is new):
         # a run already there, refused as --out, is left as it is.
-        from .apps.common import mark_failed
-
         config = Path(cfg.out, "config.json") if cfg.out is not None else None
         if args.resume is None and config is not None and _identity(config) not in (None, config_before):
             mark_failed(config.parent, _one_line(exc))

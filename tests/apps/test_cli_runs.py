@@ -86,24 +86,6 @@ def _metrics(run: Path) -> dict:
     return json.loads((run / "metrics.json").read_text())
 
 
-def _text(csv: Path, run: Path, *extra: str) -> list[str]:
-    return ["train", "text", "--data", str(csv), "--out", str(run), *TEXT_FAST, *extra]
-
-
-def _recsys(ratings: Path, run: Path, *extra: str) -> list[str]:
-    return ["train", "recsys", "--ratings", str(ratings), "--out", str(run), *RECSYS_FAST, *extra]
-
-
-def _outcome(metrics: dict) -> dict:
-    """What must match between runs: everything but wall-clock times and paths."""
-    history = [{k: v for k, v in h.items() if k not in ("seconds", "examples_per_s")} for h in metrics["history"]]
-    return {"test": metrics["test"], "history": history, "best_epoch": metrics["best_epoch"]}
-
-
-def _metrics(run: Path) -> dict:
-    return json.loads((run / "metrics.json").read_text())
-
-
 # --- 18: a missing optional dependency ------------------------------------------------
 
 
@@ -136,6 +118,105 @@ def test_missing_matplotlib_recsys(capsys, tmp_path, ratings_csv, no_matplotlib)
     code, _, err = _run(capsys, *_recsys(ratings_csv, tmp_path / "run"))
     assert code == 0, err
     assert _metrics(tmp_path / "run")["test"]["rmse"] > 0
+
+
+# --- 19: resume from anywhere, moved data, more epochs --------------------------------
+
+
+def test_resume_from_another_folder_and_train_on(capsys, tmp_path, text_csv, monkeypatch):
+    """Started with relative paths in one folder; resumed from another, to more epochs: the
+    metrics of a run that had those epochs from the start."""
+    start = tmp_path / "start"
+    start.mkdir()
+    (start / "texts.csv").write_bytes(text_csv.read_bytes())
+    monkeypatch.chdir(start)
+    argv = ["train", "text", "--data", "texts.csv", "--out", "run", *TEXT_FAST]
+    code, _, err = _run(capsys, *[a if a != "2" else "1" for a in argv])  # --epochs 1
+    assert code == 0, err
+    config = json.loads((start / "run" / "config.json").read_text())
+    assert config["config"]["data"] == str(start / "texts.csv")  # absolute
+    assert len(config["inputs"]["data"]["sha256"]) == 64
+
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    code, _, err = _run(capsys, "train", "text", "--resume", "../start/run", "--epochs", "2", "--threads", "1", "-q")
+    assert code == 0, err
+    resumed = _metrics(start / "run")
+    assert resumed["epochs_run"] == 2
+    assert json.loads((start / "run" / "config.json").read_text())["config"]["epochs"] == 2
+    code, _, err = _run(capsys, *argv[:3], str(start / "texts.csv"), argv[4], str(tmp_path / "full"),
+                        *argv[6:])  # 2 epochs from the start
+    assert code == 0, err
+    assert _outcome(resumed) == _outcome(_metrics(tmp_path / "full"))
+
+    code, _, err = _run(capsys, "train", "text", "--resume", str(start / "run"), "--epochs", "1")
+    assert code == 2 and "trained 2 epochs already" in _error_line(err)
+
+
+def test_resume_with_moved_data(capsys, tmp_path, ratings_csv):
+    run = tmp_path / "run"
+    code, _, err = _run(capsys, *_recsys(ratings_csv, run, "--epochs", "1"))
+    assert code == 0, err
+    before = _metrics(run)
+    moved = tmp_path / "moved"
+    ratings_csv.parent.rename(moved)  # ratings.csv and movies.csv beside it
+
+    code, _, err = _run(capsys, "train", "recsys", "--resume", str(run), "-q")
+    line = _error_line(err)
+    assert code == 2 and str(ratings_csv) in line and "--ratings PATH" in line and "moved or deleted" in line
+    code, _, err = _run(capsys, "train", "recsys", "--resume", str(run), "--ratings", str(moved / "ratings.csv"),
+                        "--threads", "1", "-q")
+    assert code == 0, err  # movies.csv found beside the moved ratings, same content
+    assert _outcome(_metrics(run)) == _outcome(before)
+    saved = json.loads((run / "config.json").read_text())["config"]
+    assert saved["ratings"] == str(moved / "ratings.csv") and saved["movies"] == str(moved / "movies.csv")
+
+    other = tmp_path / "other.csv"
+    other.write_text((moved / "ratings.csv").read_text().replace(",4.0,", ",3.5,", 1))
+    code, _, err = _run(capsys, "train", "recsys", "--resume", str(run), "--ratings", str(other))
+    line = _error_line(err)
+    assert code == 2 and "other.csv" in line and "sha256" in line and "not the file this run was started with" in line
+
+
+def test_a_run_of_the_first_format_with_a_relative_path(capsys, tmp_path, text_csv, monkeypatch):
+    """config.json of format 1 held the path as given ("texts.csv"): it still resumes from
+    the folder it started in, and says what to do from elsewhere."""
+    monkeypatch.chdir(text_csv.parent)
+    run = tmp_path / "run"
+    code, _, err = _run(capsys, *_text(Path(text_csv.name), run, "--epochs", "1"))
+    assert code == 0, err
+    doc = json.loads((run / "config.json").read_text())
+    doc["format_version"], doc["config"]["data"] = 1, text_csv.name
+    del doc["inputs"]
+    (run / "config.json").write_text(json.dumps(doc, indent=2))
+
+    monkeypatch.chdir(tmp_path / "run")
+    code, _, err = _run(capsys, "train", "text", "--resume", str(run))
+    line = _error_line(err)
+    assert code == 2 and "'texts.csv' (relative to the folder the run started in) is not there" in line
+    assert f"embtab train text --resume {run} --data PATH" in line
+    monkeypatch.chdir(text_csv.parent)
+    code, _, err = _run(capsys, "train", "text", "--resume", str(run), "--threads", "1", "-q")
+    assert code == 0, err
+    doc = json.loads((run / "config.json").read_text())
+    assert doc["format_version"] == 2 and doc["config"]["data"] == str(text_csv)
+    assert doc["inputs"]["data"]["path"] == str(text_csv) and len(doc["inputs"]["data"]["sha256"]) == 64
+
+
+def test_train_on_after_early_stop_needs_patience(capsys, tmp_path, ratings_csv):
+    run = tmp_path / "run"
+    code, _, err = _run(capsys, *_recsys(ratings_csv, run, "--patience", "1", "--epochs", "8"))
+    assert code == 0, err
+    m = _metrics(run)
+    assert m["stopped_early"], "precondition: the run stopped early"
+    code, _, err = _run(capsys, "train", "recsys", "--resume", str(run), "--epochs", "12")
+    line = _error_line(err)
+    assert code == 2 and "stopped early" in line and "--patience 0" in line
+    code, _, err = _run(capsys, "train", "recsys", "--resume", str(run), "--epochs", str(m["epochs_run"] + 1),
+                        "--patience", "0", "--threads", "1", "-q")
+    assert code == 0, err
+    assert _metrics(run)["epochs_run"] == m["epochs_run"] + 1
 
 
 # --- 20: Ctrl-C -----------------------------------------------------------------------
@@ -182,6 +263,53 @@ def test_ctrl_c_before_the_first_epoch_or_the_run_folder(capsys, tmp_path, ratin
     monkeypatch.setattr(data, "load_ratings_file", interrupt)
     code, _, err = _run(capsys, *_recsys(ratings_csv, tmp_path / "run2"))
     assert code == 130 and "nothing was saved" in err and not (tmp_path / "run2").exists()
+
+
+# --- 22: damaged run folders ----------------------------------------------------------
+
+
+def test_corrupt_last_checkpoint_offers_best_or_a_fresh_start(capsys, tmp_path, ratings_csv, monkeypatch):
+    import shlex
+
+    run = tmp_path / "run"
+    code, _, err = _run(capsys, *_recsys(ratings_csv, run, "--epochs", "3", "--seed", "3"))
+    assert code == 0, err
+    best_epoch = _metrics(run)["best_epoch"]
+    last = run / "checkpoints" / "last.safetensors"
+    last.write_bytes(last.read_bytes()[:1000])  # truncated: a disk that filled up, a bad copy
+    code, _, err = _run(capsys, "train", "recsys", "--resume", str(run))
+    line = _error_line(err)
+    assert code == 2 and "corrupt" in line
+    assert f"go on from the best epoch ({best_epoch};" in line
+    from_best = f"embtab train recsys --resume {run} --from-best"
+    assert from_best in line
+    start_over = line.split("start over in a new folder: ", 1)[1]
+    assert start_over.startswith("embtab train recsys --ratings ") and f"--out {run}-2" in start_over
+    assert "--seed 3" in start_over and "--epochs 3" in start_over
+
+    code, _, err = _run(capsys, *shlex.split(from_best)[1:], "--threads", "1")
+    assert code == 0, err
+    assert f"going on after the best epoch {best_epoch}" in err
+    assert _metrics(run)["epochs_run"] == 3
+    code, _, err = _run(capsys, *shlex.split(start_over)[1:], "-q")
+    assert code == 0, err
+    assert (Path(f"{run}-2") / "metrics.json").is_file()
+
+
+def test_hand_edited_config_of_the_wrong_type(capsys, tmp_path, ratings_csv):
+    run = tmp_path / "run"
+    code, _, err = _run(capsys, *_recsys(ratings_csv, run, "--epochs", "1"))
+    assert code == 0, err
+    config = run / "config.json"
+    original = config.read_text()
+    config.write_text(original.replace('"dim": 8', '"dim": "8"'))
+    code, out, err = _run(capsys, "train", "recsys", "--resume", str(run))
+    line = _error_line(err)
+    assert code == 2 and err.count("\n") == 1
+    assert str(config) in line and '"dim" must be an integer, got "8"' in line and "line " in line
+    config.write_text(original.replace('"lr": 0.01', '"lr": NaN'))
+    code, out, err = _run(capsys, "train", "recsys", "--resume", str(run))
+    assert code == 2 and "--lr must be a finite number" in _error_line(err) and "config.json" in err
 
 
 # --- 23: non-finite options, divergence, a failed run's folder -------------------------

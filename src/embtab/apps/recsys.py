@@ -36,7 +36,7 @@ import embtab
 
 from . import data as data_mod
 from .common import (
-    AppError, Bags, format_seconds, log, warn,
+    AppError, Bags, Resume, format_seconds, log, warn,
     create_run_dir, read_json, run_outputs, start_run, write_json,
 )
 from .metrics import regression_metrics
@@ -68,6 +68,7 @@ class RecsysConfig:
     patience: int = 4  #: stop after this many epochs without a better validation RMSE
     optimizer: str = "fused"  #: "fused" (embtab.optim.SGD in backward) or "dense" (torch.optim.SGD, dense gradients)
     OPTIMIZERS = ("fused", "dense")  # (a class constant, not a field)
+    INPUT_FILES = ("ratings", "movies")  # fields naming files: saved with their sha256, movable on resume
     neighbors: list[str] = field(default_factory=lambda: list(DEFAULT_NEIGHBOR_QUERIES))
     neighbor_min_ratings: int = 50  #: only movies with this many training ratings are shown as neighbours
     threads: int | None = None
@@ -88,6 +89,15 @@ class RecsysConfig:
         for name in ("reg", "bias_reg", "feature_reg", "init_std"):
             if getattr(self, name) < 0:
                 raise AppError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(self, name)}")
+
+    def implied_inputs(self) -> dict[str, str]:
+        """Input files the options imply: the ``movies.csv`` beside ``--ratings`` (recorded
+        in the run's config, so that a resumed run checks it is still the same)."""
+        if self.ratings is not None and self.movies is None:
+            beside = Path(self.ratings).with_name("movies.csv")
+            if beside.is_file():
+                return {"movies": str(beside)}
+        return {}
 
 
 # --- the model ------------------------------------------------------------------------
@@ -395,8 +405,12 @@ def _vocab(run_dir: Path, name: str, token_lists: Any, resume: bool) -> embtab.V
     return vocab
 
 
-def train(cfg: RecsysConfig, *, resume: str | None = None) -> dict[str, Any]:
-    """Run the recommender end to end; returns the metrics (also in ``metrics.json``)."""
+def train(cfg: RecsysConfig, *, resume: str | Resume | None = None) -> dict[str, Any]:
+    """Run the recommender end to end; returns the metrics (also in ``metrics.json``).
+
+    ``resume``: a run folder to continue, or a :class:`~embtab.apps.common.Resume` (train on
+    to more epochs, input files at a new place, from the best epoch).
+    """
     t_start = time.perf_counter()
     cfg, run_dir = start_run(cfg, resume, APP)  # run_dir is created below, after the checks
     quiet = cfg.quiet
@@ -486,7 +500,7 @@ def train(cfg: RecsysConfig, *, resume: str | None = None) -> dict[str, Any]:
 
     task = _RecsysTask(model, cfg, train, val, feature_bags, clamp)
     loop = LoopConfig(epochs=cfg.epochs, patience=cfg.patience, monitor="rmse", mode="min", seed=cfg.seed, quiet=quiet)
-    result = fit(task, loop, run_dir, resume=resuming)
+    result = fit(task, loop, run_dir, resume=resume)
 
     test_metrics = regression_metrics(task.predict(test), test.ratings)
     counts = torch.zeros(len(items), dtype=torch.int64).index_add_(0, train.items, torch.ones_like(train.items))

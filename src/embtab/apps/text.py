@@ -34,7 +34,7 @@ import embtab
 
 from . import data as data_mod
 from .common import (
-    Bags, AppError, format_seconds, log, warn,
+    Bags, AppError, Resume, format_seconds, log, warn,
     create_run_dir, read_json, run_outputs, start_run, write_json,
 )
 from .metrics import classification_metrics
@@ -70,6 +70,7 @@ class TextConfig:
     patience: int = 3  #: stop after this many epochs without a better validation macro-F1
     optimizer: str = "fused"  #: "fused" (embtab.optim.Adam in backward) or "sparse" (torch.optim.SparseAdam)
     OPTIMIZERS = ("fused", "sparse")  # (a class constant, not a field)
+    INPUT_FILES = ("data", "vectors")  # fields naming files: saved with their sha256, movable on resume
     vectors: str | None = None  #: pretrained vectors to initialise the word rows
     threads: int | None = None
     quiet: bool = False
@@ -390,8 +391,12 @@ def _word_map(model: TextClassifier, vocab: embtab.Vocab, train_tokens: Sequence
                        title="word vectors (600 most frequent words, PCA), coloured by their majority class")
 
 
-def train(cfg: TextConfig, *, resume: str | None = None) -> dict[str, Any]:
-    """Run the text application end to end; returns the metrics (also in ``metrics.json``)."""
+def train(cfg: TextConfig, *, resume: str | Resume | None = None) -> dict[str, Any]:
+    """Run the text application end to end; returns the metrics (also in ``metrics.json``).
+
+    ``resume``: a run folder to continue, or a :class:`~embtab.apps.common.Resume` (train on
+    to more epochs, input files at a new place, from the best epoch).
+    """
     t_start = time.perf_counter()
     cfg, run_dir = start_run(cfg, resume, APP)  # run_dir is created below, after the checks
     quiet = cfg.quiet
@@ -499,7 +504,7 @@ def train(cfg: TextConfig, *, resume: str | None = None) -> dict[str, Any]:
     task = _TextTask(model, cfg, train_bags, y_tr, val_bags, y_va, num_classes)
     loop = LoopConfig(epochs=cfg.epochs, patience=cfg.patience, monitor="macro_f1", mode="max",
                       seed=cfg.seed, quiet=quiet)
-    result = fit(task, loop, run_dir, resume=resume is not None)
+    result = fit(task, loop, run_dir, resume=resume)
 
     # The test split, once, with the best weights (fit() loaded them).
     test = classification_metrics(y_te, _predict(model, test_bags), num_classes)

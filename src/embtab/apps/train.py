@@ -23,7 +23,7 @@ import torch
 
 from .._io import remove_stale_temps
 from . import checkpoint as ckpt_io
-from .common import FAILED, AppError, format_seconds, is_tty, log, mark_failed
+from .common import FAILED, AppError, Resume, format_seconds, is_tty, log, mark_failed
 
 LAST = "last.safetensors"
 BEST = "best.safetensors"
@@ -111,11 +111,14 @@ class _Progress:
             self.bar.close()
 
 
-def fit(task: Task, loop: LoopConfig, run_dir: Path, *, resume: bool) -> FitResult:
+def fit(task: Task, loop: LoopConfig, run_dir: Path, *, resume: bool | str | Resume | None = False) -> FitResult:
     """Train ``task`` for up to ``loop.epochs`` epochs, then load its best weights.
 
-    With ``resume=True`` the loop continues from ``run_dir/checkpoints/last.safetensors``
-    if there is one (otherwise it starts from the beginning, in the same folder).
+    With ``resume`` (true, a run folder, or a :class:`~embtab.apps.common.Resume`) the loop
+    continues from ``run_dir/checkpoints/last.safetensors`` if there is one (otherwise it
+    starts from the beginning, in the same folder), or from ``best.safetensors`` with
+    ``Resume(from_best=True)``: the best epoch's weights and loop state, the data order
+    where it was, the optimizer state afresh.
     """
     if loop.mode not in ("max", "min"):
         raise ValueError(f"fit(): mode must be 'max' or 'min', got {loop.mode!r}")
@@ -131,7 +134,17 @@ def fit(task: Task, loop: LoopConfig, run_dir: Path, *, resume: bool) -> FitResu
     if resume:
         for folder in (run_dir, ckpt_dir):  # what a killed run was writing (metrics, plots, checkpoints)
             remove_stale_temps(folder)
-        if last_path.is_file():
+        if isinstance(resume, Resume) and resume.from_best:
+            info = ckpt_io.load_weights(best_path, task.model)
+            epoch = int(info["epoch"])
+            state = info.get("state") or {**state, "epoch": epoch, "best_epoch": epoch,
+                                          "best_score": info.get(loop.monitor)}
+            for _ in range(epoch):  # the data order of the epochs to come, as in the run
+                torch.randperm(task.num_train, generator=generator)
+            resumed_from = epoch
+            log(f"going on after the best epoch {epoch} from {best_path}, with fresh optimizer state",
+                quiet=loop.quiet)
+        elif last_path.is_file():
             ckpt = ckpt_io.load_checkpoint(last_path)
             ckpt_io.restore(ckpt, task.model, task.optimizers)
             ckpt_io.restore_rng(ckpt, generator)
@@ -140,6 +153,8 @@ def fit(task: Task, loop: LoopConfig, run_dir: Path, *, resume: bool) -> FitResu
             log(f"resuming after epoch {resumed_from} from {last_path}", quiet=loop.quiet)
         else:
             log(f"no complete checkpoint in {ckpt_dir}: starting from the beginning", quiet=loop.quiet)
+        # A new --patience (or --epochs) on resume: whether the run has stopped is the patience's call.
+        state["stopped_early"] = bool(loop.patience and state["bad_epochs"] >= loop.patience)
 
     task.model.train()
     while state["epoch"] < loop.epochs and not state["stopped_early"]:
@@ -166,9 +181,6 @@ def fit(task: Task, loop: LoopConfig, run_dir: Path, *, resume: bool) -> FitResu
         score = float(val[loop.monitor])
         improved = _improved(score, state["best_score"], loop.mode)
         if improved:
-            # The best weights first, then the checkpoint that records them as best: a kill
-            # in between leaves an older checkpoint, whose epoch is simply run again.
-            ckpt_io.save_weights(best_path, task.model, {"epoch": epoch, loop.monitor: score})
             state["best_score"], state["best_epoch"], state["bad_epochs"] = score, epoch, 0
         else:
             state["bad_epochs"] += 1
@@ -180,6 +192,11 @@ def fit(task: Task, loop: LoopConfig, run_dir: Path, *, resume: bool) -> FitResu
         state["history"].append(record)
         state["epoch"] = epoch
         state["train_seconds"] += time.perf_counter() - t0
+        if improved:
+            # The best weights first, then the checkpoint that records them as best: a kill
+            # in between leaves an older checkpoint, whose epoch is simply run again. The
+            # loop state goes along, for going on from the best epoch (--from-best).
+            ckpt_io.save_weights(best_path, task.model, {"epoch": epoch, loop.monitor: score, "state": state})
         ckpt_io.save_checkpoint(last_path, model=task.model, optimizers=task.optimizers, state=state,
                                 generator=generator)
         shown = "  ".join(f"val_{k} {v:.4f}" for k, v in val.items() if isinstance(v, float))
