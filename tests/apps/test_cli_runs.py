@@ -265,6 +265,24 @@ def test_ctrl_c_before_the_first_epoch_or_the_run_folder(capsys, tmp_path, ratin
     assert code == 130 and "nothing was saved" in err and not (tmp_path / "run2").exists()
 
 
+def test_ctrl_c_in_the_demo_names_the_run_to_resume(capsys, tmp_path, monkeypatch):
+    from embtab.apps import demo
+    from embtab.apps.common import write_json
+
+    def interrupted_demo(out, *, threads, quiet, started):
+        started(str(Path(out) / "text"))
+        write_json(Path(out) / "text" / "metrics.json", {})  # the text run finished
+        started(str(Path(out) / "recsys"))
+        write_json(Path(out) / "recsys" / "config.json", {"app": "recsys", "config": {"epochs": 40}})
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(demo, "run", interrupted_demo)
+    code, _, err = _run(capsys, "demo", "--out", str(tmp_path / "d"), "--threads", "2")
+    assert code == 130
+    assert "no epoch had ended" in err
+    assert f"resume with: embtab train recsys --resume {tmp_path / 'd' / 'recsys'} --threads 2" in err
+
+
 # --- 22: damaged run folders ----------------------------------------------------------
 
 
