@@ -120,6 +120,17 @@ def test_missing_matplotlib_recsys(capsys, tmp_path, ratings_csv, no_matplotlib)
     assert _metrics(tmp_path / "run")["test"]["rmse"] > 0
 
 
+def test_demo_summary_lists_only_the_plots_drawn(tmp_path, text_csv, ratings_csv, no_matplotlib):
+    from embtab.apps import demo
+
+    s = demo.run(str(tmp_path / "demo"), threads=1, quiet=True,
+                 text_options={"data": str(text_csv), "text_column": "message", "label_column": "topic",
+                               "epochs": 1, "buckets": 1024, "dim": 8},
+                 recsys_options={"ratings": str(ratings_csv), "epochs": 1, "dim": 4})
+    table = "\n".join(demo.summary_table(s))
+    assert "text/    metrics.json  checkpoints/" in table and ".png" not in table
+
+
 # --- 19: resume from anywhere, moved data, more epochs --------------------------------
 
 

@@ -77,7 +77,13 @@ def summary_table(s: dict[str, Any]) -> list[str]:
     out += [
         "",
         f"total {format_seconds(s['seconds'])}; outputs in {s['run_dir']}/",
-        f"  text/    metrics.json  curves.png  embeddings.png  checkpoints/  ({t['test']['macro_f1'] - tb['bow_logistic_regression']['test']['macro_f1']:+.4f} macro-F1 vs bag-of-words LR)",
-        f"  recsys/  metrics.json  curves.png  embeddings.png  checkpoints/  ({r['test']['rmse'] - rb['user_item_bias']['test']['rmse']:+.4f} RMSE vs biases)",
+        f"  text/    {_files(t)}  ({t['test']['macro_f1'] - tb['bow_logistic_regression']['test']['macro_f1']:+.4f} macro-F1 vs bag-of-words LR)",
+        f"  recsys/  {_files(r)}  ({r['test']['rmse'] - rb['user_item_bias']['test']['rmse']:+.4f} RMSE vs biases)",
     ]
     return out
+
+
+def _files(m: dict[str, Any]) -> str:
+    """The files a run wrote, as the summary lists them (the plots only when drawn)."""
+    plots = [f"{k}.png" for k in ("curves", "embeddings") if k in m.get("outputs", {"curves": 1, "embeddings": 1})]
+    return "  ".join(["metrics.json", *plots, "checkpoints/"])
