@@ -7,25 +7,32 @@ never half of one.
 from __future__ import annotations
 
 import contextlib
+import functools
+import hashlib
 import json
 import os
+import re
+import secrets
+import socket
 import struct
-import tempfile
 from pathlib import Path
 from typing import IO, Any, Iterator, Sequence
 
 
 @contextlib.contextmanager
 def atomic_open(path: str | os.PathLike[str], mode: str = "wb", encoding: str | None = None) -> Iterator[IO]:
-    """Open a temp file beside ``path``; on success fsync it and rename it over ``path``."""
+    """Open a temp file beside ``path``; on success fsync it and rename it over ``path``.
+
+    The file gets the mode a plain ``open()`` would give it (``0o666`` less the umask,
+    applied by the kernel: the umask is never read or changed). The temp file's name
+    holds its writer's identity (see :func:`remove_stale_temps`).
+    """
     if mode not in ("w", "wb"):
         raise ValueError(f"atomic_open: mode must be 'w' or 'wb', got {mode!r}")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = _create_temp(path)
     try:
-        # mkstemp makes the file private (0600); give it the mode open() would have.
-        os.fchmod(fd, 0o666 & ~_UMASK)
         with os.fdopen(fd, mode, encoding=encoding if "b" not in mode else None) as f:
             yield f
             f.flush()
@@ -38,26 +45,110 @@ def atomic_open(path: str | os.PathLike[str], mode: str = "wb", encoding: str | 
     fsync_dir(path.parent)
 
 
+# --- temp files and their writers -------------------------------------------------------
+#
+# A temp file is named ``.NAME.<pid>-<start>-<host>-<boot>-<random>.tmp``: the writer's
+# pid, its start time (clock ticks after boot, 0 where unknown: it tells a live writer
+# from another process that got the same pid later), a hash of the host name and one of
+# the kernel's boot id (a folder on a network file system is shared by processes of
+# other hosts, whose pids mean nothing here).
+
+_TEMP = re.compile(
+    r"^\.(?P<name>.+)\.(?P<pid>\d+)-(?P<start>\d+)-(?P<host>[0-9a-f]{8})-(?P<boot>[0-9a-f]{8})-[0-9a-z]{6}\.tmp$"
+)
+_UNKNOWN = "0" * 8
+
+
+def _tag(text: str | None) -> str:
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:8] if text else _UNKNOWN
+
+
+def _read_first_line(path: str) -> str | None:
+    try:
+        with open(path, encoding="ascii", errors="replace") as f:
+            return f.readline().strip() or None
+    except OSError:
+        return None
+
+
+def _start_time(pid: int) -> int:
+    """When process ``pid`` started, in clock ticks after boot (``/proc/<pid>/stat``); 0 if unknown."""
+    stat = _read_first_line(f"/proc/{pid}/stat")
+    if stat is None:
+        return 0
+    # Field 22; the command name (field 2, in parentheses) may hold spaces and parentheses.
+    rest = stat.rsplit(")", 1)[-1].split()
+    return int(rest[19]) if len(rest) > 19 and rest[19].isdigit() else 0
+
+
+@functools.lru_cache(maxsize=1)
+def _host_tags() -> tuple[str, str]:
+    return _tag(socket.gethostname()), _tag(_read_first_line("/proc/sys/kernel/random/boot_id"))
+
+
+def _owner_tag() -> str:
+    pid = os.getpid()  # not cached: a forked child is another writer
+    host, boot = _host_tags()
+    return f"{pid}-{_start_time(pid)}-{host}-{boot}"
+
+
+def _create_temp(path: Path) -> tuple[int, str]:
+    owner = _owner_tag()
+    alphabet = "abcdefghijklmnopqrstuvwxyz0123456789"
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_BINARY", 0)
+    for _ in range(100):
+        token = "".join(secrets.choice(alphabet) for _ in range(6))
+        # (the name cut short so that the temp name stays within NAME_MAX)
+        tmp = str(path.parent / f".{path.name[:150]}.{owner}-{token}.tmp")
+        try:
+            # O_EXCL: never an existing file (or a planted link); 0o666: the kernel applies
+            # the umask and any default ACL, exactly as for open().
+            return os.open(tmp, flags, 0o666), tmp
+        except FileExistsError:
+            continue
+    raise FileExistsError(f"atomic_open: no free temp file name beside {str(path)!r}")
+
+
+def _writer_is_gone(match: re.Match[str]) -> bool:
+    """True only when the temp file's writer has certainly ended."""
+    host, boot = _host_tags()
+    if match["host"] != host:
+        return False  # another host's file (a network folder): its pid says nothing here
+    if match["boot"] != boot:
+        # Same host: a writer of an earlier boot has ended (unless the boot id is unknown).
+        return _UNKNOWN not in (boot, match["boot"])
+    pid, start = int(match["pid"]), int(match["start"])
+    if pid <= 0 or os.name == "nt":  # os.kill(pid, 0) would signal a group / kill on Windows
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except OSError:  # PermissionError: alive, another user's
+        pass
+    # A live process with that pid: the writer, or a later process that got its pid.
+    now = _start_time(pid)
+    return bool(start and now and now != start)
+
+
 def remove_stale_temps(folder: str | os.PathLike[str]) -> int:
-    """Delete the temp files that :func:`atomic_open` left in ``folder`` when its process
-    was killed mid-write (their names are its own: ``.NAME.XXXX.tmp``); returns how many."""
+    """Delete the temp files that :func:`atomic_open` left in ``folder`` when their writer
+    was killed mid-write; returns how many.
+
+    Only the files of writers that have certainly ended are deleted: a live writer's
+    (another thread or process writing now) is kept, and so is one whose writer cannot
+    be told (another host's, or not named by :func:`atomic_open`).
+    """
     n = 0
     folder = Path(folder)
     if folder.is_dir():
         for p in folder.glob(".*.tmp"):
-            with contextlib.suppress(OSError):
-                p.unlink()
-                n += 1
+            match = _TEMP.match(p.name)
+            if match is not None and _writer_is_gone(match):
+                with contextlib.suppress(OSError):
+                    p.unlink()
+                    n += 1
     return n
-
-
-def _read_umask() -> int:
-    mask = os.umask(0)  # the only way to read it is to set it; done once, at import
-    os.umask(mask)
-    return mask
-
-
-_UMASK = _read_umask()
 
 
 def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:

@@ -8,20 +8,26 @@ Commands::
     embtab vectors info|convert|neighbors|evaluate   pretrained word vectors
 
 Results go to stdout, progress to stderr. Exit status 0 on success, 2 with a one-line
-reason on bad input (missing file, unknown column, ...), 130 when interrupted.
+reason on bad input (missing file, unknown column, ...), 130 when interrupted (with the
+epoch saved and the command that resumes), 141 quietly when the reader of the output
+went away (``embtab vectors info x.vec | head -1``).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
+import os
 import sys
 from dataclasses import MISSING, fields
+from pathlib import Path
 from typing import Any, Sequence
 
 from . import __version__
 
 EXIT_OK, EXIT_BAD_INPUT, EXIT_INTERRUPTED = 0, 2, 130
+EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE: what a shell reports for a tool its reader left
 
 
 class _Formatter(argparse.RawDescriptionHelpFormatter):
@@ -83,8 +89,24 @@ _RECSYS_HELP = {
 _COMMON = ("out", "threads", "quiet")
 
 
+def _finite_float(text: str) -> float:
+    """A float option: NaN and infinities are refused here, not found out by training."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"must be a finite number, got {text!r}")
+    return value
+
+
 def _add_config_options(p: argparse.ArgumentParser, config_cls: type, helps: dict[str, str]) -> None:
-    """One option per field of the config dataclass, its default taken from the dataclass."""
+    """One option per field of the config dataclass, its default taken from the dataclass.
+
+    An option not given is left out of the parsed arguments (``SUPPRESS``), so that a
+    resumed run can tell what was given (``--epochs 10`` is a request even when 10 is the
+    default); the dataclass supplies the defaults.
+    """
     from .init import INITS
 
     choices = {"init": tuple(sorted(INITS)), "optimizer": config_cls.OPTIMIZERS}
@@ -99,19 +121,25 @@ def _add_config_options(p: argparse.ArgumentParser, config_cls: type, helps: dic
             text += f" (default: {shown})"
         if isinstance(default, bool):
             text += f" (default: {'on' if default else 'off'})"
-            p.add_argument(flag, action=argparse.BooleanOptionalAction, default=default, help=text)
+            p.add_argument(flag, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS, help=text)
         elif isinstance(default, list):
-            p.add_argument(flag, nargs="+", default=default, metavar="TITLE", help=text)
+            p.add_argument(flag, nargs="+", default=argparse.SUPPRESS, metavar="TITLE", help=text)
         else:
             kind = type(default) if default is not None else str
-            p.add_argument(flag, type=kind, default=default, help=text, choices=choices.get(f.name),
+            p.add_argument(flag, type=_finite_float if kind is float else kind, default=argparse.SUPPRESS,
+                           help=text, choices=choices.get(f.name),
                            metavar=None if f.name in choices else f.name.upper())
 
 
 def _add_run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", metavar="RUN_DIR", help="run folder to create (default: runs/<app>-<date>-<time>)")
     p.add_argument("--resume", metavar="RUN_DIR",
-                   help="continue the run in RUN_DIR from its last complete checkpoint, with its saved config")
+                   help="continue the run in RUN_DIR from its last complete checkpoint, with its saved config "
+                        "(from any folder); with it, --epochs N trains on to N epochs, --patience changes "
+                        "early stopping, and an input file option gives the file's new place (same content)")
+    p.add_argument("--from-best", action="store_true",
+                   help="with --resume: go on from the best epoch's weights (when last.safetensors is damaged); "
+                        "the optimizer state starts afresh")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress on stderr")
     p.add_argument("--json", action="store_true", help="print metrics.json to stdout instead of the summary")
@@ -223,36 +251,67 @@ def build_parser() -> argparse.ArgumentParser:
 # --- commands -------------------------------------------------------------------------
 
 
-def _config(args: argparse.Namespace, parser: argparse.ArgumentParser, config_cls: type) -> Any:
-    values = {f.name: getattr(args, f.name) for f in fields(config_cls) if hasattr(args, f.name)}
-    if args.resume is not None:
-        # The saved config defines a resumed run; a changed option would silently be
-        # ignored (or silently change the run), so refuse it.
-        defaults = {f.name: parser.get_default(f.name) for f in fields(config_cls)}
-        changed = [f"--{k.replace('_', '-')}" for k, v in values.items()
-                   if k not in _COMMON and v != defaults.get(k)]
-        if args.out is not None:
-            changed.append("--out")
-        if changed:
-            from .apps.common import AppError
+# Options a resumed run accepts: how far to train, and where its input files are now.
+_RESUME_OPTIONS = ("epochs", "patience")
 
-            raise AppError(
-                f"--resume continues a run with its saved config.json; drop {', '.join(changed)}"
-            )
-    values["out"] = args.out
+
+def _config(args: argparse.Namespace, config_cls: type) -> Any:
+    """The config of a new run, from the options given and the dataclass defaults."""
+    values = {f.name: getattr(args, f.name) for f in fields(config_cls) if hasattr(args, f.name)}
+    values["out"], values["threads"], values["quiet"] = args.out, args.threads, args.quiet
     return config_cls(**values)
 
 
+def _resume(args: argparse.Namespace, config_cls: type) -> Any:
+    """What a resumed run may change: a saved run goes on with its config.json, and any
+    other option given would be silently ignored (or silently change the run): refused."""
+    from .apps.common import AppError, Resume
+
+    given = {f.name: getattr(args, f.name) for f in fields(config_cls)
+             if hasattr(args, f.name) and f.name not in _COMMON}
+    inputs = {k: v for k, v in given.items() if k in getattr(config_cls, "INPUT_FILES", ())}
+    refused = [f"--{k.replace('_', '-')}" for k in given if k not in _RESUME_OPTIONS and k not in inputs]
+    if args.out is not None:
+        refused.append("--out")
+    if refused:
+        raise AppError(
+            f"--resume continues a run with its saved config.json; drop {', '.join(refused)} (a resumed run "
+            f"takes only --epochs, --patience and the new place of its input files)"
+        )
+    return Resume(args.resume, epochs=given.get("epochs"), patience=given.get("patience"), inputs=inputs,
+                  from_best=args.from_best)
+
+
 def _train(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    from .apps.common import AppError, mark_failed
+
     if args.app == "text":
         from .apps import text as app
-
-        cfg = _config(args, parser, app.TextConfig)
     else:
         from .apps import recsys as app  # type: ignore[no-redef]
-
-        cfg = _config(args, parser, app.RecsysConfig)
-    metrics = app.train(cfg, resume=args.resume)
+    config_cls = app.TextConfig if args.app == "text" else app.RecsysConfig  # type: ignore[attr-defined]
+    if args.from_best and args.resume is None:
+        raise AppError("--from-best goes with --resume RUN_DIR (it picks the checkpoint a run goes on from)")
+    if args.resume is not None:
+        resume = _resume(args, config_cls)
+        cfg = config_cls(threads=args.threads, quiet=args.quiet)
+    else:
+        resume, cfg = None, _config(args, config_cls)
+    config_before = _identity(Path(cfg.out, "config.json")) if cfg.out is not None else None
+    try:
+        metrics = app.train(cfg, resume=resume)
+    except KeyboardInterrupt:
+        run_dir = args.resume if args.resume is not None else cfg.out  # (start_run has chosen cfg.out)
+        _interrupted(args.app, run_dir, args.threads)
+        return EXIT_INTERRUPTED
+    except Exception as exc:
+        # A new run that stopped on an error: mark its folder failed, so that the same
+        # --out can be used again. Only a folder this run made (its config.json is new):
+        # a run already there, refused as --out, is left as it is.
+        config = Path(cfg.out, "config.json") if cfg.out is not None else None
+        if args.resume is None and config is not None and _identity(config) not in (None, config_before):
+            mark_failed(config.parent, _one_line(exc))
+        raise
     if args.json:
         print(json.dumps(metrics, indent=2, default=str))
     else:
@@ -260,10 +319,51 @@ def _train(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     return EXIT_OK
 
 
+def _identity(path: Path) -> tuple[int, int, int] | None:
+    """Which file ``path`` is (a rewrite, atomic or not, changes it); ``None``: no file."""
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino, st.st_mtime_ns
+
+
+def _interrupted(app: str | None, run_dir: str | os.PathLike[str] | None, threads: int | None) -> None:
+    """Say what Ctrl-C left: which epoch is saved, and the exact command that resumes."""
+    from .apps.checkpoint import saved_epoch
+    from .apps.common import resume_command
+
+    folder = Path(run_dir) if run_dir is not None else None
+    if folder is None or not (folder / "config.json").is_file():
+        print("embtab: interrupted before the run folder was made; nothing was saved", file=sys.stderr)
+        return
+    if app is None:
+        try:
+            app = str(json.loads((folder / "config.json").read_text(encoding="utf-8"))["app"])
+        except (OSError, ValueError, KeyError, TypeError):
+            app = "APP"
+    epoch = saved_epoch(folder)
+    try:
+        total = json.loads((folder / "config.json").read_text(encoding="utf-8"))["config"]["epochs"]
+    except (OSError, ValueError, KeyError, TypeError):
+        total = None
+    if epoch is None:
+        saved = "no epoch had ended, so none is saved (a resumed run starts from the beginning)"
+    else:
+        saved = f"epoch {epoch}{f' of {total}' if total else ''} is saved in {folder / 'checkpoints' / 'last.safetensors'}"
+    print(f"embtab: interrupted; {saved}", file=sys.stderr)
+    print(f"embtab: resume with: {resume_command(app, folder, threads)}", file=sys.stderr)
+
+
 def _demo(args: argparse.Namespace) -> int:
     from .apps import demo
 
-    summary = demo.run(args.out, threads=args.threads, quiet=args.quiet)
+    runs: list[str] = []
+    try:
+        summary = demo.run(args.out, threads=args.threads, quiet=args.quiet, started=runs.append)
+    except KeyboardInterrupt:
+        _interrupted(None, runs[-1] if runs else None, args.threads)
+        return EXIT_INTERRUPTED
     print("\n".join(demo.summary_table(summary)))
     return EXIT_OK
 
@@ -313,6 +413,32 @@ def _one_line(exc: BaseException) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit status."""
+    try:
+        code = _main(argv)
+        # Flush here, not at exit, so that a closed pipe is seen while it can be handled.
+        sys.stdout.flush()
+        return code
+    except BrokenPipeError:
+        # The reader went away (`embtab vectors info x.vec | head -1`): end quietly, as
+        # Unix tools do on SIGPIPE; what is still buffered goes nowhere.
+        _silence_output()
+        return EXIT_BROKEN_PIPE
+
+
+def _silence_output() -> None:
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            fd = stream.fileno()
+        except (AttributeError, OSError, ValueError):  # not a real file (captured)
+            continue
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        try:
+            os.dup2(devnull, fd)
+        finally:
+            os.close(devnull)
+
+
+def _main(argv: Sequence[str] | None) -> int:
     parser = build_parser()
     try:
         args = parser.parse_args(argv)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+import subprocess
 
 import numpy as np
 import pytest
@@ -11,7 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import embtab
-from embtab._io import remove_stale_temps
+from embtab._io import _host_tags, remove_stale_temps
 from embtab.apps import checkpoint as ck
 from embtab.apps.common import AppError
 
@@ -114,7 +115,11 @@ def test_atomic_and_no_temp_files(tmp_path):
     for i in range(3):
         ck.save_checkpoint(tmp_path / "c.safetensors", model=m, optimizers=opts, state={"i": i})
     assert [p.name for p in tmp_path.iterdir()] == ["c.safetensors"]
-    (tmp_path / ".c.safetensors.abc.tmp").write_bytes(b"half a file")  # left by kill -9
+    # Left by a writer killed with kill -9: its process (here one that has ended) is gone.
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    host, boot = _host_tags()
+    (tmp_path / f".c.safetensors.{gone.pid}-0-{host}-{boot}-abcdef.tmp").write_bytes(b"half a file")
     assert remove_stale_temps(tmp_path) == 1
     assert ck.load_checkpoint(tmp_path / "c.safetensors").state == {"i": 2}
 

@@ -23,7 +23,7 @@ import torch
 from torch import Tensor
 
 from .._io import SAFETENSORS_DTYPES, write_safetensors
-from .common import AppError
+from .common import AppError, resume_command
 
 FORMAT_NAME = "embtab.checkpoint"
 FORMAT_VERSION = 1
@@ -137,6 +137,81 @@ def _open(path: Path, what: str) -> tuple[dict[str, str], dict[str, Tensor]]:
     except Exception as exc:  # safetensors raises its own error types for a damaged header
         raise AppError(f"{what} {str(path)!r} is not a readable safetensors file ({exc}); it is corrupt") from None
     return meta, tensors
+
+
+def _metadata(path: Path, expected: str, what: str) -> dict[str, str]:
+    """The metadata of a checkpoint or weights file, without reading its tensors."""
+    from safetensors import safe_open
+
+    if not path.is_file():
+        raise AppError(f"{what} not found: {str(path)!r}")
+    try:
+        with safe_open(str(path), framework="pt") as f:  # checks that the file is whole
+            meta = f.metadata() or {}
+    except Exception as exc:
+        raise AppError(f"{what} {str(path)!r} is not a readable safetensors file ({exc}); it is corrupt") from None
+    _check_format(meta, expected, path, what)
+    return meta
+
+
+def _json_meta(meta: dict[str, str], key: str, path: Path, what: str) -> Any:
+    try:
+        return json.loads(meta[key])
+    except (KeyError, json.JSONDecodeError) as exc:
+        raise AppError(f"{what} {str(path)!r} has damaged metadata ({exc})") from None
+
+
+def saved_epoch(run_dir: Path) -> int | None:
+    """The last complete epoch saved in ``run_dir`` (``None``: none, or unreadable)."""
+    try:
+        meta = _metadata(Path(run_dir) / "checkpoints" / "last.safetensors", FORMAT_NAME, "checkpoint")
+        return int(_json_meta(meta, "state", Path(run_dir), "checkpoint")["epoch"])
+    except (AppError, KeyError, TypeError, ValueError):
+        return None
+
+
+def resumable_state(run_dir: Path, *, app: str, from_best: bool, start_over: str) -> dict[str, Any] | None:
+    """The loop state a resumed run goes on from (``None``: no epoch saved, it starts from
+    the beginning), checked before any slow work; a damaged checkpoint is an
+    :class:`AppError` that says what can be done, with the commands to do it."""
+    ckpt_dir = Path(run_dir) / "checkpoints"
+    last, best = ckpt_dir / "last.safetensors", ckpt_dir / "best.safetensors"
+    resume = resume_command(app, run_dir)
+
+    def best_info() -> dict[str, Any]:
+        meta = _metadata(best, WEIGHTS_FORMAT_NAME, "weights file")
+        info = _json_meta(meta, "info", best, "weights file")
+        if not isinstance(info, dict) or not isinstance(info.get("epoch"), int):
+            raise AppError(f"weights file {str(best)!r} does not say which epoch it holds")
+        return info
+
+    if from_best:
+        try:
+            info = best_info()
+        except AppError as exc:
+            raise AppError(f"{exc}; nothing to go on from: start over in a new folder: {start_over}") from None
+        return info.get("state") or {"epoch": info["epoch"]}
+    if not last.is_file():
+        return None
+    try:
+        meta = _metadata(last, FORMAT_NAME, "checkpoint")
+        state = _json_meta(meta, "state", last, "checkpoint")
+        if not isinstance(state, dict) or not isinstance(state.get("epoch"), int):
+            raise AppError(f"checkpoint {str(last)!r} has damaged metadata (no epoch)")
+        return state
+    except AppError as exc:
+        options = []
+        try:
+            info = best_info()
+            score = ", ".join(f"validation {k} {v:.4f}" for k, v in info.items()
+                              if isinstance(v, float))
+            options.append(f"go on from the best epoch ({info['epoch']}{'; ' + score if score else ''}; the "
+                           f"optimizer state starts afresh, so the metrics will differ from an uninterrupted "
+                           f"run): {resume} --from-best")
+        except AppError:
+            pass
+        options.append(f"start over in a new folder: {start_over}")
+        raise AppError(f"{exc}. What can be done: " + "; or ".join(options)) from None
 
 
 def _check_format(meta: dict[str, str], expected: str, path: Path, what: str) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from . import recsys, text
 from .common import default_run_dir, format_seconds, log, prepare_new_run_dir, write_json
@@ -13,21 +13,28 @@ from .common import default_run_dir, format_seconds, log, prepare_new_run_dir, w
 def run(
     out: str | None = None, *, threads: int | None = None, quiet: bool = False,
     text_options: dict[str, Any] | None = None, recsys_options: dict[str, Any] | None = None,
+    started: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
     """Train the text classifier and the recommender with their default settings.
 
     ``text_options`` / ``recsys_options`` override fields of :class:`~embtab.apps.text.TextConfig`
     / :class:`~embtab.apps.recsys.RecsysConfig` (other data, fewer epochs, ...).
 
+    ``started(run_dir)`` is called as each application's run begins (the command line
+    uses it to say, on Ctrl-C, which run to resume).
+
     Returns ``{"text": metrics, "recsys": metrics, "seconds": total, "run_dir": folder}``;
     also written to ``<folder>/summary.json``.
     """
+    started = started or (lambda run_dir: None)
     t0 = time.perf_counter()
     root = prepare_new_run_dir(out or default_run_dir("demo"))
     log(f"embtab demo -> {root}", quiet=quiet)
     log("[1/2] text classifier: which phone or client sent a tweet, from its text", quiet=quiet)
+    started(str(root / "text"))
     text_m = text.train(text.TextConfig(out=str(root / "text"), threads=threads, quiet=quiet, **(text_options or {})))
     log("[2/2] movie recommender: biased matrix factorisation on MovieLens ratings", quiet=quiet)
+    started(str(root / "recsys"))
     rec_m = recsys.train(recsys.RecsysConfig(out=str(root / "recsys"), threads=threads, quiet=quiet,
                                              **(recsys_options or {})))
     summary = {"text": text_m, "recsys": rec_m, "seconds": time.perf_counter() - t0, "run_dir": str(root)}
@@ -64,10 +71,19 @@ def summary_table(s: dict[str, Any]) -> list[str]:
     for nb in r["neighbors"]:
         if nb["found"]:
             out.append(f"nearest to {nb['movie']}: " + "; ".join(x["movie"] for x in nb["neighbors"]))
+    note = recsys.neighbors_note(r)
+    if note:
+        out.append(f"note: {note}")
     out += [
         "",
         f"total {format_seconds(s['seconds'])}; outputs in {s['run_dir']}/",
-        f"  text/    metrics.json  curves.png  embeddings.png  checkpoints/  ({t['test']['macro_f1'] - tb['bow_logistic_regression']['test']['macro_f1']:+.4f} macro-F1 vs bag-of-words LR)",
-        f"  recsys/  metrics.json  curves.png  embeddings.png  checkpoints/  ({r['test']['rmse'] - rb['user_item_bias']['test']['rmse']:+.4f} RMSE vs biases)",
+        f"  text/    {_files(t)}  ({t['test']['macro_f1'] - tb['bow_logistic_regression']['test']['macro_f1']:+.4f} macro-F1 vs bag-of-words LR)",
+        f"  recsys/  {_files(r)}  ({r['test']['rmse'] - rb['user_item_bias']['test']['rmse']:+.4f} RMSE vs biases)",
     ]
     return out
+
+
+def _files(m: dict[str, Any]) -> str:
+    """The files a run wrote, as the summary lists them (the plots only when drawn)."""
+    plots = [f"{k}.png" for k in ("curves", "embeddings") if k in m.get("outputs", {"curves": 1, "embeddings": 1})]
+    return "  ".join(["metrics.json", *plots, "checkpoints/"])

@@ -14,7 +14,21 @@ import torch
 from torch import Tensor
 
 from .._io import atomic_write_bytes
-from .common import require
+from .common import AppError, require
+
+
+def missing() -> str | None:
+    """Why no plot can be drawn (matplotlib cannot be imported), or ``None``.
+
+    The applications ask before they train, so that a run without matplotlib warns at
+    its start and still writes its metrics, instead of failing after the training.
+    """
+    try:
+        _pyplot()
+    except (AppError, ImportError) as exc:
+        cause = exc.__cause__ if isinstance(exc, AppError) and exc.__cause__ is not None else exc
+        return f"matplotlib cannot be imported ({cause}); install it with pip install 'embtab[apps]'"
+    return None
 
 
 def _pyplot() -> Any:

@@ -36,7 +36,7 @@ import embtab
 
 from . import data as data_mod
 from .common import (
-    AppError, Bags, format_seconds, log,
+    AppError, Bags, Resume, format_seconds, log, warn,
     create_run_dir, read_json, run_outputs, start_run, write_json,
 )
 from .metrics import regression_metrics
@@ -68,6 +68,7 @@ class RecsysConfig:
     patience: int = 4  #: stop after this many epochs without a better validation RMSE
     optimizer: str = "fused"  #: "fused" (embtab.optim.SGD in backward) or "dense" (torch.optim.SGD, dense gradients)
     OPTIMIZERS = ("fused", "dense")  # (a class constant, not a field)
+    INPUT_FILES = ("ratings", "movies")  # fields naming files: saved with their sha256, movable on resume
     neighbors: list[str] = field(default_factory=lambda: list(DEFAULT_NEIGHBOR_QUERIES))
     neighbor_min_ratings: int = 50  #: only movies with this many training ratings are shown as neighbours
     threads: int | None = None
@@ -88,6 +89,15 @@ class RecsysConfig:
         for name in ("reg", "bias_reg", "feature_reg", "init_std"):
             if getattr(self, name) < 0:
                 raise AppError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(self, name)}")
+
+    def implied_inputs(self) -> dict[str, str]:
+        """Input files the options imply: the ``movies.csv`` beside ``--ratings`` (recorded
+        in the run's config, so that a resumed run checks it is still the same)."""
+        if self.ratings is not None and self.movies is None:
+            beside = Path(self.ratings).with_name("movies.csv")
+            if beside.is_file():
+                return {"movies": str(beside)}
+        return {}
 
 
 # --- the model ------------------------------------------------------------------------
@@ -262,6 +272,39 @@ class _RecsysTask:
     def validate(self) -> dict[str, float]:
         return regression_metrics(self.predict(self.val), self.val.ratings)
 
+    def divergence_causes(self) -> list[str]:
+        """The options and data properties that likely made the loss non-finite."""
+        cfg, default = self.cfg, RecsysConfig()
+        causes = []
+        high_lr = cfg.lr > 3 * default.lr
+        if high_lr:
+            causes.append(f"--lr {cfg.lr:g} is {cfg.lr / default.lr:.3g}x the default {default.lr:g}: lower it")
+        for name in ("reg", "bias_reg", "feature_reg"):
+            value = getattr(cfg, name)
+            if value > getattr(default, name) and cfg.lr * value > 0.5:
+                # Each step multiplies a looked-up row by (1 - 2 lr reg): below -1, it grows.
+                causes.append(f"--{name.replace('_', '-')} {value:g} with --lr {cfg.lr:g}: each step scales the "
+                              f"rows by 1 - 2*lr*reg = {1 - 2 * cfg.lr * value:.3g}; keep lr*reg well below 1")
+        if cfg.dim * cfg.init_std ** 2 > 0.5:
+            causes.append(f"--init-std {cfg.init_std:g} (dim {cfg.dim}): initial predictions are off by about "
+                          f"dim*std^2 = {cfg.dim * cfg.init_std ** 2:.3g} stars (default {default.init_std:g})")
+        lo, hi = self.clamp
+        if hi - lo > 10:
+            causes.append(f"the ratings span {lo:g} to {hi:g} (MovieLens: 0.5 to 5): rescale them, or lower --lr")
+        if not high_lr:
+            # The loss is summed over a batch: a row looked up k times in it takes k steps at once.
+            worst = max(((float(torch.bincount(ids[ids >= 0]).max()) / max(len(self.train), 1), what)
+                         for what, ids in (("movie", self.train.items), ("user", self.train.users))
+                         if bool((ids >= 0).any())), default=(0.0, ""))
+            share, what = worst
+            per_batch = share * min(cfg.batch_size, len(self.train))
+            if cfg.lr * per_batch > 1:
+                causes.append(
+                    f"one {what} has {share:.0%} of the training ratings, so a batch of {cfg.batch_size} holds "
+                    f"about {per_batch:.0f} of them and moves its row by that many steps of --lr {cfg.lr:g} "
+                    f"at once: lower --batch-size or --lr")
+        return causes
+
 
 # --- baselines ------------------------------------------------------------------------
 
@@ -341,6 +384,7 @@ def nearest_neighbors(
         top = torch.topk(sims, min(k, int(eligible.sum()))).indices.tolist()
         out.append({
             "query": query, "found": True, "movie": titles.get(item, item), "ratings": count_of[item],
+            "candidates": int(eligible.sum()) - int(bool(eligible[row])),
             "neighbors": [{"movie": titles.get(item_tokens[j], item_tokens[j]), "cosine": float(sims[j])}
                           for j in top if sims[j] > -2.0],
         })
@@ -361,11 +405,20 @@ def _vocab(run_dir: Path, name: str, token_lists: Any, resume: bool) -> embtab.V
     return vocab
 
 
-def train(cfg: RecsysConfig, *, resume: str | None = None) -> dict[str, Any]:
-    """Run the recommender end to end; returns the metrics (also in ``metrics.json``)."""
+def train(cfg: RecsysConfig, *, resume: str | Resume | None = None) -> dict[str, Any]:
+    """Run the recommender end to end; returns the metrics (also in ``metrics.json``).
+
+    ``resume``: a run folder to continue, or a :class:`~embtab.apps.common.Resume` (train on
+    to more epochs, input files at a new place, from the best epoch).
+    """
     t_start = time.perf_counter()
     cfg, run_dir = start_run(cfg, resume, APP)  # run_dir is created below, after the checks
     quiet = cfg.quiet
+    from . import plots
+
+    no_plots = plots.missing()
+    if no_plots:
+        warn(f"{no_plots}: this run writes metrics.json and checkpoints, but no curves.png or embeddings.png")
     # Read and split the data before creating the run folder: bad input leaves nothing behind.
     data = data_mod.load_movielens() if cfg.ratings is None else data_mod.load_ratings_file(cfg.ratings, cfg.movies)
     n = len(data.ratings)
@@ -447,7 +500,7 @@ def train(cfg: RecsysConfig, *, resume: str | None = None) -> dict[str, Any]:
 
     task = _RecsysTask(model, cfg, train, val, feature_bags, clamp)
     loop = LoopConfig(epochs=cfg.epochs, patience=cfg.patience, monitor="rmse", mode="min", seed=cfg.seed, quiet=quiet)
-    result = fit(task, loop, run_dir, resume=resuming)
+    result = fit(task, loop, run_dir, resume=resume)
 
     test_metrics = regression_metrics(task.predict(test), test.ratings)
     counts = torch.zeros(len(items), dtype=torch.int64).index_add_(0, train.items, torch.ones_like(train.items))
@@ -457,19 +510,18 @@ def train(cfg: RecsysConfig, *, resume: str | None = None) -> dict[str, Any]:
     neighbors = nearest_neighbors(vectors, item_tokens, counts, data.item_titles, cfg.neighbors,
                                   min_ratings=cfg.neighbor_min_ratings) if data.item_titles else []
 
-    from .plots import plot_curves, plot_embedding_map
-
-    bias_b = baselines["user_item_bias"]
-    plot_curves(result.history, run_dir / "curves.png", title="movie recommender", val_key="val_rmse",
-                val_label="validation RMSE", best_epoch=result.best_epoch,
-                baselines={"user + item biases": bias_b["val_rmse_by_reg"][str(bias_b["reg"])]})
-    top = torch.argsort(counts, descending=True, stable=True)[:1000]
-    labels = [data.item_titles.get(item_tokens[j], item_tokens[j]) if rank < 20 else None
-              for rank, j in enumerate(top.tolist())]
-    item_bias = model.table("item")[top, cfg.dim]
-    plot_embedding_map(vectors[top], labels, run_dir / "embeddings.png", colors=item_bias.tolist(),
-                       color_label="learned movie bias",
-                       title="movie vectors (1,000 most rated movies, PCA); the 20 most rated labelled")
+    if not no_plots:
+        bias_b = baselines["user_item_bias"]
+        plots.plot_curves(result.history, run_dir / "curves.png", title="movie recommender", val_key="val_rmse",
+                          val_label="validation RMSE", best_epoch=result.best_epoch,
+                          baselines={"user + item biases": bias_b["val_rmse_by_reg"][str(bias_b["reg"])]})
+        top = torch.argsort(counts, descending=True, stable=True)[:1000]
+        labels = [data.item_titles.get(item_tokens[j], item_tokens[j]) if rank < 20 else None
+                  for rank, j in enumerate(top.tolist())]
+        item_bias = model.table("item")[top, cfg.dim]
+        plots.plot_embedding_map(vectors[top], labels, run_dir / "embeddings.png", colors=item_bias.tolist(),
+                                 color_label="learned movie bias",
+                                 title="movie vectors (1,000 most rated movies, PCA); the 20 most rated labelled")
 
     bias_rmse = baselines["user_item_bias"]["test"]["rmse"]
     metrics = {
@@ -490,6 +542,7 @@ def train(cfg: RecsysConfig, *, resume: str | None = None) -> dict[str, Any]:
         "oov_policy": "ids seen only in the test split -> -1 -> table oov='zero': zero vector, zero bias",
         "optimizer": "embtab.optim.SGD (fused, EmbeddingBagCollection)" if spec else "torch.optim.SGD (dense gradients)",
         "neighbors": neighbors,
+        "neighbor_min_ratings": cfg.neighbor_min_ratings,
         "train_seconds": result.train_seconds,
         "seconds": time.perf_counter() - t_start,
         "outputs": run_outputs(run_dir, result.checkpoints),
@@ -517,4 +570,21 @@ def summary_lines(m: dict[str, Any]) -> list[str]:
             continue
         shown = "; ".join(f"{x['movie']} ({x['cosine']:.2f})" for x in nb["neighbors"])
         out.append(f"  nearest to {nb['movie']}: {shown}")
+    note = neighbors_note(m)
+    if note:
+        out.append(f"  note: {note}")
     return out
+
+
+def neighbors_note(m: dict[str, Any]) -> str | None:
+    """A warning when "nearest" lists hold movies with a negative cosine: too few candidates."""
+    negative = [nb for nb in m.get("neighbors", []) if any(x["cosine"] < 0 for x in nb["neighbors"])]
+    if not negative:
+        return None
+    candidates = min(nb.get("candidates", 0) for nb in negative)
+    threshold = m.get("neighbor_min_ratings")
+    return (
+        f"some 'nearest' movies above have a negative cosine: they point away from the movie, they are not "
+        f"similar to it. Only {candidates:,} movies have at least {threshold} training ratings to choose from; "
+        f"lower --neighbor-min-ratings (now {threshold}) to draw from more"
+    )

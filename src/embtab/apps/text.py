@@ -34,7 +34,7 @@ import embtab
 
 from . import data as data_mod
 from .common import (
-    Bags, AppError, format_seconds, log,
+    Bags, AppError, Resume, format_seconds, log, warn,
     create_run_dir, read_json, run_outputs, start_run, write_json,
 )
 from .metrics import classification_metrics
@@ -70,6 +70,7 @@ class TextConfig:
     patience: int = 3  #: stop after this many epochs without a better validation macro-F1
     optimizer: str = "fused"  #: "fused" (embtab.optim.Adam in backward) or "sparse" (torch.optim.SparseAdam)
     OPTIMIZERS = ("fused", "sparse")  # (a class constant, not a field)
+    INPUT_FILES = ("data", "vectors")  # fields naming files: saved with their sha256, movable on resume
     vectors: str | None = None  #: pretrained vectors to initialise the word rows
     threads: int | None = None
     quiet: bool = False
@@ -311,6 +312,20 @@ class _TextTask:
         m = classification_metrics(self.y_val, pred, self.num_classes)
         return {"macro_f1": float(m["macro_f1"]), "accuracy": float(m["accuracy"])}
 
+    def divergence_causes(self) -> list[str]:
+        """The options that likely made the loss non-finite (for the error message)."""
+        cfg, default = self.cfg, TextConfig()
+        causes = []
+        if cfg.lr > 3 * default.lr:
+            causes.append(f"--lr {cfg.lr:g} is {cfg.lr / default.lr:.3g}x the default {default.lr:g}: lower it")
+        if cfg.init_scale > 1:
+            causes.append(f"--init-scale {cfg.init_scale:g} starts the table with large values (default "
+                          f"{default.init_scale:g})")
+        weights = self.model.embed.weight.detach()
+        if not bool(torch.isfinite(weights).all()):
+            causes.append("the table holds NaN or infinite values (pretrained --vectors?)")
+        return causes
+
 
 # --- the run --------------------------------------------------------------------------
 
@@ -319,6 +334,33 @@ def _load_data(cfg: TextConfig) -> data_mod.TextData:
     if cfg.data is None:
         return data_mod.load_tweets()
     return data_mod.load_text_file(cfg.data, cfg.text_column, cfg.label_column)
+
+
+def informative_labels(counts: np.ndarray, class_sizes: np.ndarray, per_class: int = 5,
+                       min_lift: float = 2.0, min_z: float = 3.0) -> list[int]:
+    """The rows of ``counts`` (words x classes: how many texts of each class hold the word)
+    worth a label on a word map: per class, the words most telling of it.
+
+    A word is telling of class ``c`` when the share of ``c``'s texts that hold it is at
+    least ``min_lift`` times the share among the other texts (half a text added to each,
+    so a word never seen elsewhere has a finite lift), and more of its texts are of class
+    ``c`` than chance explains: the z-score of that number against a binomial with the
+    class's share of the texts is at least ``min_z``. Words in most texts of every class
+    ("a", "and", "the") have a lift near 1 and are never chosen, however frequent.
+    Ranked by lift; each word labelled once.
+    """
+    counts = np.asarray(counts, dtype=np.float64)  # (W, C)
+    sizes = np.asarray(class_sizes, dtype=np.float64)  # (C,)
+    n = counts.sum(1, keepdims=True)  # (W, 1) texts holding the word
+    share = sizes / sizes.sum()  # (C,) a text's chance to be of each class
+    z = (counts - n * share) / np.sqrt(np.maximum(n * share * (1 - share), 1e-12))
+    lift = ((counts + 0.5) / (sizes + 1)) / ((n - counts + 0.5) / (sizes.sum() - sizes + 1))
+    chosen: list[int] = []
+    for k in range(counts.shape[1]):
+        ok = np.flatnonzero((lift[:, k] >= min_lift) & (z[:, k] >= min_z))
+        ranked = [int(i) for i in ok[np.argsort(-lift[ok, k], kind="stable")] if int(i) not in chosen]
+        chosen += ranked[:per_class]
+    return chosen
 
 
 def _word_map(model: TextClassifier, vocab: embtab.Vocab, train_tokens: Sequence[Sequence[str]],
@@ -337,25 +379,32 @@ def _word_map(model: TextClassifier, vocab: embtab.Vocab, train_tokens: Sequence
             i = index.get(t)
             if i is not None:
                 counts[i, y] += 1
-    share = counts / counts.sum(1, keepdims=True).clip(min=1)
     groups = [classes[int(k)] for k in counts.argmax(1)]
-    # Label the most telling words: per class, the frequent words most specific to it.
+    # Label the most telling words of each class (not the merely frequent: "the", "a").
     labels: list[str | None] = [None] * len(words)
-    for c in range(len(classes)):
-        cand = [i for i in range(len(words)) if counts[i].sum() >= 20]
-        for i in sorted(cand, key=lambda i: -share[i, c])[:5]:
-            labels[i] = words[i]
+    sizes = np.bincount(np.asarray(y_train, dtype=np.int64), minlength=len(classes))
+    for i in informative_labels(counts, sizes):
+        labels[i] = words[i]
     ids = torch.tensor(vocab.lookup_ids(words))
     vecs = model.embed.weight.detach()[ids]
     plot_embedding_map(vecs, labels, path, groups=groups,
                        title="word vectors (600 most frequent words, PCA), coloured by their majority class")
 
 
-def train(cfg: TextConfig, *, resume: str | None = None) -> dict[str, Any]:
-    """Run the text application end to end; returns the metrics (also in ``metrics.json``)."""
+def train(cfg: TextConfig, *, resume: str | Resume | None = None) -> dict[str, Any]:
+    """Run the text application end to end; returns the metrics (also in ``metrics.json``).
+
+    ``resume``: a run folder to continue, or a :class:`~embtab.apps.common.Resume` (train on
+    to more epochs, input files at a new place, from the best epoch).
+    """
     t_start = time.perf_counter()
     cfg, run_dir = start_run(cfg, resume, APP)  # run_dir is created below, after the checks
     quiet = cfg.quiet
+    from . import plots
+
+    no_plots = plots.missing()
+    if no_plots:
+        warn(f"{no_plots}: this run writes metrics.json and checkpoints, but no curves.png or embeddings.png")
     if cfg.vectors and not Path(cfg.vectors).is_file():
         raise AppError(f"--vectors file not found: {cfg.vectors!r}")
     # Read and split the data before creating the run folder: bad input leaves nothing behind.
@@ -455,18 +504,18 @@ def train(cfg: TextConfig, *, resume: str | None = None) -> dict[str, Any]:
     task = _TextTask(model, cfg, train_bags, y_tr, val_bags, y_va, num_classes)
     loop = LoopConfig(epochs=cfg.epochs, patience=cfg.patience, monitor="macro_f1", mode="max",
                       seed=cfg.seed, quiet=quiet)
-    result = fit(task, loop, run_dir, resume=resume is not None)
+    result = fit(task, loop, run_dir, resume=resume)
 
     # The test split, once, with the best weights (fit() loaded them).
     test = classification_metrics(y_te, _predict(model, test_bags), num_classes)
     bow_f1 = baselines["bow_logistic_regression"]["test"]["macro_f1"]
-    from .plots import plot_curves
-
-    bow_b = baselines["bow_logistic_regression"]
-    plot_curves(result.history, run_dir / "curves.png", title="text classifier", val_key="val_macro_f1",
-                val_label="validation macro-F1", best_epoch=result.best_epoch,
-                baselines={"bag-of-words LR": bow_b["val_macro_f1_by_l2"][str(bow_b["l2"])]})
-    _word_map(model, vocab, [tokens[i] for i in train_idx], y_all[train_idx], classes, run_dir / "embeddings.png")
+    if not no_plots:
+        bow_b = baselines["bow_logistic_regression"]
+        plots.plot_curves(result.history, run_dir / "curves.png", title="text classifier", val_key="val_macro_f1",
+                          val_label="validation macro-F1", best_epoch=result.best_epoch,
+                          baselines={"bag-of-words LR": bow_b["val_macro_f1_by_l2"][str(bow_b["l2"])]})
+        _word_map(model, vocab, [tokens[i] for i in train_idx], y_all[train_idx], classes,
+                  run_dir / "embeddings.png")
     metrics = {
         "app": APP,
         "data": data.source,

@@ -23,7 +23,7 @@ import torch
 
 from .._io import remove_stale_temps
 from . import checkpoint as ckpt_io
-from .common import AppError, format_seconds, is_tty, log
+from .common import FAILED, AppError, Resume, format_seconds, is_tty, log, mark_failed
 
 LAST = "last.safetensors"
 BEST = "best.safetensors"
@@ -49,6 +49,9 @@ class Task(Protocol):
     def validate(self) -> dict[str, float]:
         """Metrics on the validation split (the model is left in training mode after)."""
         ...
+
+    # Optional: ``divergence_causes() -> list[str]``, the options and data properties that
+    # likely made the loss non-finite (named in the error when training diverges).
 
 
 @dataclass
@@ -108,11 +111,14 @@ class _Progress:
             self.bar.close()
 
 
-def fit(task: Task, loop: LoopConfig, run_dir: Path, *, resume: bool) -> FitResult:
+def fit(task: Task, loop: LoopConfig, run_dir: Path, *, resume: bool | str | Resume | None = False) -> FitResult:
     """Train ``task`` for up to ``loop.epochs`` epochs, then load its best weights.
 
-    With ``resume=True`` the loop continues from ``run_dir/checkpoints/last.safetensors``
-    if there is one (otherwise it starts from the beginning, in the same folder).
+    With ``resume`` (true, a run folder, or a :class:`~embtab.apps.common.Resume`) the loop
+    continues from ``run_dir/checkpoints/last.safetensors`` if there is one (otherwise it
+    starts from the beginning, in the same folder), or from ``best.safetensors`` with
+    ``Resume(from_best=True)``: the best epoch's weights and loop state, the data order
+    where it was, the optimizer state afresh.
     """
     if loop.mode not in ("max", "min"):
         raise ValueError(f"fit(): mode must be 'max' or 'min', got {loop.mode!r}")
@@ -128,7 +134,17 @@ def fit(task: Task, loop: LoopConfig, run_dir: Path, *, resume: bool) -> FitResu
     if resume:
         for folder in (run_dir, ckpt_dir):  # what a killed run was writing (metrics, plots, checkpoints)
             remove_stale_temps(folder)
-        if last_path.is_file():
+        if isinstance(resume, Resume) and resume.from_best:
+            info = ckpt_io.load_weights(best_path, task.model)
+            epoch = int(info["epoch"])
+            state = info.get("state") or {**state, "epoch": epoch, "best_epoch": epoch,
+                                          "best_score": info.get(loop.monitor)}
+            for _ in range(epoch):  # the data order of the epochs to come, as in the run
+                torch.randperm(task.num_train, generator=generator)
+            resumed_from = epoch
+            log(f"going on after the best epoch {epoch} from {best_path}, with fresh optimizer state",
+                quiet=loop.quiet)
+        elif last_path.is_file():
             ckpt = ckpt_io.load_checkpoint(last_path)
             ckpt_io.restore(ckpt, task.model, task.optimizers)
             ckpt_io.restore_rng(ckpt, generator)
@@ -137,6 +153,8 @@ def fit(task: Task, loop: LoopConfig, run_dir: Path, *, resume: bool) -> FitResu
             log(f"resuming after epoch {resumed_from} from {last_path}", quiet=loop.quiet)
         else:
             log(f"no complete checkpoint in {ckpt_dir}: starting from the beginning", quiet=loop.quiet)
+        # A new --patience (or --epochs) on resume: whether the run has stopped is the patience's call.
+        state["stopped_early"] = bool(loop.patience and state["bad_epochs"] >= loop.patience)
 
     task.model.train()
     while state["epoch"] < loop.epochs and not state["stopped_early"]:
@@ -150,9 +168,7 @@ def fit(task: Task, loop: LoopConfig, run_dir: Path, *, resume: bool) -> FitResu
             for batch, size in task.train_batches(order):
                 loss = task.train_step(batch)
                 if not math.isfinite(loss):
-                    raise AppError(
-                        f"training diverged: the loss is {loss} in epoch {epoch}; lower the learning rate (--lr)"
-                    )
+                    _diverged(task, run_dir, loss, epoch, done + 1, num_batches)
                 loss_sum += loss * size
                 seen += size
                 done += 1
@@ -165,9 +181,6 @@ def fit(task: Task, loop: LoopConfig, run_dir: Path, *, resume: bool) -> FitResu
         score = float(val[loop.monitor])
         improved = _improved(score, state["best_score"], loop.mode)
         if improved:
-            # The best weights first, then the checkpoint that records them as best: a kill
-            # in between leaves an older checkpoint, whose epoch is simply run again.
-            ckpt_io.save_weights(best_path, task.model, {"epoch": epoch, loop.monitor: score})
             state["best_score"], state["best_epoch"], state["bad_epochs"] = score, epoch, 0
         else:
             state["bad_epochs"] += 1
@@ -179,6 +192,11 @@ def fit(task: Task, loop: LoopConfig, run_dir: Path, *, resume: bool) -> FitResu
         state["history"].append(record)
         state["epoch"] = epoch
         state["train_seconds"] += time.perf_counter() - t0
+        if improved:
+            # The best weights first, then the checkpoint that records them as best: a kill
+            # in between leaves an older checkpoint, whose epoch is simply run again. The
+            # loop state goes along, for going on from the best epoch (--from-best).
+            ckpt_io.save_weights(best_path, task.model, {"epoch": epoch, loop.monitor: score, "state": state})
         ckpt_io.save_checkpoint(last_path, model=task.model, optimizers=task.optimizers, state=state,
                                 generator=generator)
         shown = "  ".join(f"val_{k} {v:.4f}" for k, v in val.items() if isinstance(v, float))
@@ -193,6 +211,7 @@ def fit(task: Task, loop: LoopConfig, run_dir: Path, *, resume: bool) -> FitResu
     if not best_path.is_file():
         raise AppError(f"no best weights in {ckpt_dir}: train for at least one epoch (--epochs)")
     ckpt_io.load_weights(best_path, task.model)
+    (run_dir / FAILED).unlink(missing_ok=True)  # a run that failed once and then went through
     task.model.eval()
     return FitResult(
         history=state["history"], best_epoch=int(state["best_epoch"]),
@@ -200,4 +219,15 @@ def fit(task: Task, loop: LoopConfig, run_dir: Path, *, resume: bool) -> FitResu
         stopped_early=bool(state["stopped_early"]), resumed_from=resumed_from,
         train_seconds=float(state["train_seconds"]),
         checkpoints={"last": str(last_path), "best": str(best_path)},
+    )
+
+
+def _diverged(task: Task, run_dir: Path, loss: float, epoch: int, batch: int, num_batches: int) -> None:
+    """Mark the run failed and raise the error that names the likely causes."""
+    causes = list(getattr(task, "divergence_causes", lambda: [])())
+    reason = f"training diverged: the loss is {loss} in epoch {epoch} (batch {batch} of {num_batches})"
+    mark_failed(run_dir, reason)
+    raise AppError(
+        f"{reason}; likely cause{'s' if len(causes) > 1 else ''}: {'; '.join(causes) or 'a learning rate too high for this data: lower --lr'}. "
+        f"Start a new run with other options (the same --out {str(run_dir)!r} may be reused)"
     )
