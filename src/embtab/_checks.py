@@ -233,7 +233,7 @@ def check_per_sample_weights(
         )
     if per_sample_weights.shape != input.shape:
         raise ValueError(
-            f"{where}: per_sample_weights must have the same shape as input "
+            f"{where}: per_sample_weights must have the same shape as the input "
             f"{tuple(input.shape)}, got {tuple(per_sample_weights.shape)}"
         )
     if per_sample_weights.dtype != weight.dtype:
