@@ -7,8 +7,10 @@ Layout (a valid safetensors file, readable by ``safetensors.safe_open``):
 ``token_chars``    uint8: all tokens, UTF-8, one after the other
 
 and string metadata: ``format`` (``"embtab.vectors"``), ``format_version``, ``count``,
-``dim``, and where the vectors came from: ``source`` (file name), ``source_format``,
-``source_sha256`` (SHA-256 of the source file's bytes) and ``load_options`` (JSON).
+``dim``, ``nonfinite_rows`` (rows holding NaN or inf, so that a load need not read the
+matrix to know there are none), and where the vectors came from: ``source`` (file name),
+``source_format``, ``source_sha256`` (SHA-256 of the source file's bytes) and
+``load_options`` (JSON).
 
 The file is written by us, not by ``safetensors.torch.save_file``, so that the matrix
 goes from memory to disk without an intermediate copy, and read by us, so that the
@@ -28,6 +30,7 @@ import numpy as np
 import torch
 
 from .._io import write_safetensors
+from ._errors import Hint, VectorsFormatError
 
 FORMAT_NAME = "embtab.vectors"
 FORMAT_VERSION = 1
@@ -68,7 +71,11 @@ def write_cache(
     data = matrix.detach().to("cpu").contiguous()
     raw = data.view(torch.int16) if matrix.dtype == torch.bfloat16 else data
     mat_bytes = raw.numpy().astype(raw_dtype, copy=False)
-    meta = {"format": FORMAT_NAME, "format_version": str(FORMAT_VERSION), "count": str(n), "dim": str(dim)}
+    nonfinite_rows = 0
+    for start in range(0, n, 1 << 16):  # block by block: no whole-matrix temporary
+        nonfinite_rows += int((~torch.isfinite(data[start : start + (1 << 16)]).all(1)).sum())
+    meta = {"format": FORMAT_NAME, "format_version": str(FORMAT_VERSION), "count": str(n), "dim": str(dim),
+            "nonfinite_rows": str(nonfinite_rows)}
     meta.update(metadata)
     write_safetensors(path, [("token_lengths", "I64", [n], lengths),
                              ("vectors", st_name, [n, dim], mat_bytes.reshape(-1)),
@@ -83,38 +90,39 @@ def read_cache(path: str | os.PathLike[str]) -> tuple[list[str], torch.Tensor, d
             a newer embtab, or truncated.
     """
     path = Path(path)
-    where = f"embtab.vectors.load({str(path)!r})"
     size = path.stat().st_size
+    rewrite = "write the cache again (Vectors.save, or embtab vectors convert)"
     with open(path, "rb") as f:
         first = f.read(8)
         if len(first) < 8:
-            raise ValueError(f"{where}: not a vectors cache file: only {len(first)} bytes")
+            raise VectorsFormatError(path, f"not a vectors cache file: only {len(first)} bytes",
+                                     hint=Hint("pass the file's real {format}", format=("auto",)))
         (n_head,) = struct.unpack("<Q", first)
         if not 0 < n_head <= min(_MAX_HEADER, size - 8):
-            raise ValueError(
-                f"{where}: not a safetensors file (header length {n_head} for a file of {size} bytes); "
-                f"pass format='auto' or the file's real format"
+            raise VectorsFormatError(
+                path, f"not a safetensors file (header length {n_head} for a file of {size} bytes)",
+                hint=Hint("pass {format} or the file's real format", format=("auto",)),
             )
         try:
             header = json.loads(f.read(n_head).decode("utf-8"))
         except (UnicodeDecodeError, json.JSONDecodeError) as e:
-            raise ValueError(f"{where}: corrupt safetensors header ({e}); write the cache again") from e
+            raise VectorsFormatError(path, f"corrupt safetensors header ({e})", hint=rewrite) from e
         if not isinstance(header, dict):
-            raise ValueError(f"{where}: corrupt safetensors header; write the cache again")
+            raise VectorsFormatError(path, "corrupt safetensors header", hint=rewrite)
         meta = header.get("__metadata__") or {}
         if meta.get("format") != FORMAT_NAME:
-            raise ValueError(
-                f"{where}: a safetensors file, but not an embtab vectors cache (metadata format="
-                f"{meta.get('format')!r}, tensors {sorted(k for k in header if k != '__metadata__')}); "
-                f"write one with Vectors.save()"
+            raise VectorsFormatError(
+                path, f"a safetensors file, but not an embtab vectors cache (metadata format="
+                      f"{meta.get('format')!r}, tensors {sorted(k for k in header if k != '__metadata__')})",
+                hint="write one with Vectors.save() or embtab vectors convert",
             )
         version = meta.get("format_version", "")
         if not version.isdigit() or int(version) < 1:
-            raise ValueError(f"{where}: bad format_version {version!r}; write the cache again")
+            raise VectorsFormatError(path, f"bad format_version {version!r}", hint=rewrite)
         if int(version) > FORMAT_VERSION:
-            raise ValueError(
-                f"{where}: written by a newer embtab (format_version {version}; this version reads "
-                f"up to {FORMAT_VERSION}); upgrade embtab"
+            raise VectorsFormatError(
+                path, f"written by a newer embtab (format_version {version}; this version reads "
+                      f"up to {FORMAT_VERSION})", hint="upgrade embtab"
             )
         try:
             specs = {k: header[k] for k in ("token_lengths", "vectors", "token_chars")}
@@ -122,28 +130,29 @@ def read_cache(path: str | os.PathLike[str]) -> tuple[list[str], torch.Tensor, d
             dtype = _FROM_ST[specs["vectors"]["dtype"]]
             offs = {k: tuple(int(x) for x in v["data_offsets"]) for k, v in specs.items()}
         except (KeyError, TypeError, ValueError) as e:
-            raise ValueError(f"{where}: corrupt cache header ({e!r}); write the cache again") from e
+            raise VectorsFormatError(path, f"corrupt cache header ({e!r})", hint=rewrite) from e
         data_start = 8 + n_head
         end = max(b for _, b in offs.values())
         if data_start + end != size:
-            raise ValueError(
-                f"{where}: the file has {size} bytes but its header describes {data_start + end}; "
-                f"it is truncated or corrupt, write the cache again"
+            raise VectorsFormatError(
+                path, f"the file has {size} bytes but its header describes {data_start + end}; it is truncated "
+                      f"or corrupt", hint=rewrite,
             )
         raw_dtype = _ST_DTYPES[dtype][1]
         a, b = offs["vectors"]
         if b - a != n * dim * np.dtype(raw_dtype).itemsize:
-            raise ValueError(f"{where}: corrupt cache: vectors size does not match shape {(n, dim)}")
+            raise VectorsFormatError(path, f"corrupt cache: vectors size does not match shape {(n, dim)}", hint=rewrite)
         a_l, b_l = offs["token_lengths"]
         a_c, b_c = offs["token_chars"]
         if b_l - a_l != 8 * n:
-            raise ValueError(f"{where}: corrupt cache: {b_l - a_l} bytes of token lengths for {n} tokens")
+            raise VectorsFormatError(path, f"corrupt cache: {b_l - a_l} bytes of token lengths for {n} tokens",
+                                     hint=rewrite)
         f.seek(data_start + a_l)
         lengths = np.frombuffer(f.read(b_l - a_l), dtype="<i8")
         f.seek(data_start + a_c)
         chars = f.read(b_c - a_c).decode("utf-8", "surrogatepass")
     if int(lengths.sum()) != len(chars) or (n and int(lengths.min()) < 0):
-        raise ValueError(f"{where}: corrupt cache: token lengths do not add up; write the cache again")
+        raise VectorsFormatError(path, "corrupt cache: token lengths do not add up", hint=rewrite)
     ends = list(accumulate(lengths.tolist()))
     starts = [0] + ends[:-1]
     tokens = [chars[s:e] for s, e in zip(starts, ends)]

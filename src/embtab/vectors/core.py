@@ -236,6 +236,7 @@ def load(
     unicode_errors: str = "strict",
     dtype: torch.dtype = torch.float32,
     on_bad_line: str = "raise",
+    nonfinite: str = "error",
     progress: bool | None = None,
     num_threads: int | None = None,
     cache: str | os.PathLike[str] | None = None,
@@ -248,10 +249,13 @@ def load(
             it too), ``"glove"`` (text, no header), ``"word2vec"`` (text with a
             ``count dim`` header), ``"fasttext"`` (``.vec``: the same as word2vec text),
             ``"word2vec_binary"`` (the C tool's binary format) or ``"cache"`` (a file
-            written by :meth:`Vectors.save`, loaded memory-mapped).
+            written by :meth:`Vectors.save`, loaded memory-mapped). A format given
+            that the file plainly is not (text read as binary or the other way round)
+            is an error that says what the file is.
         limit: read only the first ``limit`` rows (the most frequent words, in most
             files). The matrix is allocated for at most ``limit`` rows.
-        encoding: of the tokens; must be ASCII-compatible.
+        encoding: of the tokens; must be ASCII-compatible. A UTF-8 byte-order mark at
+            the start of the file is dropped (``"utf-8-sig"`` works the same as ``"utf-8"``).
         unicode_errors: what to do with tokens that are not valid in ``encoding``:
             ``"strict"`` raises an error naming the line; ``"replace"`` or ``"ignore"``
             help with files from the word2vec C tool, which can cut a multi-byte
@@ -259,11 +263,18 @@ def load(
         dtype: of the matrix: ``torch.float32`` (default), ``float64``, ``float16`` or
             ``bfloat16``. Text is parsed to the nearest double and rounded once (as gensim
             does). A cache stored in another dtype is converted (a copy, not a mapping).
+            A value that does not fit (``1e39`` in float32, ``70000`` in float16) makes
+            its row bad, naming the value; it never silently becomes inf.
         on_bad_line: ``"raise"`` (default: a :class:`VectorsFormatError` naming the
             file, the line or byte offset and the problem), ``"warn"`` (drop bad rows,
             warn once with their count and the first) or ``"skip"`` (drop them silently;
             ``v.skipped`` counts them). Bad rows: a wrong number of values, a value that
-            is not a number or not finite, a token not valid in ``encoding``.
+            is not a number, not finite (see ``nonfinite``) or too large for ``dtype``,
+            a token not valid in ``encoding``. If every row is bad the load fails all
+            the same: a load never ends with 0 vectors without saying why.
+        nonfinite: ``"error"`` (default): a row holding ``nan`` or ``inf`` is a bad row
+            (see ``on_bad_line``); ``"keep"``: such rows are kept as they are. Statistics
+            that initialise other rows (:meth:`embtab.Embedding.from_vectors`) never use them.
         progress: show a progress bar; ``None``: only for big files when stderr is a terminal.
         num_threads: threads parsing numbers (``None``: 1; numpy's text parser holds the
             GIL, so more threads have only been seen to slow it down).
@@ -273,8 +284,11 @@ def load(
 
     Text rows are a token, then ``dim`` numbers. Tokens may contain spaces (glove.840B
     has some): the last ``dim`` fields of a row are its vector, everything before them
-    is the token. Without a header, ``dim`` is the most common width of the first 100
-    lines. Blank lines are ignored.
+    is the token, **unless the field right before those ``dim`` values is a decimal
+    number**: ``cat 0.4 0.5 0.6 0.7`` in a 3-dim file is a row with a value too many (a
+    bad row), not the token ``'cat 0.4'``. So a token with spaces cannot end in a
+    number (``Vectors.export`` refuses to write one). Without a header, ``dim`` is the
+    most common width of the first 100 lines. Blank lines are ignored.
 
     Returns:
         :class:`Vectors`. Tokens keep file order; a repeated token keeps its first row
@@ -282,26 +296,31 @@ def load(
 
     Raises:
         VectorsFormatError: (a ``ValueError``) a malformed file, as above; also a header
-            count that disagrees with the rows, or a truncated binary file.
+            count that disagrees with the rows, a truncated binary file, or a file that
+            is not vectors at all (an HTML page, a zip archive, UTF-16 text: the message
+            says which).
 
     Examples:
         >>> v = embtab.vectors.load("glove.6B.100d.txt")              # doctest: +SKIP
         >>> v = embtab.vectors.load("cc.en.300.vec.gz", limit=100_000)  # doctest: +SKIP
     """
     where = "embtab.vectors.load"
-    _load.check_options(format, limit, encoding, unicode_errors, dtype, on_bad_line, num_threads, where)
+    _load.check_options(format, limit, encoding, unicode_errors, dtype, on_bad_line, num_threads, where, nonfinite)
+    encoding = _load.normal_encoding(encoding)
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{where}: no such file: {str(path)!r}")
-    options = _load.options_key(format, limit, encoding, unicode_errors, dtype, on_bad_line)
+    options = _load.options_key(format, limit, encoding, unicode_errors, dtype, on_bad_line, nonfinite)
     if cache is not None:
         cached = _try_cache(Path(cache), path, options)
         if cached is not None:
             return cached
     tokens, matrix, index, info = _load.load_file(
         path, format, limit=limit, encoding=encoding, unicode_errors=unicode_errors, dtype=dtype,
-        on_bad_line=on_bad_line, progress=progress, num_threads=num_threads,
+        on_bad_line=on_bad_line, nonfinite=nonfinite, progress=progress, num_threads=num_threads,
     )
+    if not tokens and limit != 0:
+        warnings.warn(f"{path}: loaded 0 vectors: the file holds none", stacklevel=2)
     info.setdefault("load_options", options)  # a cache keeps the options of its first load
     v = Vectors(tokens, matrix, format=info["format"], source=str(path),
                 _index=index, _info=info)
@@ -314,7 +333,8 @@ def _try_cache(cache: Path, source: Path, options: str) -> Vectors | None:
     if not cache.exists():
         return None
     try:
-        tokens, matrix, index, info = _load.from_cache(cache)
+        # As stored: a fresh cache was written by a load with these very options.
+        tokens, matrix, index, info = _load.from_cache(cache, nonfinite="keep")
     except ValueError as e:
         warnings.warn(f"ignoring the unreadable cache {str(cache)!r} and writing it again: {e}", stacklevel=3)
         return None
