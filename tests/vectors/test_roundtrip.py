@@ -242,9 +242,11 @@ def test_load_with_cache_argument_reuses_and_refreshes(write, tmp_path):
     fresh = embtab.vectors.load(src, cache=cache, dtype=torch.float64)
     assert fresh.format == "glove" and fresh.tokens == ["a", "z"]
     assert embtab.vectors.load(src, cache=cache, dtype=torch.float64).format == "cache"
-    cache.write_bytes(b"garbage")
-    with pytest.warns(UserWarning, match="ignoring the unreadable cache"):
-        assert embtab.vectors.load(src, cache=cache).tokens == ["a", "z"]
+    cache.write_bytes(b"garbage")  # not a cache (any more): never replaced
+    with pytest.raises(ValueError, match=r"cache= '.*g\.safetensors' exists and it is not a safetensors file "
+                                         r"\(it starts with b'garbage'\); refusing to replace it"):
+        embtab.vectors.load(src, cache=cache)
+    assert cache.read_bytes() == b"garbage"
 
 
 def test_cache_rejects_corrupt_and_foreign_files(tmp_path):
@@ -284,6 +286,69 @@ def test_failed_export_leaves_the_old_file(tmp_path):
     with pytest.raises(ValueError, match=r"cannot write token 'b c' \(row 1\) to a word2vec binary file"):
         Vectors(["a", "b c"], torch.ones(2, 2)).export(path, format="word2vec_binary")
     assert path.read_bytes() == before and os.listdir(tmp_path) == ["v.txt"]
+
+
+# ---------------------------------------------------------------------- issue #10.4: never replace a non-cache
+@pytest.mark.parametrize("victim", ["notes", "source", "other_vectors", "other_safetensors", "directory"])
+def test_cache_argument_never_replaces_a_file_that_is_not_an_embtab_cache(write, tmp_path, victim):
+    from safetensors.torch import save_file
+
+    src = write("v.txt", "a 1 2\nb 3 4\n")
+    if victim == "notes":
+        target = write("notes.txt", "my notes, not to be lost\n")
+        why = r"it is not a safetensors file \(it starts with b'my notes"
+    elif victim == "source":
+        target = src
+        why = None
+    elif victim == "other_vectors":
+        target = write("glove.vec", "2 2\nx 1 1\ny 2 2\n")
+        why = r"it is not a safetensors file"
+    elif victim == "other_safetensors":
+        target = tmp_path / "model.safetensors"
+        save_file({"weight": torch.zeros(2, 2)}, str(target))
+        why = r"it is a safetensors file with tensors \['weight'\], not an embtab vectors cache"
+    else:
+        target = tmp_path / "folder"
+        target.mkdir()
+        why = "it is a directory"
+    before = None if target.is_dir() else target.read_bytes()
+    if why is None:
+        match = r"cache='.*v\.txt' is the vectors file itself; refusing to replace it"
+    else:
+        match = rf"cache= '.*{target.name}' exists and {why}.*refusing to replace it with a vectors cache"
+    with pytest.raises(ValueError, match=match):
+        embtab.vectors.load(src, cache=target)
+    if before is not None:
+        assert target.read_bytes() == before
+    assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
+    # Vectors.save refuses the same files.
+    if victim != "source":
+        with pytest.raises(ValueError, match=r"Vectors\.save: the file '.*' exists and .*refusing to replace it"):
+            embtab.vectors.load(src).save(target)
+        if before is not None:
+            assert target.read_bytes() == before
+
+
+def test_a_cache_of_other_vectors_is_replaced_with_a_warning_and_an_empty_file_silently(write, tmp_path):
+    cache = tmp_path / "c.safetensors"
+    embtab.vectors.load(write("first.txt", "a 1 2\n"), cache=cache)
+    with pytest.warns(UserWarning, match=r"replacing the vectors cache '.*c\.safetensors', made from 'first\.txt', "
+                                         r"with one made from 'second\.txt'"):
+        v = embtab.vectors.load(write("second.txt", "b 3 4\n"), cache=cache)
+    assert v.tokens == ["b"] and embtab.vectors.load(cache).tokens == ["b"]
+    empty = tmp_path / "e.safetensors"
+    empty.touch()
+    assert embtab.vectors.load(write("third.txt", "c 5 6\n"), cache=empty).tokens == ["c"]
+    assert embtab.vectors.load(empty).tokens == ["c"]
+
+
+def test_export_refuses_the_file_the_vectors_came_from(write):
+    src = write("v.txt", "a 1 2\nb 3 4\n")
+    before = src.read_bytes()
+    v = embtab.vectors.load(src)
+    with pytest.raises(ValueError, match=r"Vectors\.export: '.*v\.txt' is the file these vectors were loaded from"):
+        v.export(src, format="word2vec")
+    assert src.read_bytes() == before
 
 
 @SETTINGS

@@ -12,6 +12,10 @@ matrix to know there are none), and where the vectors came from: ``source`` (fil
 ``source_format``, ``source_sha256`` (SHA-256 of the source file's bytes) and
 ``load_options`` (JSON).
 
+Only an embtab cache is ever replaced by one (:func:`not_a_cache` says why another file
+is not): a ``cache=`` argument or an output path that names a text file, another
+safetensors file or the source itself is refused, never overwritten.
+
 The file is written by us, not by ``safetensors.torch.save_file``, so that the matrix
 goes from memory to disk without an intermediate copy, and read by us, so that the
 matrix is an ``np.memmap``: loading costs the token list, not the matrix.
@@ -52,6 +56,52 @@ def is_cache_file(head: bytes) -> bool:
         return False
     (n,) = struct.unpack("<Q", head[:8])
     return 0 < n <= _MAX_HEADER and head[8:9] == b"{"
+
+
+def not_a_cache(path: str | os.PathLike[str]) -> str | None:
+    """Why the existing file ``path`` is not an embtab vectors cache, or ``None`` if it is one
+    (a file whose header says so, even if its data is damaged) or is empty."""
+    path = Path(path)
+    if path.is_dir():
+        return "it is a directory"
+    try:
+        size = path.stat().st_size
+        if size == 0:
+            return None  # nothing to lose
+        with open(path, "rb") as f:
+            first = f.read(8)
+            if len(first) == 8:
+                (n_head,) = struct.unpack("<Q", first)
+                if 0 < n_head <= min(_MAX_HEADER, size - 8):
+                    raw = f.read(n_head)
+                    try:
+                        header = json.loads(raw.decode("utf-8"))
+                    except (UnicodeDecodeError, json.JSONDecodeError):
+                        header = None
+                    if isinstance(header, dict):
+                        meta = header.get("__metadata__") or {}
+                        if isinstance(meta, dict) and meta.get("format") == FORMAT_NAME:
+                            return None
+                        tensors = sorted(k for k in header if k != "__metadata__")[:5]
+                        return f"it is a safetensors file with tensors {tensors}, not an embtab vectors cache"
+    except OSError as e:
+        return f"it cannot be read ({e.strerror})"
+    with open(path, "rb") as f:
+        start = f.read(24)
+    return f"it is not a safetensors file (it starts with {start!r})"
+
+
+def check_replaceable(path: str | os.PathLike[str], where: str, what: str) -> None:
+    """Raise ``ValueError`` if ``path`` exists and is not an embtab cache: it is never replaced by one."""
+    path = Path(path)
+    if not path.exists() and not path.is_symlink():
+        return
+    why = not_a_cache(path)
+    if why is not None:
+        raise ValueError(
+            f"{where}: {what} {str(path)!r} exists and {why}; refusing to replace it with a vectors cache: "
+            f"pass another path (ending in .safetensors), or delete the file first if it is no longer needed"
+        )
 
 
 def write_cache(

@@ -15,7 +15,7 @@ from .._io import atomic_open
 from . import _load
 from ._binary import write_binary
 from ._text import write_text
-from .cache import write_cache
+from .cache import check_replaceable, write_cache
 
 EXPORT_FORMATS = ("glove", "word2vec", "fasttext", "word2vec_binary")
 
@@ -154,10 +154,16 @@ class Vectors:
         second for millions of vectors. The file records the source's name, format and
         SHA-256 (see :func:`embtab.vectors.load`'s ``cache`` argument).
 
+        Raises:
+            ValueError: ``path`` exists and is not an embtab vectors cache (a text file,
+                another safetensors file, the vectors' own source, ...): only a cache is
+                ever replaced by a cache.
+
         Examples:
             >>> v = embtab.vectors.load("glove.6B.300d.txt")   # doctest: +SKIP
             >>> v.save("glove.6B.300d.safetensors")            # doctest: +SKIP
         """
+        check_replaceable(path, "Vectors.save", "the file")
         meta = {
             "source": self._info.get("source_name") or (Path(self.source).name if self.source else ""),
             "source_format": str(self._info.get("source_format") or self.format or ""),
@@ -178,6 +184,11 @@ class Vectors:
         if format not in EXPORT_FORMATS:
             raise ValueError(f"Vectors.export: format must be one of {EXPORT_FORMATS}, got {format!r}")
         path = Path(path)
+        if self.source and _same_file(path, Path(self.source)):
+            raise ValueError(
+                f"Vectors.export: {str(path)!r} is the file these vectors were loaded from; refusing to replace "
+                f"it: write to another path"
+            )
         with atomic_open(path, "wb") as raw:
             f = gzip.GzipFile(fileobj=raw, mode="wb", mtime=0) if path.name.endswith(".gz") else raw
             try:
@@ -280,7 +291,9 @@ def load(
             GIL, so more threads have only been seen to slow it down).
         cache: a cache file. If it exists and records this file's SHA-256 and the same
             options, it is loaded instead (memory-mapped); otherwise the file is parsed
-            and the cache written. Checking costs one read of the source file.
+            and the cache written. Checking costs one read of the source file. Only an
+            embtab cache is ever replaced: a ``cache`` that names the source itself or
+            any other existing file is refused with an error, before anything is read.
 
     Text rows are a token, then ``dim`` numbers. Tokens may contain spaces (glove.840B
     has some): the last ``dim`` fields of a row are its vector, everything before them
@@ -312,7 +325,15 @@ def load(
         raise FileNotFoundError(f"{where}: no such file: {str(path)!r}")
     options = _load.options_key(format, limit, encoding, unicode_errors, dtype, on_bad_line, nonfinite)
     if cache is not None:
-        cached = _try_cache(Path(cache), path, options)
+        cache = Path(cache)
+        if _same_file(cache, path):
+            suggestion = path.with_name(path.name.split(".")[0] + ".safetensors")
+            raise ValueError(
+                f"{where}: cache={str(cache)!r} is the vectors file itself; refusing to replace it with a "
+                f"cache: pass another path, e.g. cache={str(suggestion)!r}"
+            )
+        check_replaceable(cache, where, "cache=")  # before the parse: fail fast, lose nothing
+        cached = _try_cache(cache, path, options)
         if cached is not None:
             return cached
     tokens, matrix, index, info = _load.load_file(
@@ -329,15 +350,28 @@ def load(
     return v
 
 
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        return a.exists() and b.exists() and os.path.samefile(a, b)
+    except OSError:
+        return False
+
+
 def _try_cache(cache: Path, source: Path, options: str) -> Vectors | None:
-    if not cache.exists():
+    """The cache's vectors if it is fresh (same source bytes, same options); ``None`` if it
+    is absent or stale, and will be written again (it is an embtab cache: checked before)."""
+    if not cache.exists() or cache.stat().st_size == 0:
         return None
     try:
         # As stored: a fresh cache was written by a load with these very options.
         tokens, matrix, index, info = _load.from_cache(cache, nonfinite="keep")
     except ValueError as e:
-        warnings.warn(f"ignoring the unreadable cache {str(cache)!r} and writing it again: {e}", stacklevel=3)
+        warnings.warn(f"replacing the unreadable vectors cache {str(cache)!r}: {e}", stacklevel=3)
         return None
     if info["load_options"] != options or info["sha256"] != _load.file_sha256(source):
+        recorded = info.get("source_name")
+        if recorded and recorded != source.name:
+            warnings.warn(f"replacing the vectors cache {str(cache)!r}, made from {recorded!r}, with one made "
+                          f"from {source.name!r}", stacklevel=3)
         return None  # stale: another source or other options
     return Vectors(tokens, matrix, format="cache", source=str(cache), _index=index, _info=info)
