@@ -6,7 +6,8 @@ import gzip
 import os
 import warnings
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from types import MappingProxyType
+from typing import Any, Iterator, Mapping, Sequence
 
 import torch
 from torch import Tensor
@@ -18,6 +19,7 @@ from ._text import write_text
 from .cache import check_replaceable, write_cache
 
 EXPORT_FORMATS = ("glove", "word2vec", "fasttext", "word2vec_binary")
+_UNSET: Any = object()  # most_similar's topn when not given
 
 
 class Vectors:
@@ -43,8 +45,10 @@ class Vectors:
         >>> v = Vectors(["a", "b"], torch.tensor([[1.0, 0.0], [0.6, 0.8]]))
         >>> v["b"], v.index("b"), v.dim, len(v), "c" in v
         (tensor([0.6000, 0.8000]), 1, 2, 2, False)
-        >>> v.most_similar("a", k=1)
+        >>> v.most_similar("a", topn=1)
         [('b', 0.6000000238418579)]
+        >>> v.similarity("a", "b"), v.key_to_index["b"], v.index_to_key
+        (0.6000000238418579, 1, ['a', 'b'])
     """
 
     def __init__(
@@ -209,21 +213,67 @@ class Vectors:
         return self._norms[1]
 
     def most_similar(
-        self, token_or_vector: str | Tensor | Sequence[float], k: int = 10, *, restrict_vocab: int | None = None
+        self,
+        positive: Any = None,
+        negative: Any = None,
+        topn: int | None = _UNSET,  # type: ignore[assignment]
+        *,
+        restrict_vocab: int | None = None,
+        k: int | None = None,
+        token_or_vector: Any = None,
     ) -> list[tuple[str, float]]:
-        """The ``k`` tokens with the highest cosine similarity, as gensim's ``most_similar``.
+        """The ``topn`` tokens most cosine-similar to a token, a vector, or a weighted mean of
+        several: gensim's ``KeyedVectors.most_similar``, with the same results.
 
         Args:
-            token_or_vector: a token (itself excluded from the result) or a vector.
-            k: how many.
+            positive: a token (itself left out of the result), a ``(dim,)`` vector, or a
+                list of tokens, vectors and ``(token or vector, weight)`` pairs.
+            negative: the same, counted against (``king - man + woman``:
+                ``positive=["king", "woman"], negative=["man"]``).
+            topn: how many (default 10).
             restrict_vocab: search only the first ``restrict_vocab`` rows.
+            k: the same as ``topn`` (the name before ``topn``).
+            token_or_vector: the same as ``positive`` (the name before ``positive``).
 
         Returns:
             A list of ``(token, cosine)``, best first.
+
+        Examples:
+            >>> v.most_similar("cat", topn=2)                                        # doctest: +SKIP
+            >>> v.most_similar(positive=["king", "woman"], negative=["man"], topn=1)  # doctest: +SKIP
         """
         from .evaluate import most_similar
 
-        return most_similar(self, token_or_vector, k, restrict_vocab=restrict_vocab)
+        if token_or_vector is not None:
+            if positive is not None:
+                raise TypeError("most_similar: pass positive= or token_or_vector= (its older name), not both")
+            positive = token_or_vector
+        if isinstance(negative, int) and not isinstance(negative, bool):
+            # most_similar("cat", 5): the second positional argument was k before negative= existed.
+            if topn is not _UNSET or k is not None:
+                raise TypeError(f"most_similar: negative must be tokens or vectors, got {negative!r}")
+            topn, negative = negative, None
+        if k is not None:
+            if topn is not _UNSET and topn != k:
+                raise TypeError(f"most_similar: pass topn= or k= (its older name), not both (topn={topn!r}, k={k!r})")
+            topn = k
+        return most_similar(self, positive, negative, 10 if topn is _UNSET else topn, restrict_vocab=restrict_vocab)
+
+    def similarity(self, a: str, b: str) -> float:
+        """Cosine similarity of the vectors of tokens ``a`` and ``b`` (gensim's ``similarity``)."""
+        from .evaluate import similarity
+
+        return similarity(self, a, b)
+
+    @property
+    def index_to_key(self) -> list[str]:
+        """The tokens in row order (gensim's name for :attr:`tokens`)."""
+        return self.tokens
+
+    @property
+    def key_to_index(self) -> Mapping[str, int]:
+        """Token -> row, read-only (gensim's ``key_to_index``; see also :meth:`index`)."""
+        return MappingProxyType(self._index)
 
     def evaluate_word_pairs(self, path: str | os.PathLike[str], **kwargs: Any) -> Any:
         """Correlation with human similarity judgements; see :func:`embtab.vectors.evaluate.evaluate_word_pairs`."""
