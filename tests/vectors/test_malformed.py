@@ -429,3 +429,10 @@ def test_hints_name_the_keyword_and_render_as_flags_for_the_command_line(write):
                                           "to drop them")
     assert str(e.value).endswith("pass nonfinite='keep' to keep such rows, or on_bad_line='warn' or 'skip' to "
                                  "drop them")
+
+
+def test_vectors_whose_first_token_looks_like_markup_still_load(write):
+    """Web-crawl vectors have tokens such as <html>: a row is not a page."""
+    for first in ("<html> 0.1 0.2", "<!DOCTYPE 0.5 0.5", "<?xml 1 2", "BZh9 1 2", "%PDF 3 4"):
+        v = load(write("web.txt", f"{first}\n<unk> 0.3 0.4\n</body> 1 1\n"))
+        assert v.tokens[0] == first.split()[0] and len(v) == 3

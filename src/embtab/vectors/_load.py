@@ -331,13 +331,16 @@ def describe_foreign(head: bytes, path: Path, gz: bool) -> tuple[str, str] | Non
             except (zipfile.BadZipFile, OSError):
                 pass
         return ("a zip archive", f"unzip it and load a vectors file from inside{members}")
-    for magic, name in ((b"BZh", "bzip2"), (b"\xfd7zXZ\x00", "xz"), (b"\x28\xb5\x2f\xfd", "zstd"),
-                        (b"7z\xbc\xaf\x27\x1c", "7-Zip")):
+    # Magic numbers: binary bytes, or ASCII ones long enough that no token starts with them.
+    compressed = "bzip2" if head[:3] == b"BZh" and head[3:4].isdigit() and head[4:10] == b"1AY&SY" else None
+    for magic, name in ((b"\xfd7zXZ\x00", "xz"), (b"\x28\xb5\x2f\xfd", "zstd"), (b"7z\xbc\xaf\x27\x1c", "7-Zip")):
         if head.startswith(magic):
-            return (f"a {name}-compressed file", "decompress it first (gzip is the only compression read directly)")
-    if head[257:262] == b"ustar":
+            compressed = name
+    if compressed is not None:
+        return (f"a {compressed}-compressed file", "decompress it first (gzip is the only compression read directly)")
+    if head[257:262] == b"ustar" and head[262:263] in (b"\x00", b" "):
         return ("a tar archive", f"extract it (tar -xf {path.name}) and load a vectors file from inside")
-    if head.startswith(b"%PDF"):
+    if head.startswith(b"%PDF-"):
         return ("a PDF document", "load the vectors file itself")
     if head[:1] == b"\x80" and head[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05"):
         return ("a Python pickle (a model saved by gensim's .save()?)",
@@ -356,11 +359,14 @@ def describe_foreign(head: bytes, path: Path, gz: bool) -> tuple[str, str] | Non
                 "a text vectors file starts with a token or a 'count dim' header line, a word2vec binary one "
                 "with the header line")
     text = head[:4096].lstrip().lower()
-    if text.startswith((b"<!doctype html", b"<html")) or (text.startswith(b"<") and b"<html" in text):
+    line = text.split(b"\n", 1)[0].split()
+    looks_like_a_row = len(line) > 1 and _text.is_number(line[-1])  # "<html> 0.1 0.2": a token of web vectors
+    if not looks_like_a_row and (text.startswith((b"<!doctype html", b"<html"))
+                                 or (text.startswith(b"<") and b"<html" in text)):
         return ("an HTML page",
                 "a download that returned a web page (an error or sign-in page) instead of the file? "
                 "download the vectors file itself")
-    if text.startswith(b"<?xml"):
+    if not looks_like_a_row and text.startswith(b"<?xml"):
         return ("an XML document", "load the vectors file itself")
     return None
 
