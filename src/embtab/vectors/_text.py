@@ -2,9 +2,11 @@
 
 A row is a token, then ``dim`` numbers, separated by whitespace. Tokens may contain
 spaces (glove.840B has some), so the definition is: **the last ``dim`` fields are the
-vector, everything before them is the token**. :func:`parse_line_reference` is that
-definition in plain Python, one line at a time; it is the oracle in the tests and the
-path that explains bad lines.
+vector, everything before them is the token, unless the field right before the vector
+is a decimal number** (then the row has a value too many: ``cat 0.4 0.5 0.6 0.7`` for
+``dim=3`` is a bad row, not the token ``'cat 0.4'``). :func:`parse_line_reference` is
+that definition in plain Python, one line at a time; it is the oracle in the tests and
+the path that explains bad lines.
 
 The fast path works on a batch of lines at once:
 
@@ -13,10 +15,12 @@ The fast path works on a batch of lines at once:
 2. join the value parts and parse all numbers of the batch with one ``np.fromstring``
    call, which releases the GIL, so batches parse in parallel threads while the main
    thread cuts the next batch;
-3. check the count and finiteness of the result.
+3. check the count and finiteness of the result (and, for float16/bfloat16 output,
+   that no value is beyond the dtype's range).
 
-Any line the fast path does not take as is (a token with spaces, tabs, a bad value)
-sends its whole batch through the reference parser, so errors name the exact line.
+Any line the fast path does not take as is (a token with spaces, a value too many,
+tabs) goes through the reference parser; a bad value among the simple lines sends
+its whole batch there, so errors name the exact line.
 """
 
 from __future__ import annotations
@@ -145,7 +149,7 @@ def is_decimal(field: bytes) -> bool:
 
 
 def is_number(field: bytes) -> bool:
-    """Whether ``field`` is a decimal number as vector files write them."""
+    """Whether ``field`` is a number as vector files write them: decimal, or nan/inf."""
     return _FLOAT.fullmatch(field) is not None
 
 
