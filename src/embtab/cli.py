@@ -60,6 +60,8 @@ _TEXT_HELP = {
     "optimizer": "fused: embtab.optim.Adam inside backward; sparse: sparse=True + torch.optim.SparseAdam",
     "vectors": "pretrained vectors (GloVe, word2vec, fastText .vec, or an embtab cache) for the word rows; "
                "their dimension replaces --dim and the coverage report is printed",
+    "on_bad_line": "a malformed row of the --vectors file: raise (an error naming it), warn (drop such rows, "
+                   "report them once) or skip (drop them)",
 }
 
 _RECSYS_HELP = {
@@ -109,7 +111,9 @@ def _add_config_options(p: argparse.ArgumentParser, config_cls: type, helps: dic
     """
     from .init import INITS
 
-    choices = {"init": tuple(sorted(INITS)), "optimizer": config_cls.OPTIMIZERS}
+    from .vectors._rows import ON_BAD_LINE
+
+    choices = {"init": tuple(sorted(INITS)), "optimizer": config_cls.OPTIMIZERS, "on_bad_line": ON_BAD_LINE}
     for f in fields(config_cls):
         if f.name in _COMMON:
             continue
@@ -221,20 +225,25 @@ def build_parser() -> argparse.ArgumentParser:
     vsub.required = True
     for name, helptext, example in (
         ("info", "what a vector file holds", "embtab vectors info vectors.vec"),
-        ("convert", "write the fast cached format (safetensors, loads memory-mapped)",
-         "embtab vectors convert vectors.txt vectors.safetensors"),
+        ("convert", "write the vectors in another format: the fast cache (.safetensors, loads memory-mapped), "
+                    "word2vec text (.txt, .vec) or binary (.bin); OUT's extension picks it, --to overrides",
+         "embtab vectors convert vectors.txt vectors.safetensors\n"
+         "  embtab vectors convert vectors.bin vectors.txt.gz\n"
+         "  embtab vectors convert glove.txt out.vec --on-bad-line skip"),
         ("neighbors", "nearest neighbours of a token by cosine similarity", "embtab vectors neighbors vectors.vec king -k 5"),
         ("evaluate", "word-pair (WordSim-353, SimLex-999) and analogy evaluation",
          "embtab vectors evaluate vectors.vec --pairs wordsim353.tsv --analogies questions-words.txt"),
     ):
-        a = vsub.add_parser(name, help=helptext, description=helptext[0].upper() + helptext[1:] + ".",
+        a = vsub.add_parser(name, help=helptext.split(":")[0], description=helptext[0].upper() + helptext[1:] + ".",
                             formatter_class=_Formatter, epilog=f"example:\n  {example}\n")
         a.add_argument("path", metavar="FILE", help="the vector file")
-        a.add_argument("--format", default="auto",
-                       help="auto, glove, word2vec, fasttext, word2vec_binary or cache")
-        a.add_argument("--limit", type=int, default=None, help="read only the first LIMIT vectors")
+        _add_vectors_load_options(a)
         if name == "convert":
-            a.add_argument("output", metavar="OUT", help="the cache file to write (.safetensors)")
+            a.add_argument("output", metavar="OUT",
+                           help="the file to write (atomically): .safetensors (cache), .txt or .vec (word2vec "
+                                "text), .bin (word2vec binary); .gz after them compresses text and binary")
+            a.add_argument("--to", choices=_CONVERT_FORMATS, default=None,
+                           help="the output format, whatever OUT's extension (glove: text without a header)")
         if name == "neighbors":
             a.add_argument("tokens", metavar="TOKEN", nargs="+", help="the token(s) to look up")
             a.add_argument("-k", type=int, default=10, help="how many neighbours")
@@ -368,12 +377,76 @@ def _demo(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _vectors(args: argparse.Namespace) -> int:
-    from . import vectors as vec
+_CONVERT_FORMATS = ("safetensors", "word2vec", "word2vec_binary", "glove")
+# Output extension (after a .gz) -> format of `embtab vectors convert`.
+_CONVERT_EXTENSIONS = {".safetensors": "safetensors", ".txt": "word2vec", ".vec": "word2vec", ".bin": "word2vec_binary"}
 
-    v = vec.load(args.path, format=args.format, limit=args.limit)
+
+def _add_vectors_load_options(a: argparse.ArgumentParser) -> None:
+    """The options of ``embtab.vectors.load``, as flags (error hints name these)."""
+    from .vectors._load import FORMATS, UNICODE_ERRORS
+    from .vectors._rows import NONFINITE, ON_BAD_LINE
+
+    a.add_argument("--format", default="auto", choices=FORMATS, help="the file's format (default: auto, detected)")
+    a.add_argument("--limit", type=int, default=None, help="read only the first LIMIT vectors")
+    a.add_argument("--on-bad-line", choices=ON_BAD_LINE, default="raise",
+                   help="a malformed row: raise (stop with an error naming it, the default), warn (drop such "
+                        "rows, report them once) or skip (drop them)")
+    a.add_argument("--nonfinite", choices=NONFINITE, default="error",
+                   help="a row holding nan or inf: error (a bad row, see --on-bad-line; the default) or keep")
+    a.add_argument("--encoding", default="utf-8", help="of the tokens (ASCII-compatible; default: utf-8)")
+    a.add_argument("--unicode-errors", choices=UNICODE_ERRORS, default="strict",
+                   help="tokens not valid in --encoding: strict (an error, the default), replace, ignore, ...")
+    a.add_argument("--dtype", choices=("float32", "float64", "float16", "bfloat16"), default="float32",
+                   help="of the vectors (default: float32)")
+
+
+def _convert_format(args: argparse.Namespace) -> str:
+    """The output format of ``convert``: ``--to``, else OUT's extension."""
+    if args.to is not None:
+        return args.to
+    name = args.output[:-3] if args.output.endswith(".gz") else args.output
+    ext = Path(name).suffix.lower()
+    if ext not in _CONVERT_EXTENSIONS:
+        known = ", ".join(_CONVERT_EXTENSIONS)
+        raise ValueError(
+            f"cannot tell the output format from {args.output!r} (extension {ext or 'none'!r}); name it "
+            f"{known} (.gz after text or binary compresses), or pass --to {{{','.join(_CONVERT_FORMATS)}}}"
+        )
+    fmt = _CONVERT_EXTENSIONS[ext]
+    if fmt == "safetensors" and args.output.endswith(".gz"):
+        raise ValueError(f"{args.output!r}: a cache cannot be gzipped (it loads memory-mapped); drop the .gz")
+    return fmt
+
+
+def _vectors(args: argparse.Namespace) -> int:
+    import torch
+
+    from . import vectors as vec
+    from .vectors.cache import check_replaceable
+
+    out_format = None
+    if args.action == "convert":
+        # Checked before the (possibly long) load: nothing read, nothing overwritten.
+        out_format = _convert_format(args)
+        src, dst = Path(args.path), Path(args.output)
+        if dst.exists() and src.exists() and os.path.samefile(src, dst):
+            raise ValueError(f"OUT {args.output!r} is FILE itself; refusing to replace the vectors file: "
+                             f"write to another path")
+        if dst.is_dir():
+            raise ValueError(f"OUT {args.output!r} is a directory; name the file to write")
+        if out_format == "safetensors":
+            check_replaceable(dst, "embtab vectors convert", "OUT")
+    if args.action == "neighbors" and args.k < 1:
+        raise ValueError(f"-k must be at least 1, got {args.k}")
+    try:
+        v = vec.load(args.path, format=args.format, limit=args.limit, on_bad_line=args.on_bad_line,
+                     nonfinite=args.nonfinite, encoding=args.encoding, unicode_errors=args.unicode_errors,
+                     dtype=getattr(torch, args.dtype))
+    except vec.VectorsFormatError as e:
+        raise ValueError(e.cli_message()) from e  # the hint names flags, not keywords
     if args.action == "info":
-        norms = v.vectors.float().norm(dim=1)
+        norms = (v.vectors if v.vectors.dtype == torch.float64 else v.vectors.float()).norm(dim=1)
         print(f"{args.path}: {len(v):,} vectors of dim {v.dim} ({str(v.vectors.dtype).replace('torch.', '')}), "
               f"format {v.format}")
         if v.skipped or v.duplicates:
@@ -382,16 +455,30 @@ def _vectors(args: argparse.Namespace) -> int:
             print(f"  first tokens: {', '.join(repr(t) for t in v.tokens[:10])}")
             print(f"  vector norms: mean {float(norms.mean()):.4f}, min {float(norms.min()):.4f}, "
                   f"max {float(norms.max()):.4f}")
-        if v.source_sha256:
-            print(f"  sha256: {v.source_sha256}")
+        if v.format == "cache":
+            # The cache records its source's hash: label it as the source's, and give the file's own.
+            source = v._info.get("source_name") or "unknown"
+            source_format = v._info.get("source_format") or "unknown format"
+            print(f"  made from: {source} ({source_format})")
+            if v.source_sha256:
+                print(f"  source sha256: {v.source_sha256}  ({source}, as it was when the cache was made)")
+            print(f"  cache sha256: {vec.file_sha256(args.path)}  (this file)")
+        elif v.source_sha256:
+            print(f"  sha256: {v.source_sha256}  (this file)")
     elif args.action == "convert":
-        v.save(args.output)
-        print(f"wrote {args.output}: {len(v):,} vectors of dim {v.dim} (load it with embtab.vectors.load)")
+        if out_format == "safetensors":
+            v.save(args.output)
+            what = "the cache format (load it with embtab.vectors.load: memory-mapped)"
+        else:
+            v.export(args.output, format=out_format)
+            what = {"word2vec": "word2vec text", "glove": "GloVe text (no header)",
+                    "word2vec_binary": "word2vec binary"}[out_format]
+            if args.output.endswith(".gz"):
+                what += ", gzipped"
+        print(f"wrote {args.output}: {len(v):,} vectors of dim {v.dim}, {what}")
     elif args.action == "neighbors":
-        if args.k < 1:
-            raise ValueError(f"-k must be at least 1, got {args.k}")
         for token in args.tokens:
-            similar = v.most_similar(token, k=args.k)  # an unknown token: its KeyError says so, with a hint
+            similar = v.most_similar(token, topn=args.k)  # an unknown token: its KeyError says so, with a hint
             print(f"nearest to {token!r}:")
             for other, cos in similar:
                 print(f"  {cos:7.4f}  {other}")

@@ -269,3 +269,114 @@ def test_vectors_errors(capsys, tmp_path, glove):
     bad.write_text("a 1 2 3\nb 1 2\n")
     code, _, err = _run(capsys, "vectors", "info", str(bad))
     assert code == 2 and "bad.txt" in _error_line(err)
+
+
+# --- vectors: issue #10 -----------------------------------------------------------------
+
+
+def test_vectors_info_refuses_a_row_with_a_value_too_many(capsys, tmp_path, glove):
+    bad = tmp_path / "long.txt"
+    bad.write_text(glove.read_text() + "cat2 0.4 0.5 0.6 0.7 0.1 0.2 0.3 0.4 0.9\n")  # 9 values in an 8-dim file
+    code, _, err = _run(capsys, "vectors", "info", str(bad))
+    line = _error_line(err)
+    assert code == 2 and "long.txt, line 11: expected a token and 8 values, found a token and 9 values" in line
+    assert "(token 'cat2')" in line
+    # The hint names the flag, and the flag works.
+    assert line.endswith("pass --on-bad-line warn or skip to drop such rows") and "on_bad_line=" not in line
+    code, out, err = _run(capsys, "vectors", "info", str(bad), "--on-bad-line", "skip")
+    assert code == 0, err
+    assert "10 vectors of dim 8" in out and "dropped rows: 1 malformed" in out
+
+
+@pytest.mark.parametrize("action", ["info", "convert", "neighbors", "evaluate"])
+def test_every_vectors_command_takes_the_load_options(capsys, tmp_path, glove, action):
+    bad = tmp_path / "bad.txt"
+    bad.write_text(glove.read_text() + "oops 1 2\n")
+    extra = {"info": [], "convert": [str(tmp_path / "out.safetensors")], "neighbors": ["cat"],
+             "evaluate": ["--pairs", str(tmp_path / "p.tsv")]}[action]
+    (tmp_path / "p.tsv").write_text("cat\tdog\t9\nking\tqueen\t8\ncat\tparis\t1\n")
+    code, _, err = _run(capsys, "vectors", action, str(bad), *extra)
+    assert code == 2 and "--on-bad-line warn or skip" in _error_line(err)
+    code, _, err = _run(capsys, "vectors", action, str(bad), *extra, "--on-bad-line", "skip")
+    assert code == 0, err
+
+
+def test_train_text_vectors_on_bad_line(capsys, tmp_path, text_csv):
+    vec = tmp_path / "vec.txt"
+    g = torch.Generator().manual_seed(0)
+    rows = [f"w{i} " + " ".join(f"{x:.4f}" for x in torch.randn(12, generator=g).tolist()) for i in range(0, 150, 2)]
+    rows[3] += " 0.5"  # a value too many
+    vec.write_text("\n".join(rows) + "\n")
+    argv = ["train", "text", "--data", str(text_csv), "--text-column", "message", "--label-column", "topic",
+            "--vectors", str(vec), *TEXT_FAST]
+    code, _, err = _run(capsys, *argv, "--out", str(tmp_path / "r1"))
+    line = _error_line(err)
+    assert code == 2 and "vec.txt, line 4: expected a token and 12 values, found a token and 13 values" in line
+    assert "pass --on-bad-line warn or skip to drop such rows" in line and "on_bad_line=" not in line
+    code, _, err = _run(capsys, *argv, "--out", str(tmp_path / "r2"), "--on-bad-line", "skip")
+    assert code == 0, err
+    m = json.loads((tmp_path / "r2" / "metrics.json").read_text())
+    assert m["vectors_coverage"]["found"] == 74  # 75 rows, one dropped
+    assert json.loads((tmp_path / "r2" / "config.json").read_text())["config"]["on_bad_line"] == "skip"
+
+
+def test_vectors_convert_picks_the_format_from_the_extension(capsys, tmp_path, glove):
+    import numpy as np
+
+    KeyedVectors = pytest.importorskip("gensim.models").KeyedVectors
+
+    reference = KeyedVectors.load_word2vec_format(str(glove), no_header=True)
+    cases = [("conv.txt", {}), ("conv.vec", {}), ("conv.bin", {"binary": True}), ("conv.txt.gz", {}),
+             ("forced.out", {"no_header": True}, "glove"), ("forced.dat", {"binary": True}, "word2vec_binary")]
+    for name, kwargs, *to in cases:
+        out = tmp_path / name
+        code, stdout, err = _run(capsys, "vectors", "convert", str(glove), str(out), *(["--to", to[0]] if to else []))
+        assert code == 0, err
+        kv = KeyedVectors.load_word2vec_format(str(out), **kwargs)  # gensim reads what we wrote
+        assert kv.index_to_key == reference.index_to_key
+        np.testing.assert_array_equal(kv.vectors, reference.vectors)
+    code, out, err = _run(capsys, "vectors", "convert", str(glove), str(tmp_path / "c.safetensors"))
+    assert code == 0 and "cache format" in out
+    assert (tmp_path / "c.safetensors").read_bytes()[8:9] == b"{"
+    code, _, err = _run(capsys, "vectors", "convert", str(glove), str(tmp_path / "conv.dat"))
+    assert code == 2 and "cannot tell the output format from" in _error_line(err) and "--to" in _error_line(err)
+    assert not (tmp_path / "conv.dat").exists()
+
+
+def test_vectors_convert_never_replaces_its_source_or_a_file_that_is_not_a_cache(capsys, tmp_path, glove):
+    before = glove.read_bytes()
+    for argv in (["vectors", "convert", str(glove), str(glove)],
+                 ["vectors", "convert", str(glove), str(glove), "--to", "safetensors"],
+                 ["vectors", "convert", str(glove), str(tmp_path / "." / glove.name)]):
+        code, _, err = _run(capsys, *argv)
+        assert code == 2 and "is FILE itself; refusing to replace the vectors file" in _error_line(err)
+        assert glove.read_bytes() == before
+    notes = tmp_path / "notes.safetensors"
+    notes.write_text("not a cache")
+    code, _, err = _run(capsys, "vectors", "convert", str(glove), str(notes))
+    assert code == 2 and "notes.safetensors' exists and it is not a safetensors file" in _error_line(err)
+    assert notes.read_text() == "not a cache"
+
+
+def test_vectors_info_on_a_cache_labels_the_source_hash_and_shows_its_own(capsys, tmp_path, glove):
+    import hashlib
+
+    cache = tmp_path / "tiny.safetensors"
+    assert _run(capsys, "vectors", "convert", str(glove), str(cache))[0] == 0
+    code, out, err = _run(capsys, "vectors", "info", str(cache))
+    assert code == 0, err
+    source_sha = hashlib.sha256(glove.read_bytes()).hexdigest()
+    cache_sha = hashlib.sha256(cache.read_bytes()).hexdigest()
+    lines = out.splitlines()
+    assert f"  source sha256: {source_sha}  (tiny.txt, as it was when the cache was made)" in lines
+    assert f"  cache sha256: {cache_sha}  (this file)" in lines
+    assert "  made from: tiny.txt (glove)" in lines
+    code, out, _ = _run(capsys, "vectors", "info", str(glove))
+    assert f"  sha256: {source_sha}  (this file)" in out.splitlines()
+
+
+def test_vectors_neighbors_and_forced_formats_name_the_file_kind(capsys, tmp_path, glove):
+    code, _, err = _run(capsys, "vectors", "info", str(glove), "--format", "word2vec_binary")
+    line = _error_line(err)
+    assert code == 2 and "not word2vec binary" in line and "--format glove or auto" in line
+    assert "header declares" not in line

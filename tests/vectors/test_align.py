@@ -162,3 +162,82 @@ def test_from_vectors_on_gpu(setup):
         assert torch.equal(emb.weight.detach()[vocab["Paris"]].cpu(), vectors["paris"])
         ids = vocab.encode([["the", "cat"]]).ids.cuda()
         assert emb(ids).shape == (1, 2, 3)
+
+
+# ---------------------------------------------------------------------- issue #10.3: non-finite rows
+@pytest.fixture
+def poisoned():
+    """400 finite vectors and a row of NaN and inf, for a token that is in the vocabulary."""
+    g = torch.Generator().manual_seed(3)
+    finite = torch.randn(400, 8, generator=g) * 2 + 1
+    vecs = torch.cat([finite, torch.full((1, 8), float("nan"))])
+    vecs[400, 0] = float("inf")
+    vectors = Vectors([f"w{i}" for i in range(400)] + ["nan_word"], vecs)
+    tokens = ["<pad>", "<unk>"] + [f"m{i}" for i in range(300)] + ["w0", "nan_word"]
+    vocab = Vocab(tokens, specials=("<pad>", "<unk>"), unk_token="<unk>", pad_token="<pad>")
+    return vectors, vocab, finite
+
+
+@pytest.mark.parametrize("cls", [Embedding, EmbeddingBag])
+def test_from_vectors_names_the_token_of_a_non_finite_row(poisoned, cls):
+    vectors, vocab, _ = poisoned
+    with pytest.raises(ValueError, match=r"from_vectors: the pretrained vector of 'nan_word' \(row 400 of the "
+                                         r"vectors\), for vocabulary token 'nan_word' \(id 303\), holds inf \(not "
+                                         r"finite\); 1 of the 2 vectors to copy do.*nonfinite='keep'"):
+        cls.from_vectors(vectors, vocab)
+
+
+@pytest.mark.parametrize("oov_init", ["mean", "normal"])
+@pytest.mark.parametrize("cls", [Embedding, EmbeddingBag])
+def test_non_finite_rows_never_reach_the_statistics_that_initialise_other_rows(poisoned, cls, oov_init):
+    vectors, vocab, finite = poisoned
+    kwargs = {"oov": "hash", "num_oov_buckets": 64} if cls is Embedding else {"mode": "mean"}
+    emb, report = cls.from_vectors(vectors, vocab, nonfinite="keep", oov_init=oov_init, **kwargs)
+    w = emb.weight.detach()
+    nan_id = vocab["nan_word"]
+    assert not torch.isfinite(w[nan_id]).all()  # kept, as asked
+    others = torch.cat([w[:nan_id], w[nan_id + 1 :]])  # missing rows, <unk>, w0, hash buckets
+    assert torch.isfinite(others).all()
+    missing = w[2:302]  # m0..m299 are missing from the vectors (0, 1: <pad>, <unk>)
+    if oov_init == "mean":
+        expected = finite.double().mean(0).float()  # the oracle: the mean of the finite rows only
+        torch.testing.assert_close(missing, expected.expand_as(missing))
+        torch.testing.assert_close(w[vocab.unk_id], expected)
+    else:
+        assert float(missing.std()) == pytest.approx(float(finite.std()), rel=0.05)
+    assert torch.equal(w[vocab["w0"]], vectors["w0"])
+
+
+def test_rows_not_in_the_vocabulary_do_not_matter_and_all_non_finite_is_an_error(poisoned):
+    vectors, _, finite = poisoned
+    vocab = Vocab(["w1", "zebra"])  # nan_word is not in it: nothing non-finite is copied
+    emb, _ = Embedding.from_vectors(vectors, vocab, oov_init="mean")
+    torch.testing.assert_close(emb.weight.detach()[vocab["zebra"]], finite.double().mean(0).float())
+    only_nan = Vectors(["x"], torch.full((1, 8), float("nan")))
+    with pytest.raises(ValueError, match=r"oov_init='normal' needs at least one finite pretrained vector \(all 1 "
+                                         r"hold NaN or inf\); pass oov_init='zeros'"):
+        Embedding.from_vectors(only_nan, vocab, nonfinite="keep")
+    with pytest.raises(ValueError, match=r"nonfinite must be one of \('error', 'keep'\)"):
+        Embedding.from_vectors(vectors, vocab, nonfinite="ignore")
+
+
+def test_a_finite_vector_that_overflows_the_table_dtype_is_named(tmp_path):
+    vectors = Vectors(["big", "ok"], torch.tensor([[7e4, 1.0], [1.0, 2.0]]))
+    with pytest.raises(ValueError, match=r"the pretrained vector of 'big' \(row 0 of the vectors\), for vocabulary "
+                                         r"token 'big' \(id 0\), holds 70000, which overflows torch\.float16.*"
+                                         r"pass dtype=torch\.float32"):
+        Embedding.from_vectors(vectors, Vocab(["big", "ok"]), dtype=torch.float16)
+
+
+@requires_data
+@pytest.mark.parametrize("name", ["lee_fasttext.vec"])
+def test_real_vectors_with_one_poisoned_row(name):
+    """gensim's real vectors, one row set to NaN: a NaN-free table but for that row."""
+    v = embtab.vectors.load(data(name))
+    v.vectors[5] = float("nan")
+    vocab = Vocab(v.tokens[:50] + ["never-seen-1", "never-seen-2"])
+    with pytest.raises(ValueError, match=rf"{v.tokens[5]!r}"):
+        Embedding.from_vectors(v, vocab)
+    emb, report = Embedding.from_vectors(v, vocab, nonfinite="keep", oov="hash", num_oov_buckets=8)
+    bad = ~torch.isfinite(emb.weight.detach()).all(1)
+    assert bad.nonzero().flatten().tolist() == [vocab[v.tokens[5]]]

@@ -176,3 +176,55 @@ def test_correlation_of_tiny_and_huge_deviations_matches_scipy():
     x = np.array([0.0, 0.0, 1.0])
     for y in (np.array([0.0, 1.360645644701287e-170, 0.0]), np.array([0.0, 3e170, -1e170])):
         assert _pearson(x, y) == pytest.approx(stats.pearsonr(x, y)[0], abs=1e-9)
+
+
+# ---------------------------------------------------------------------- issue #10.9: gensim's names
+@requires_gensim
+@pytest.mark.parametrize("name", IDS)
+def test_most_similar_positive_negative_topn_match_gensim(name):
+    v, kv = both(name)
+    t = v.tokens
+    queries = [
+        {"positive": [t[1], t[7]], "negative": [t[3]]},  # the analogy form
+        {"positive": t[4]},  # a single token, not in a list
+        {"negative": [t[2], t[9]]},  # only negative
+        {"positive": [(t[1], 2.0), t[5]], "negative": [(t[6], -0.5)]},  # weighted pairs
+        {"positive": [t[3], v.vectors[11].numpy() * 3]},  # a token and a raw (not normalised) vector
+        {"positive": [t[8], t[8]], "negative": [t[8]]},  # repeats
+    ]
+    for q in queries:
+        for topn, restrict in ((10, None), (3, 150), (1, None)):
+            expected = kv.most_similar(**q, topn=topn, restrict_vocab=restrict)
+            got = v.most_similar(**q, topn=topn, restrict_vocab=restrict)
+            assert [w for w, _ in got] == [w for w, _ in expected], q
+            np.testing.assert_allclose([s for _, s in got], [s for _, s in expected], atol=1e-6)
+    assert v.most_similar(positive=[t[1]], topn=0) == kv.most_similar(positive=[t[1]], topn=0) == []
+
+
+@requires_gensim
+@pytest.mark.parametrize("name", IDS)
+def test_similarity_index_to_key_and_key_to_index_match_gensim(name):
+    v, kv = both(name)
+    assert v.index_to_key == kv.index_to_key
+    assert dict(v.key_to_index) == kv.key_to_index
+    rng = np.random.default_rng(0)
+    for a, b in rng.integers(0, len(v), size=(50, 2)).tolist():
+        x, y = v.tokens[a], v.tokens[b]
+        assert v.similarity(x, y) == pytest.approx(float(kv.similarity(x, y)), abs=1e-6)
+    with pytest.raises(TypeError):
+        v.key_to_index["new"] = 1  # read-only: the index stays consistent with the tokens
+
+
+def test_the_older_names_still_work():
+    v = Vectors(["a", "b", "c", "d"], torch.tensor([[1.0, 0.0], [0.8, 0.6], [0.0, 1.0], [-1.0, 0.1]]))
+    expected = v.most_similar(positive="a", topn=2)
+    assert [w for w, _ in expected] == ["b", "c"]
+    assert v.most_similar("a", k=2) == v.most_similar("a", 2) == v.most_similar(token_or_vector="a", k=2) == expected
+    assert v.most_similar(torch.tensor([1.0, 0.0]), k=1) == v.most_similar([1.0, 0.0], topn=1) == [("a", 1.0)]
+    assert len(v.most_similar("a")) == 3  # default 10, capped by the rows
+    with pytest.raises(TypeError, match="topn= or k="):
+        v.most_similar("a", topn=1, k=2)
+    with pytest.raises(ValueError, match="nothing to compare with"):
+        v.most_similar()
+    with pytest.raises(KeyError, match="'zz' is not in these 4 vectors"):
+        v.most_similar(positive=["a"], negative=["zz"])

@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 import embtab
 import embtab.vectors._binary as _binary
 import embtab.vectors._text as _text
-from embtab.vectors import Vectors
+from embtab.vectors import Vectors, VectorsFormatError
 from embtab.vectors._text import BadLine, parse_line_reference
 
 pytestmark = pytest.mark.filterwarnings("ignore:string or file could not be read to its end:DeprecationWarning")
@@ -26,8 +26,10 @@ pytestmark = pytest.mark.filterwarnings("ignore:string or file could not be read
 SETTINGS = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 
 _NO_NEWLINES = st.characters(blacklist_categories=("Cs",), blacklist_characters="\n\r")
-# Any token a text file can hold: inner whitespace included (the last dim fields are the vector).
-text_tokens = st.text(_NO_NEWLINES, min_size=1, max_size=8).filter(lambda t: t == t.strip())
+# Any token a text file can hold: inner whitespace included (the last dim fields are the
+# vector), unless the token then ends in a number (a row with a value too many).
+text_tokens = st.text(_NO_NEWLINES, min_size=1, max_size=8).filter(
+    lambda t: t == t.strip() and not (len(p := t.encode("utf-8").split()) > 1 and _text.is_decimal(p[-1])))
 # Without a header the width is inferred from the lines: a one-line GloVe file whose token
 # has a space is ambiguous, so GloVe tokens here have no ASCII whitespace.
 glove_tokens = st.text(st.characters(blacklist_categories=("Cs",), blacklist_characters=" \t\n\r\x0b\x0c"),
@@ -109,7 +111,7 @@ def messy_lines(draw, dim):
     if kind == "tabs":
         return f"{tok}\t{'  '.join(nums)}"
     if kind == "wide":
-        return f"{tok} {' '.join(nums)} 1.0 2.0"  # dim + 2 numbers: read as token "tok n1 n2"
+        return f"{tok} {' '.join(nums)} 1.0 2.0"  # dim + 2 numbers: a bad row, not the token "tok n1 n2"
     if kind == "narrow":
         return f"{tok} {' '.join(nums[:-1])}"
     if kind == "word":
@@ -143,6 +145,10 @@ def test_fast_path_equals_reference_parser(tmp_path_factory, data, dim, block, t
         first.setdefault(t, i)
     keep = sorted(first.values())
     _set_block(block)
+    if not tokens:  # every row bad: an error, never 0 vectors in silence
+        with pytest.raises(VectorsFormatError, match=rf"none of its {bad} data rows? could be read"):
+            embtab.vectors.load(path, format="word2vec", on_bad_line="skip", num_threads=threads)
+        return
     with pytest.warns() if len(keep) < len(tokens) else _no_warning():
         # The format is given: a header followed by only malformed rows can look like GloVe.
         v = embtab.vectors.load(path, format="word2vec", on_bad_line="skip", num_threads=threads)
@@ -171,6 +177,7 @@ cache_tokens = st.text(st.characters(blacklist_categories=("Cs",)) | st.sampled_
 
 @SETTINGS
 @given(data=st.data(), dtype=st.sampled_from([torch.float32, torch.float64, torch.float16, torch.bfloat16]))
+@pytest.mark.filterwarnings("ignore:.*loaded 0 vectors")
 def test_cache_round_trip(tmp_path, data, dtype):
     toks = data.draw(st.lists(cache_tokens, max_size=10, unique=True))
     dim = data.draw(st.integers(1, 5))
@@ -235,9 +242,11 @@ def test_load_with_cache_argument_reuses_and_refreshes(write, tmp_path):
     fresh = embtab.vectors.load(src, cache=cache, dtype=torch.float64)
     assert fresh.format == "glove" and fresh.tokens == ["a", "z"]
     assert embtab.vectors.load(src, cache=cache, dtype=torch.float64).format == "cache"
-    cache.write_bytes(b"garbage")
-    with pytest.warns(UserWarning, match="ignoring the unreadable cache"):
-        assert embtab.vectors.load(src, cache=cache).tokens == ["a", "z"]
+    cache.write_bytes(b"garbage")  # not a cache (any more): never replaced
+    with pytest.raises(ValueError, match=r"cache= '.*g\.safetensors' exists and it is not a safetensors file "
+                                         r"\(it starts with b'garbage'\); refusing to replace it"):
+        embtab.vectors.load(src, cache=cache)
+    assert cache.read_bytes() == b"garbage"
 
 
 def test_cache_rejects_corrupt_and_foreign_files(tmp_path):
@@ -277,3 +286,99 @@ def test_failed_export_leaves_the_old_file(tmp_path):
     with pytest.raises(ValueError, match=r"cannot write token 'b c' \(row 1\) to a word2vec binary file"):
         Vectors(["a", "b c"], torch.ones(2, 2)).export(path, format="word2vec_binary")
     assert path.read_bytes() == before and os.listdir(tmp_path) == ["v.txt"]
+
+
+# ---------------------------------------------------------------------- issue #10.4: never replace a non-cache
+@pytest.mark.parametrize("victim", ["notes", "source", "other_vectors", "other_safetensors", "directory"])
+def test_cache_argument_never_replaces_a_file_that_is_not_an_embtab_cache(write, tmp_path, victim):
+    from safetensors.torch import save_file
+
+    src = write("v.txt", "a 1 2\nb 3 4\n")
+    if victim == "notes":
+        target = write("notes.txt", "my notes, not to be lost\n")
+        why = r"it is not a safetensors file \(it starts with b'my notes"
+    elif victim == "source":
+        target = src
+        why = None
+    elif victim == "other_vectors":
+        target = write("glove.vec", "2 2\nx 1 1\ny 2 2\n")
+        why = r"it is not a safetensors file"
+    elif victim == "other_safetensors":
+        target = tmp_path / "model.safetensors"
+        save_file({"weight": torch.zeros(2, 2)}, str(target))
+        why = r"it is a safetensors file with tensors \['weight'\], not an embtab vectors cache"
+    else:
+        target = tmp_path / "folder"
+        target.mkdir()
+        why = "it is a directory"
+    before = None if target.is_dir() else target.read_bytes()
+    if why is None:
+        match = r"cache='.*v\.txt' is the vectors file itself; refusing to replace it"
+    else:
+        match = rf"cache= '.*{target.name}' exists and {why}.*refusing to replace it with a vectors cache"
+    with pytest.raises(ValueError, match=match):
+        embtab.vectors.load(src, cache=target)
+    if before is not None:
+        assert target.read_bytes() == before
+    assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
+    # Vectors.save refuses the same files.
+    if victim != "source":
+        with pytest.raises(ValueError, match=r"Vectors\.save: the file '.*' exists and .*refusing to replace it"):
+            embtab.vectors.load(src).save(target)
+        if before is not None:
+            assert target.read_bytes() == before
+
+
+def test_a_cache_of_other_vectors_is_replaced_with_a_warning_and_an_empty_file_silently(write, tmp_path):
+    cache = tmp_path / "c.safetensors"
+    embtab.vectors.load(write("first.txt", "a 1 2\n"), cache=cache)
+    with pytest.warns(UserWarning, match=r"replacing the vectors cache '.*c\.safetensors', made from 'first\.txt', "
+                                         r"with one made from 'second\.txt'"):
+        v = embtab.vectors.load(write("second.txt", "b 3 4\n"), cache=cache)
+    assert v.tokens == ["b"] and embtab.vectors.load(cache).tokens == ["b"]
+    empty = tmp_path / "e.safetensors"
+    empty.touch()
+    assert embtab.vectors.load(write("third.txt", "c 5 6\n"), cache=empty).tokens == ["c"]
+    assert embtab.vectors.load(empty).tokens == ["c"]
+
+
+def test_export_refuses_the_file_the_vectors_came_from(write):
+    src = write("v.txt", "a 1 2\nb 3 4\n")
+    before = src.read_bytes()
+    v = embtab.vectors.load(src)
+    with pytest.raises(ValueError, match=r"Vectors\.export: '.*v\.txt' is the file these vectors were loaded from"):
+        v.export(src, format="word2vec")
+    assert src.read_bytes() == before
+
+
+@SETTINGS
+@given(data=st.data(), dim=st.integers(1, 4), block=st.sampled_from([16, 4 << 20]))
+def test_spaced_tokens_load_and_rows_with_extra_values_are_refused(tmp_path_factory, data, dim, block):
+    """Both sides of the rule: a token's words may be anything but its last one a decimal
+    number; a row whose field before its last dim values is a number has too many."""
+    word = st.text(st.sampled_from("abcxyz.-@'é\u00a0"), min_size=1, max_size=4).filter(lambda w: w.strip() == w)
+    number = st.sampled_from(["0", "2", "-1.5", "3e2", ".5"])
+    token = st.tuples(st.lists(word | number, max_size=2), word).map(lambda t: " ".join([*t[0], t[1]]))
+    tokens = data.draw(st.lists(token, min_size=1, max_size=8, unique=True))
+    values = [[round(i + j / 8, 3) for j in range(dim)] for i in range(len(tokens))]
+    lines = [f"{t} {' '.join(map(repr, row))}" for t, row in zip(tokens, values)]
+    folder = tmp_path_factory.mktemp("spaced")
+    good = folder / "good.vec"
+    good.write_text(f"{len(lines)} {dim}\n" + "\n".join(lines) + "\n", encoding="utf-8")
+    _set_block(block)
+    v = embtab.vectors.load(good)
+    assert v.tokens == tokens
+    assert v.vectors.tolist() == torch.tensor(values, dtype=torch.float32).tolist()
+    # One row gets `extra` values too many: refused, naming its line, token and counts.
+    k = data.draw(st.integers(0, len(lines) - 1))
+    extra = data.draw(st.integers(1, 2))
+    long_lines = list(lines)
+    long_lines[k] += " 7.5" * extra
+    bad = folder / "bad.vec"
+    bad.write_text(f"{len(lines)} {dim}\n" + "\n".join(long_lines) + "\n", encoding="utf-8")
+    with pytest.raises(VectorsFormatError) as e:
+        embtab.vectors.load(bad)
+    assert e.value.line == k + 2
+    expected = f"expected a token and {dim} value{'s' if dim > 1 else ''}, found a token and {dim + extra} values"
+    assert expected in str(e.value)
+    assert f"(token {tokens[k]!r})" in str(e.value)

@@ -72,6 +72,7 @@ class TextConfig:
     OPTIMIZERS = ("fused", "sparse")  # (a class constant, not a field)
     INPUT_FILES = ("data", "vectors")  # fields naming files: saved with their sha256, movable on resume
     vectors: str | None = None  #: pretrained vectors to initialise the word rows
+    on_bad_line: str = "raise"  #: a malformed row of the vectors file: "raise", "warn" or "skip"
     threads: int | None = None
     quiet: bool = False
 
@@ -477,7 +478,10 @@ def train(cfg: TextConfig, *, resume: str | Resume | None = None) -> dict[str, A
     dim = cfg.dim
     vectors = None
     if cfg.vectors:
-        vectors = embtab.vectors.load(cfg.vectors)
+        try:
+            vectors = embtab.vectors.load(cfg.vectors, on_bad_line=cfg.on_bad_line)
+        except embtab.vectors.VectorsFormatError as e:  # its hint names --on-bad-line, not the keyword
+            raise AppError(e.cli_message(available={"on_bad_line"})) from e
         if vectors.dim != dim:
             log(f"--vectors have dim {vectors.dim}: using it instead of --dim {dim}", quiet=quiet)
             dim = vectors.dim

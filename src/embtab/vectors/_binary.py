@@ -17,8 +17,8 @@ from typing import IO, Callable, Sequence
 import numpy as np
 import torch
 
-from ._errors import VectorsFormatError
-from ._rows import RowSink, decode_tokens
+from ._errors import Hint, VectorsFormatError
+from ._rows import RowSink, decode_tokens, overflow_mask, overflow_reason
 
 BLOCK_SIZE = 4 << 20
 # A token longer than this is a misaligned record (wrong dim in the header) or not a
@@ -103,9 +103,13 @@ def _store(
     dim: int, encoding: str, unicode_errors: str,
 ) -> None:
     values = np.frombuffer(b"".join(slices), dtype="<f4").reshape(len(toks), dim)  # (k, D)
-    finite = np.isfinite(values).all(axis=1)  # (k,)
+    finite = np.isfinite(values)  # (k, D)
+    over = overflow_mask(values, sink.dtype)  # (k, D): finite float32, inf in a narrower dtype
+    bad = over.any(axis=1)  # (k,)
+    if sink.nonfinite != "keep":
+        bad |= ~finite.all(axis=1)
     tokens = decode_tokens(toks, encoding, unicode_errors)
-    if tokens is not None and finite.all():
+    if tokens is not None and not bad.any():
         sink.add(tokens, values, np.asarray(where, dtype=np.int64))
         return
     # Slow path: find the bad records, in order.
@@ -117,17 +121,19 @@ def _store(
             sink.bad(
                 f"the token {tb[:40]!r} is not valid {encoding} ({e.reason} at byte {e.start} of the token)",
                 offset=off,
-                hint="pass the file's encoding=..., or unicode_errors='replace' or 'ignore' "
-                "(the C tool may cut multi-byte characters)",
+                hint=Hint("pass the file's {encoding}, or {unicode_errors} (the C tool may cut multi-byte "
+                          "characters)", encoding=(...,), unicode_errors=("replace", "ignore")),
             )
             continue
-        if not finite[k]:
-            j = int(np.flatnonzero(~np.isfinite(values[k]))[0])
-            sink.bad(
-                f"value {j + 1} of {dim} for token {tok!r} is {values[k, j]} (not finite)",
-                offset=off,
-                hint=sink.skip_hint,
-            )
+        if bad[k]:
+            row_bad = over[k] if sink.nonfinite == "keep" else over[k] | ~finite[k]
+            j = int(np.flatnonzero(row_bad)[0])
+            if over[k, j]:
+                sink.bad(overflow_reason(float(values[k, j]), j, dim, sink.dtype, token=tok), offset=off,
+                         hint=sink.hint_for("overflow"))
+            else:
+                sink.bad(f"value {j + 1} of {dim} for token {tok!r} is {values[k, j]} (not finite)",
+                         offset=off, hint=sink.hint_for("nonfinite"))
             continue
         good_tokens.append(tok)
         good_rows.append(k)
@@ -153,7 +159,8 @@ def _raise_truncated(path: str, buf: bytes, pos: int, base: int, done: int, coun
         reason = f"the header declares {count} vectors but the file ends after {done}"
     raise VectorsFormatError(
         path, reason, offset=base + pos,
-        hint=f"the file is truncated or its header is wrong; pass limit={done} to read the complete records",
+        hint=Hint("the file is truncated or its header is wrong; pass {limit} to read the complete records",
+                  limit=(done,)),
     )
 
 
@@ -167,7 +174,7 @@ def _check_trailing(path: str, read: Callable[[int], bytes], buf: bytes, pos: in
                 path,
                 f"more data after the {count} vectors the header declares",
                 offset=offset,
-                hint="the header's count is wrong; pass limit=<rows> to read only the first rows",
+                hint=Hint("the header's count is wrong; pass {limit} to read only the first rows", limit=(...,)),
             )
         base += pos + len(rest)
         pos = 0

@@ -11,9 +11,12 @@ import warnings
 import numpy as np
 import torch
 
-from ._errors import VectorsFormatError
+from ._errors import Hint, VectorsFormatError
 
 ON_BAD_LINE = ("raise", "warn", "skip")
+NONFINITE = ("error", "keep")
+# The next wider dtype, named in the hint for a value that overflows a dtype.
+_WIDER = {torch.float16: "float32", torch.bfloat16: "float32", torch.float32: "float64"}
 
 # torch dtype -> the numpy dtype we parse text into. float32 files are parsed straight
 # to float32 (numpy parses each number to the nearest double, then rounds once: what
@@ -35,6 +38,59 @@ def parse_dtype(dtype: torch.dtype) -> type:
     return np.float32 if dtype == torch.float32 else np.float64
 
 
+def dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).replace("torch.", "")
+
+
+def overflow_mask(values: np.ndarray, dtype: torch.dtype) -> np.ndarray:
+    """Where a finite value of ``values`` (float32 or float64) becomes inf in ``dtype``: ``values.shape``, bool.
+
+    Decided by converting, as the matrix is filled, not by comparing with the largest
+    finite value: a value a little above it still rounds down to it.
+    """
+    if dtype == torch.float64 or (dtype == torch.float32 and values.dtype == np.float32):
+        return np.zeros(values.shape, dtype=bool)
+    if dtype in _NP_OUT:
+        with np.errstate(over="ignore"):
+            cast = values.astype(_NP_OUT[dtype])
+        return np.isinf(cast) & np.isfinite(values)
+    cast = torch.from_numpy(np.require(values, requirements=["C", "W"])).to(dtype)
+    return torch.isinf(cast).numpy() & np.isfinite(values)
+
+
+def overflow_reason(value: float, j: int, dim: int, dtype: torch.dtype, shown: str | None = None,
+                    token: str | None = None) -> str:
+    """``value j of dim, 1e+39, overflows float32 (...)``: ``shown`` is the value as the file writes it."""
+    of = f" for token {token!r}" if token is not None else ""
+    return (f"value {j + 1} of {dim}{of}, {shown if shown is not None else repr(float(value))}, overflows "
+            f"{dtype_name(dtype)} (its largest finite value is {torch.finfo(dtype).max:.8g})")
+
+
+def overflow_hint(dtype: torch.dtype, on_bad_line: str) -> Hint:
+    wider = _WIDER.get(dtype)
+    if wider is None:
+        return skip_hint(on_bad_line) or Hint("the value is out of range for every floating-point type")
+    if on_bad_line == "raise":
+        return Hint("pass {dtype} to read it, or {on_bad_line} to drop such rows",
+                    dtype=(wider,), on_bad_line=("warn", "skip"))
+    return Hint("pass {dtype} to read it", dtype=(wider,))
+
+
+def skip_hint(on_bad_line: str) -> Hint | None:
+    """The hint for a bad row: how to drop such rows instead of failing."""
+    if on_bad_line != "raise":
+        return None
+    return Hint("pass {on_bad_line} to drop such rows", on_bad_line=("warn", "skip"))
+
+
+def nonfinite_hint(on_bad_line: str) -> Hint:
+    """The hint for a row holding NaN or inf while ``nonfinite="error"``."""
+    if on_bad_line == "raise":
+        return Hint("pass {nonfinite} to keep such rows, or {on_bad_line} to drop them",
+                    nonfinite=("keep",), on_bad_line=("warn", "skip"))
+    return Hint("pass {nonfinite} to keep such rows", nonfinite=("keep",))
+
+
 class RowSink:
     """A ``(capacity, dim)`` matrix filled row by row, in file order.
 
@@ -44,11 +100,15 @@ class RowSink:
         dim: values per row.
         dtype: the torch dtype of the final matrix.
         on_bad_line: ``"raise"``, ``"warn"`` or ``"skip"``.
+        nonfinite: ``"error"`` (a NaN or inf value makes its row bad) or ``"keep"``.
     """
 
-    def __init__(self, path: str, capacity: int, dim: int, dtype: torch.dtype, on_bad_line: str) -> None:
+    def __init__(self, path: str, capacity: int, dim: int, dtype: torch.dtype, on_bad_line: str,
+                 nonfinite: str = "error") -> None:
         self.path = path
         self.on_bad_line = on_bad_line
+        self.nonfinite = nonfinite
+        self.dtype = dtype
         self.matrix = torch.empty((capacity, dim), dtype=dtype)  # (capacity, D)
         # A numpy view of the same memory where numpy has the dtype (not bfloat16).
         self._np = self.matrix.numpy() if dtype in _NP_OUT else None
@@ -57,25 +117,34 @@ class RowSink:
         self.where = np.zeros(capacity, dtype=np.int64)
         self.n = 0
         self.skipped = 0
-        self._first_skip: str | None = None
+        self._first_skip: VectorsFormatError | None = None
 
     @property
     def capacity(self) -> int:
         return self.matrix.shape[0]
 
     @property
-    def skip_hint(self) -> str | None:
+    def skip_hint(self) -> Hint | None:
         """The hint for a bad row: how to drop such rows instead of failing."""
-        return "pass on_bad_line='warn' or 'skip' to drop such rows" if self.on_bad_line == "raise" else None
+        return skip_hint(self.on_bad_line)
 
-    def bad(self, reason: str, *, line: int | None = None, offset: int | None = None, hint: str | None = None) -> None:
+    def hint_for(self, kind: str) -> Hint | None:
+        """The hint for a bad row of ``kind``: ``"format"``, ``"nonfinite"`` or ``"overflow"``."""
+        if kind == "nonfinite":
+            return nonfinite_hint(self.on_bad_line)
+        if kind == "overflow":
+            return overflow_hint(self.dtype, self.on_bad_line)
+        return self.skip_hint
+
+    def bad(self, reason: str, *, line: int | None = None, offset: int | None = None,
+            hint: str | Hint | None = None) -> None:
         """A bad row: raise, or count it (and remember the first) to report at the end."""
         err = VectorsFormatError(self.path, reason, line=line, offset=offset, hint=hint)
         if self.on_bad_line == "raise":
             raise err
         self.skipped += 1
         if self._first_skip is None:
-            self._first_skip = str(err)
+            self._first_skip = err
 
     def add(self, tokens: list[str], values: np.ndarray, where: np.ndarray | range) -> None:
         """Append rows: ``values`` is ``(k, dim)``, one token and one location per row."""
@@ -103,7 +172,22 @@ class RowSink:
         ``(tokens, matrix, index, duplicates)``.
 
         ``unit`` is ``"line"`` or ``"byte offset"``, to word the duplicate warning.
+
+        Raises:
+            VectorsFormatError: every row was bad (and dropped): not a vectors file, or
+                not in the format it was read as. A load never ends with 0 vectors
+                without saying why.
         """
+        first = self._first_skip
+        if self.n == 0 and first is not None:
+            raise VectorsFormatError(
+                self.path,
+                f"none of its {self.skipped} data row{'s' if self.skipped != 1 else ''} could be read "
+                f"(on_bad_line={self.on_bad_line!r} dropped every one); the first: {first.reason}",
+                line=first.line, offset=first.offset,
+                hint=Hint("check that this is a vectors file, and pass its {format} if the detected one is wrong",
+                          format=("glove", "word2vec", "word2vec_binary")),
+            )
         if self.skipped and self.on_bad_line == "warn":
             warnings.warn(
                 f"{self.path}: skipped {self.skipped} bad row{'s' if self.skipped != 1 else ''}; "

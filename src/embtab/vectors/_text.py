@@ -2,9 +2,11 @@
 
 A row is a token, then ``dim`` numbers, separated by whitespace. Tokens may contain
 spaces (glove.840B has some), so the definition is: **the last ``dim`` fields are the
-vector, everything before them is the token**. :func:`parse_line_reference` is that
-definition in plain Python, one line at a time; it is the oracle in the tests and the
-path that explains bad lines.
+vector, everything before them is the token, unless the field right before the vector
+is a decimal number** (then the row has a value too many: ``cat 0.4 0.5 0.6 0.7`` for
+``dim=3`` is a bad row, not the token ``'cat 0.4'``). :func:`parse_line_reference` is
+that definition in plain Python, one line at a time; it is the oracle in the tests and
+the path that explains bad lines.
 
 The fast path works on a batch of lines at once:
 
@@ -13,16 +15,19 @@ The fast path works on a batch of lines at once:
 2. join the value parts and parse all numbers of the batch with one ``np.fromstring``
    call, which releases the GIL, so batches parse in parallel threads while the main
    thread cuts the next batch;
-3. check the count and finiteness of the result.
+3. check the count and finiteness of the result (and, for float16/bfloat16 output,
+   that no value is beyond the dtype's range).
 
-Any line the fast path does not take as is (a token with spaces, tabs, a bad value)
-sends its whole batch through the reference parser, so errors name the exact line.
+Any line the fast path does not take as is (a token with spaces, a value too many,
+tabs) goes through the reference parser; a bad value among the simple lines sends
+its whole batch there, so errors name the exact line.
 """
 
 from __future__ import annotations
 
 import math
 import re
+import sys
 from collections import deque
 from concurrent.futures import Executor, Future
 from typing import IO, Callable, Iterator, Sequence
@@ -30,12 +35,14 @@ from typing import IO, Callable, Iterator, Sequence
 import numpy as np
 import torch
 
-from ._rows import RowSink, decode_tokens
+from ._errors import Hint
+from ._rows import RowSink, decode_tokens, overflow_mask, overflow_reason
 
 # A decimal number as written by every vector tool (and by Python/C printf): no
 # underscores, no hex, ASCII digits only. nan/inf are recognised so that we can say
 # "not finite" rather than "not a number".
-_FLOAT = re.compile(rb"[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?|[+-]?(?:nan|inf|infinity)", re.IGNORECASE)
+_DECIMAL = re.compile(rb"[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?")
+_FLOAT = re.compile(_DECIMAL.pattern + rb"|[+-]?(?:nan|inf|infinity)", re.IGNORECASE)
 _HEADER = re.compile(rb"\s*(\d+)\s+(\d+)\s*")
 
 # Bytes of text per batch: big enough that the per-call overhead vanishes, small enough
@@ -44,51 +51,105 @@ BLOCK_SIZE = 4 << 20
 
 
 class BadLine(Exception):
-    """A line the reference parser refuses; ``reason`` says why."""
+    """A line the reference parser refuses; ``reason`` says why.
 
-    def __init__(self, reason: str, hint: str | None = None) -> None:
+    ``kind``: ``"format"``, ``"nonfinite"`` (a NaN/inf value) or ``"overflow"`` (a value
+    too large for the dtype), so that the hint can name the option that helps.
+    """
+
+    def __init__(self, reason: str, hint: Hint | None = None, kind: str = "format") -> None:
         super().__init__(reason)
         self.reason = reason
         self.hint = hint
+        self.kind = kind
 
 
-def parse_line_reference(line: bytes, dim: int) -> tuple[bytes, list[float]]:
+def parse_line_reference(
+    line: bytes, dim: int, *, nonfinite: str = "error", dtype: torch.dtype | None = None
+) -> tuple[bytes, list[float]]:
     """Split one text row into ``(token_bytes, values)``; the definition of the format.
+
+    The last ``dim`` fields are the values and everything before them is the token,
+    which may contain spaces (``new york``, ``. . .``), **unless the field right before
+    the values is a decimal number** (``0.4``, ``-3``, ``1e-05``): then the row has a
+    value too many (``cat 0.4 0.5 0.6 0.7`` for ``dim=3``) and is refused rather than
+    read as the token ``'cat 0.4'``. A token's words may be ``nan`` or ``inf``; they
+    are not decimal numbers.
 
     Args:
         line: one line, without its newline.
         dim: the number of values a row has.
+        nonfinite: ``"error"``: a ``nan``/``inf`` value is refused; ``"keep"``: kept.
+        dtype: the dtype the values will be stored in; a value that becomes inf in it
+            is refused (``None``: float64, the values as returned).
 
     Raises:
-        BadLine: the line has fewer than ``dim + 1`` fields, a field that is not a
-            decimal number, or a value that is not finite.
+        BadLine: the line has fewer than ``dim + 1`` fields or more values than ``dim``,
+            a field that is not a decimal number, a non-finite value (unless kept), or a
+            value too large for ``dtype``.
     """
-    fields = line.strip().rsplit(None, dim)
-    if len(fields) < dim + 1:
-        found = len(fields)
-        hint = None
-        if found >= 1 and _FLOAT.fullmatch(fields[0]) is None:
-            what = f"a token and {found - 1} value{'s' if found != 2 else ''}"
-        else:
-            what = f"{found} field{'s' if found != 1 else ''}"
-        m = _HEADER.fullmatch(line)
-        if m is not None:
-            hint = "it looks like a word2vec header 'count dim': pass format='word2vec' or format='auto'"
-        raise BadLine(f"expected a token and {dim} values, found {what}", hint)
-    token, raw = fields[0], fields[1:]
+    fields = line.split()
+    if len(fields) < dim + 1 or (len(fields) > dim + 1 and is_decimal(fields[-dim - 1])):
+        raise _wrong_width(line, fields, dim)
+    token, *raw = line.strip().rsplit(None, dim)
     values = []
     for j, field in enumerate(raw):
         if _FLOAT.fullmatch(field) is None:
+            if all(_FLOAT.fullmatch(f) is None for f in raw[: j + 1]) and all(
+                _FLOAT.fullmatch(f) is not None for f in raw[j + 1 :]
+            ):
+                # Words, then only numbers: a token with spaces and too few values.
+                raise _wrong_width(line, fields, dim)
             raise BadLine(f"value {j + 1} of {dim}, {_show(field)}, is not a number")
         x = float(field)
         if not math.isfinite(x):
-            raise BadLine(f"value {j + 1} of {dim} is {x} (not finite)")
+            if _DECIMAL.fullmatch(field) is not None:  # written as a number, too large for a double
+                raise BadLine(f"value {j + 1} of {dim}, {_show(field)}, overflows float64 "
+                              f"(its largest finite value is {sys.float_info.max:.8g})")
+            if nonfinite != "keep":
+                raise BadLine(f"value {j + 1} of {dim} is {x} (not finite)", kind="nonfinite")
         values.append(x)
+    if dtype is not None and dtype != torch.float64:
+        fmax = torch.finfo(dtype).max
+        if any(abs(x) > fmax for x in values):  # (nan compares False: kept NaNs pass)
+            over = overflow_mask(np.asarray(values, dtype=np.float64), dtype)
+            if over.any():
+                j = int(np.flatnonzero(over)[0])
+                raise BadLine(overflow_reason(values[j], j, dim, dtype, _show(raw[j])), kind="overflow")
     return token, values
 
 
+def _wrong_width(line: bytes, fields: list[bytes], dim: int) -> BadLine:
+    """The error for a row with too few or too many values, naming its token and the counts."""
+    # The values: the run of numbers at the end of the row (the first field is always
+    # the token's); the token: what comes before them.
+    n = 0
+    while n < len(fields) - 1 and _FLOAT.fullmatch(fields[-1 - n]) is not None:
+        n += 1
+    if n == 0 and len(fields) == 1 and _FLOAT.fullmatch(fields[0]) is not None:
+        what = "1 field"
+    elif n == len(fields) - 1 and len(fields) <= dim and _FLOAT.fullmatch(fields[0]) is not None:
+        what = f"{len(fields)} fields"  # only numbers: no token, or a header
+    else:
+        token = line.strip().rsplit(None, n)[0] if n else line.strip()
+        what = f"a token and {n} value{'s' if n != 1 else ''} (token {_show(token, 40)})"
+    hint = None
+    if _HEADER.fullmatch(line) is not None:
+        hint = Hint("it looks like a word2vec header 'count dim': pass {format}", format=("word2vec", "auto"))
+    reason = f"expected a token and {dim} value{'s' if dim != 1 else ''}, found {what}"
+    if n > dim:
+        reason += ("; a token may contain spaces, but the field before its values is a number here, "
+                   "so the row has a value too many")
+    return BadLine(reason, hint)
+
+
+def is_decimal(field: bytes) -> bool:
+    """Whether ``field`` is a decimal number (digits, optional sign, point, exponent): not nan/inf."""
+    return _DECIMAL.fullmatch(field) is not None
+
+
 def is_number(field: bytes) -> bool:
-    """Whether ``field`` is a decimal number as vector files write them."""
+    """Whether ``field`` is a number as vector files write them: decimal, or nan/inf."""
     return _FLOAT.fullmatch(field) is not None
 
 
@@ -99,14 +160,20 @@ def parse_header(line: bytes) -> tuple[int, int] | None:
 
 
 def infer_dim(lines: Sequence[bytes]) -> int | None:
-    """The most common number of values per line (token = first field), or ``None``.
+    """The most common number of values per line, or ``None``.
 
-    The mode, not the first line: a token with spaces or one bad line at the top of a
-    GloVe file must not decide the width of every row. Ties go to the earliest width.
+    A line's values are its fields after the token: the first field and any words after
+    it that are not decimal numbers (``new york 0.1 0.2``: 2 values). The mode, not the
+    first line: tokens with spaces or one bad line at the top of a GloVe file must not
+    decide the width of every row. Ties go to the earliest width.
     """
     counts: dict[int, int] = {}
     for ln in lines:
-        n = len(ln.split()) - 1
+        fields = ln.split()
+        k = 1
+        while k < len(fields) - 1 and _DECIMAL.fullmatch(fields[k]) is None:
+            k += 1  # a word of the token
+        n = len(fields) - k
         if n >= 1:
             counts[n] = counts.get(n, 0) + 1
     if not counts:
@@ -142,12 +209,15 @@ def _cut_batch(lines: list[bytes], dim: int) -> tuple[list[bytes], bytes, list[i
     return toks, b" ".join(rests), slow
 
 
-def _parse_values(joined: bytes, rows: int, dim: int, np_dtype: type) -> np.ndarray | None:
-    """All numbers of a batch, ``(rows, dim)``; ``None`` when they are not exactly that.
+def _parse_values(joined: bytes, rows: int, dim: int, np_dtype: type, fmax: float | None = None) -> np.ndarray | None:
+    """All numbers of a batch, ``(rows, dim)``; ``None`` when they are not exactly that,
+    or not all finite, or (``fmax``) not all at most ``fmax`` in magnitude.
 
     Runs in a worker thread: ``np.fromstring`` releases the GIL. It stops at the first
     field it cannot parse (with a DeprecationWarning in numpy 2.x, a ValueError later),
-    which shows as a short count here.
+    which shows as a short count here. A value too large for float32 parses as inf.
+    ``fmax``: the largest finite value of a narrower output dtype (float16, bfloat16),
+    whose overflows the reference path then finds and names.
     """
     try:
         flat = np.fromstring(joined, dtype=np_dtype, sep=" ")  # (rows * dim,)
@@ -157,6 +227,8 @@ def _parse_values(joined: bytes, rows: int, dim: int, np_dtype: type) -> np.ndar
         return None
     values = flat.reshape(rows, dim)
     if not np.isfinite(values).all():
+        return None
+    if fmax is not None and np.abs(values).max(initial=0.0) > fmax:
         return None
     return values
 
@@ -239,11 +311,13 @@ def read_rows(
     queue: deque[_Batch] = deque()
     lines_read = 0
     extra_line: int | None = None
+    # float32 overflows show as inf; narrower dtypes are parsed as float64 and checked.
+    fmax = torch.finfo(sink.dtype).max if sink.dtype in (torch.float16, torch.bfloat16) else None
 
     def submit(batch: _Batch) -> None:
         batch.toks, joined, batch.slow = _cut_batch(batch.lines, dim)
         if batch.toks:
-            args = (joined, len(batch.toks), dim, np_dtype)
+            args = (joined, len(batch.toks), dim, np_dtype, fmax)
             if pool is None:
                 done: Future = Future()
                 done.set_result(_parse_values(*args))
@@ -333,9 +407,9 @@ def _parse_reference(
     where: list[int] = []
     for line_no, line in zip(line_nos.tolist(), lines):
         try:
-            tok_bytes, vals = parse_line_reference(line, dim)
+            tok_bytes, vals = parse_line_reference(line, dim, nonfinite=sink.nonfinite, dtype=sink.dtype)
         except BadLine as e:
-            sink.bad(e.reason, line=line_no, hint=e.hint or sink.skip_hint)
+            sink.bad(e.reason, line=line_no, hint=e.hint or sink.hint_for(e.kind))
             continue
         try:
             tok = tok_bytes.decode(encoding, unicode_errors)
@@ -343,7 +417,8 @@ def _parse_reference(
             sink.bad(
                 f"the token {tok_bytes[:40]!r} is not valid {encoding} ({e.reason} at byte {e.start})",
                 line=line_no,
-                hint="pass the file's encoding=..., or unicode_errors='replace' or 'ignore'",
+                hint=Hint("pass the file's {encoding}, or {unicode_errors}", encoding=(...,),
+                          unicode_errors=("replace", "ignore")),
             )
             continue
         tokens.append(tok)
@@ -362,7 +437,8 @@ def write_text(
     """Write rows as text: ``token v1 v2 ...``, one per line, after an optional header.
 
     Values are written with enough digits to read back exactly (9 significant digits
-    for float32 and narrower, 17 for float64).
+    for float32 and narrower, 17 for float64). Every token written reads back as itself:
+    one that could not (a token with spaces ending in a number) is refused.
     """
     n, dim = matrix.shape
     for i, tok in enumerate(tokens):
@@ -370,6 +446,12 @@ def write_text(
             raise ValueError(
                 f"cannot write token {tok!r} (row {i}) to a text vector file {path}: tokens "
                 f"must be non-empty, without newlines or leading/trailing whitespace"
+            )
+        parts = tok.encode("utf-8", "surrogatepass").split()
+        if len(parts) > 1 and is_decimal(parts[-1]):
+            raise ValueError(
+                f"cannot write token {tok!r} (row {i}) to a text vector file {path}: a token with spaces "
+                f"must not end in a number, or it reads back as a row with a value too many"
             )
     digits = 17 if matrix.dtype == torch.float64 else 9
     row_fmt = " ".join([f"%.{digits}g"] * dim) + "\n"

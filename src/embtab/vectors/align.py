@@ -20,6 +20,7 @@ if TYPE_CHECKING:
 __all__ = ["embedding_from_vectors", "CoverageReport", "OOV_INITS"]
 
 OOV_INITS = ("normal", "zeros", "mean")
+NONFINITE = ("error", "keep")
 
 
 @dataclass(frozen=True)
@@ -95,6 +96,7 @@ def embedding_from_vectors(
     oov_init: str = "normal",
     lowercase_fallback: bool = True,
     padding_idx: int | None | str = "auto",
+    nonfinite: str = "error",
     **embedding_kwargs: Any,
 ) -> tuple[Any, CoverageReport]:
     """An embedding whose rows follow ``vocab``, copied from ``vectors`` where they exist.
@@ -107,10 +109,16 @@ def embedding_from_vectors(
         freeze: keep the weight fixed (``requires_grad=False``).
         oov_init: rows of tokens not found: ``"normal"`` (N(0, s^2) with s the standard
             deviation of all pretrained values, so they look like the found rows),
-            ``"zeros"``, or ``"mean"`` (the mean pretrained vector).
+            ``"zeros"``, or ``"mean"`` (the mean pretrained vector). The statistics are
+            taken over the finite rows only: a NaN or inf row never spreads.
         lowercase_fallback: a token not found as is takes the vector of its lower case.
         padding_idx: ``"auto"`` (the vocab's ``pad_id``), an int, or ``None``. The
             padding row is zero and gets no gradient.
+        nonfinite: ``"error"`` (default): a pretrained vector holding NaN or inf that
+            would be copied into the table is an error naming its token; ``"keep"``:
+            copied as it is. Either way such rows are left out of the statistics that
+            initialise missing rows and hash buckets. A finite vector that overflows
+            ``dtype`` when converted is always an error.
         **embedding_kwargs: passed to ``embedding_cls.from_pretrained`` (``max_norm``,
             ``sparse``, ``oov``, ``num_oov_buckets``, ...); ``device`` and ``dtype``
             place and convert the weight.
@@ -139,6 +147,8 @@ def embedding_from_vectors(
         raise TypeError(f"{where}: vocab must be an embtab.Vocab, got {type(vocab).__name__}; build one with Vocab.build")
     if oov_init not in OOV_INITS:
         raise ValueError(f"{where}: oov_init must be one of {OOV_INITS}, got oov_init={oov_init!r}")
+    if nonfinite not in NONFINITE:
+        raise ValueError(f"{where}: nonfinite must be one of {NONFINITE}, got nonfinite={nonfinite!r}")
     if padding_idx == "auto":
         padding_idx = vocab.pad_id
     elif isinstance(padding_idx, str):
@@ -180,22 +190,48 @@ def embedding_from_vectors(
 
     rows, dim = len(vocab), vectors.dim
     pretrained = vectors.vectors
+    if padding_idx is not None and (
+        isinstance(padding_idx, bool) or not isinstance(padding_idx, int) or not -rows <= padding_idx < rows
+    ):
+        raise ValueError(
+            f"{where}: padding_idx must be 'auto', None or an id in [{-rows}, {rows - 1}], got {padding_idx!r}"
+        )
+    finite = _finite_rows(pretrained)  # (n,) on the vectors' device
     weight = torch.empty((rows, dim), dtype=dtype, device=device)  # (V, D)
     src_t = torch.tensor(src, dtype=torch.int64, device=device)  # (V,)
     have = src_t >= 0
+    copy = have.clone()
+    if padding_idx is not None:
+        copy[padding_idx] = False  # zeroed below: whatever the vectors hold for it is not copied
+    dst = copy.nonzero().squeeze(1)  # (F,) vocab ids whose pretrained row is copied
+    rows_of = src_t[dst].to(pretrained.device)  # (F,)
+    if nonfinite == "error":
+        bad = (~finite[rows_of]).nonzero().squeeze(1)
+        if bad.numel():
+            _raise_nonfinite(where, vectors, vocab, int(dst[int(bad[0])]), int(rows_of[int(bad[0])]), bad.numel(),
+                             dst.numel())
     with torch.no_grad():
-        _fill_missing(weight, ~have, pretrained, oov_init, where)
-        if bool(have.any()):
-            dst = have.nonzero().squeeze(1)
-            weight[dst] = pretrained.index_select(0, src_t[dst].to(pretrained.device)).to(device=device, dtype=dtype)
+        _fill_missing(weight, ~have, pretrained, finite, oov_init, where)
+        if dst.numel():
+            weight[dst] = pretrained.index_select(0, rows_of).to(device=device, dtype=dtype)
+            if dtype != pretrained.dtype:
+                # A finite vector must stay finite in the table's dtype (70000 is inf in float16).
+                over = (~torch.isfinite(weight[dst]).all(1)) & finite[rows_of].to(device)
+                if bool(over.any()):
+                    i = int(over.nonzero()[0])
+                    vid, row = int(dst[i]), int(rows_of[i])
+                    big = float(pretrained[row].abs().max())
+                    raise ValueError(
+                        f"{where}: the pretrained vector of {vectors.tokens[row]!r} (row {row} of the vectors), for "
+                        f"vocabulary token {vocab.tokens[vid]!r} (id {vid}), holds {big:g}, which overflows {dtype} "
+                        f"(its largest finite value is {torch.finfo(dtype).max:g}); pass dtype={pretrained.dtype} (the "
+                        f"vectors' own) or another wider one"
+                    )
         if padding_idx is not None:
-            if isinstance(padding_idx, bool) or not isinstance(padding_idx, int) or not -rows <= padding_idx < rows:
-                raise ValueError(
-                    f"{where}: padding_idx must be 'auto', None or an id in [{-rows}, {rows - 1}], got {padding_idx!r}"
-                )
             weight[padding_idx].zero_()
 
-    emb = embedding_cls.from_pretrained(weight, freeze=freeze, padding_idx=padding_idx, **embedding_kwargs)
+    emb = embedding_cls.from_pretrained(weight, freeze=freeze, padding_idx=padding_idx, nonfinite=nonfinite,
+                                        **embedding_kwargs)
     missing.sort(key=lambda tc: -tc[1])  # stable: equal counts stay in vocab order
     report = CoverageReport(
         tokens=len(vocab) - len(specials),
@@ -213,43 +249,83 @@ def embedding_from_vectors(
     return emb, report
 
 
-def _fill_missing(weight: Tensor, mask: Tensor, pretrained: Tensor, oov_init: str, where: str) -> None:
-    """Initialise rows ``mask`` of ``weight`` by ``oov_init``, from statistics of ``pretrained``."""
+def _raise_nonfinite(
+    where: str, vectors: "Vectors", vocab: "Vocab", vid: int, row: int, count: int, copied: int
+) -> None:
+    vec = vectors.vectors[row]
+    value = vec[~torch.isfinite(vec)][0].item()
+    raise ValueError(
+        f"{where}: the pretrained vector of {vectors.tokens[row]!r} (row {row} of the vectors), for vocabulary "
+        f"token {vocab.tokens[vid]!r} (id {vid}), holds {value} (not finite); {count} of the {copied} vectors to "
+        f"copy do. Fix the vectors (embtab.vectors.load refuses such rows unless nonfinite='keep'), or pass "
+        f"nonfinite='keep' to copy them as they are (they are never used to initialise other rows)"
+    )
+
+
+def _finite_rows(x: Tensor, block: int = 1 << 16) -> Tensor:
+    """Whether each row of ``x`` is all finite: ``(n,)`` bool, block by block."""
+    out = torch.empty(x.shape[0], dtype=torch.bool, device=x.device)
+    for s in range(0, x.shape[0], block):
+        out[s : s + block] = torch.isfinite(x[s : s + block]).all(1)
+    return out
+
+
+def _fill_missing(weight: Tensor, mask: Tensor, pretrained: Tensor, finite: Tensor, oov_init: str, where: str) -> None:
+    """Initialise rows ``mask`` of ``weight`` by ``oov_init``, from statistics of the finite rows of ``pretrained``."""
     n = int(mask.sum())
     if n == 0:
         return
     if oov_init == "zeros":
         weight[mask] = 0
         return
-    if pretrained.shape[0] == 0:
-        raise ValueError(f"{where}: oov_init={oov_init!r} needs at least one pretrained vector; pass oov_init='zeros'")
-    stats = pretrained.to(torch.float64) if pretrained.numel() < (1 << 24) else None
+    n_finite = int(finite.sum())
+    if n_finite == 0:
+        what = ("pretrained vector" if pretrained.shape[0] == 0
+                else f"finite pretrained vector (all {pretrained.shape[0]} hold NaN or inf)")
+        raise ValueError(f"{where}: oov_init={oov_init!r} needs at least one {what}; pass oov_init='zeros'")
+    all_finite = n_finite == pretrained.shape[0]
+    stats = None
+    if pretrained.numel() < (1 << 24):
+        stats = (pretrained if all_finite else pretrained[finite]).to(torch.float64)
+    rows_mask = None if all_finite else finite
     if oov_init == "mean":
-        mean = stats.mean(0) if stats is not None else _blocked_mean(pretrained)
+        mean = stats.mean(0) if stats is not None else _blocked_mean(pretrained, rows_mask)
         weight[mask] = mean.to(device=weight.device, dtype=weight.dtype)
         return
-    # "normal": N(0, s^2), s the standard deviation of all pretrained values.
+    # "normal": N(0, s^2), s the standard deviation of all (finite) pretrained values.
     if stats is not None:
         std = float(stats.std()) if stats.numel() > 1 else 1.0
     else:
-        std = _blocked_std(pretrained)
+        std = _blocked_std(pretrained, rows_mask)
     noise = torch.randn((n, weight.shape[1]), dtype=torch.float32).to(weight.device) * std
     weight[mask] = noise.to(weight.dtype)
 
 
-def _blocked_mean(x: Tensor, block: int = 1 << 16) -> Tensor:
-    """Column means in float64 without a float64 copy of the whole matrix."""
+def _blocks(x: Tensor, rows: Tensor | None, block: int):  # type: ignore[no-untyped-def]
+    """Blocks of ``x`` in float64, only the rows ``rows`` marks (all if ``None``)."""
+    for s in range(0, x.shape[0], block):
+        part = x[s : s + block]
+        if rows is not None:
+            part = part[rows[s : s + block]]
+        yield part.to(torch.float64)
+
+
+def _blocked_mean(x: Tensor, rows: Tensor | None = None, block: int = 1 << 16) -> Tensor:
+    """Column means in float64 (of the rows ``rows`` marks) without a float64 copy of the whole matrix."""
     total = torch.zeros(x.shape[1], dtype=torch.float64, device=x.device)
-    for s in range(0, x.shape[0], block):
-        total += x[s : s + block].to(torch.float64).sum(0)
-    return total / x.shape[0]
+    count = 0
+    for part in _blocks(x, rows, block):
+        total += part.sum(0)
+        count += part.shape[0]
+    return total / max(count, 1)
 
 
-def _blocked_std(x: Tensor, block: int = 1 << 16) -> float:
-    """Standard deviation of all values, in float64, block by block (two passes)."""
-    n = x.numel()
-    mean = float(_blocked_mean(x, block).mean())
+def _blocked_std(x: Tensor, rows: Tensor | None = None, block: int = 1 << 16) -> float:
+    """Standard deviation of all values (of the rows ``rows`` marks), in float64, block by block (two passes)."""
+    mean = float(_blocked_mean(x, rows, block).mean())
     sq = 0.0
-    for s in range(0, x.shape[0], block):
-        sq += float(((x[s : s + block].to(torch.float64) - mean) ** 2).sum())
+    n = 0
+    for part in _blocks(x, rows, block):
+        sq += float(((part - mean) ** 2).sum())
+        n += part.numel()
     return (sq / max(n - 1, 1)) ** 0.5

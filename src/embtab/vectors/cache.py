@@ -7,8 +7,14 @@ Layout (a valid safetensors file, readable by ``safetensors.safe_open``):
 ``token_chars``    uint8: all tokens, UTF-8, one after the other
 
 and string metadata: ``format`` (``"embtab.vectors"``), ``format_version``, ``count``,
-``dim``, and where the vectors came from: ``source`` (file name), ``source_format``,
-``source_sha256`` (SHA-256 of the source file's bytes) and ``load_options`` (JSON).
+``dim``, ``nonfinite_rows`` (rows holding NaN or inf, so that a load need not read the
+matrix to know there are none), and where the vectors came from: ``source`` (file name),
+``source_format``, ``source_sha256`` (SHA-256 of the source file's bytes) and
+``load_options`` (JSON).
+
+Only an embtab cache is ever replaced by one (:func:`not_a_cache` says why another file
+is not): a ``cache=`` argument or an output path that names a text file, another
+safetensors file or the source itself is refused, never overwritten.
 
 The file is written by us, not by ``safetensors.torch.save_file``, so that the matrix
 goes from memory to disk without an intermediate copy, and read by us, so that the
@@ -28,6 +34,7 @@ import numpy as np
 import torch
 
 from .._io import write_safetensors
+from ._errors import Hint, VectorsFormatError
 
 FORMAT_NAME = "embtab.vectors"
 FORMAT_VERSION = 1
@@ -51,6 +58,52 @@ def is_cache_file(head: bytes) -> bool:
     return 0 < n <= _MAX_HEADER and head[8:9] == b"{"
 
 
+def not_a_cache(path: str | os.PathLike[str]) -> str | None:
+    """Why the existing file ``path`` is not an embtab vectors cache, or ``None`` if it is one
+    (a file whose header says so, even if its data is damaged) or is empty."""
+    path = Path(path)
+    if path.is_dir():
+        return "it is a directory"
+    try:
+        size = path.stat().st_size
+        if size == 0:
+            return None  # nothing to lose
+        with open(path, "rb") as f:
+            first = f.read(8)
+            if len(first) == 8:
+                (n_head,) = struct.unpack("<Q", first)
+                if 0 < n_head <= min(_MAX_HEADER, size - 8):
+                    raw = f.read(n_head)
+                    try:
+                        header = json.loads(raw.decode("utf-8"))
+                    except (UnicodeDecodeError, json.JSONDecodeError):
+                        header = None
+                    if isinstance(header, dict):
+                        meta = header.get("__metadata__") or {}
+                        if isinstance(meta, dict) and meta.get("format") == FORMAT_NAME:
+                            return None
+                        tensors = sorted(k for k in header if k != "__metadata__")[:5]
+                        return f"it is a safetensors file with tensors {tensors}, not an embtab vectors cache"
+    except OSError as e:
+        return f"it cannot be read ({e.strerror})"
+    with open(path, "rb") as f:
+        start = f.read(24)
+    return f"it is not a safetensors file (it starts with {start!r})"
+
+
+def check_replaceable(path: str | os.PathLike[str], where: str, what: str) -> None:
+    """Raise ``ValueError`` if ``path`` exists and is not an embtab cache: it is never replaced by one."""
+    path = Path(path)
+    if not path.exists() and not path.is_symlink():
+        return
+    why = not_a_cache(path)
+    if why is not None:
+        raise ValueError(
+            f"{where}: {what} {str(path)!r} exists and {why}; refusing to replace it with a vectors cache: "
+            f"pass another path (ending in .safetensors), or delete the file first if it is no longer needed"
+        )
+
+
 def write_cache(
     path: str | os.PathLike[str],
     tokens: list[str],
@@ -68,7 +121,11 @@ def write_cache(
     data = matrix.detach().to("cpu").contiguous()
     raw = data.view(torch.int16) if matrix.dtype == torch.bfloat16 else data
     mat_bytes = raw.numpy().astype(raw_dtype, copy=False)
-    meta = {"format": FORMAT_NAME, "format_version": str(FORMAT_VERSION), "count": str(n), "dim": str(dim)}
+    nonfinite_rows = 0
+    for start in range(0, n, 1 << 16):  # block by block: no whole-matrix temporary
+        nonfinite_rows += int((~torch.isfinite(data[start : start + (1 << 16)]).all(1)).sum())
+    meta = {"format": FORMAT_NAME, "format_version": str(FORMAT_VERSION), "count": str(n), "dim": str(dim),
+            "nonfinite_rows": str(nonfinite_rows)}
     meta.update(metadata)
     write_safetensors(path, [("token_lengths", "I64", [n], lengths),
                              ("vectors", st_name, [n, dim], mat_bytes.reshape(-1)),
@@ -83,38 +140,39 @@ def read_cache(path: str | os.PathLike[str]) -> tuple[list[str], torch.Tensor, d
             a newer embtab, or truncated.
     """
     path = Path(path)
-    where = f"embtab.vectors.load({str(path)!r})"
     size = path.stat().st_size
+    rewrite = "write the cache again (Vectors.save, or embtab vectors convert)"
     with open(path, "rb") as f:
         first = f.read(8)
         if len(first) < 8:
-            raise ValueError(f"{where}: not a vectors cache file: only {len(first)} bytes")
+            raise VectorsFormatError(path, f"not a vectors cache file: only {len(first)} bytes",
+                                     hint=Hint("pass the file's real {format}", format=("auto",)))
         (n_head,) = struct.unpack("<Q", first)
         if not 0 < n_head <= min(_MAX_HEADER, size - 8):
-            raise ValueError(
-                f"{where}: not a safetensors file (header length {n_head} for a file of {size} bytes); "
-                f"pass format='auto' or the file's real format"
+            raise VectorsFormatError(
+                path, f"not a safetensors file (header length {n_head} for a file of {size} bytes)",
+                hint=Hint("pass {format} or the file's real format", format=("auto",)),
             )
         try:
             header = json.loads(f.read(n_head).decode("utf-8"))
         except (UnicodeDecodeError, json.JSONDecodeError) as e:
-            raise ValueError(f"{where}: corrupt safetensors header ({e}); write the cache again") from e
+            raise VectorsFormatError(path, f"corrupt safetensors header ({e})", hint=rewrite) from e
         if not isinstance(header, dict):
-            raise ValueError(f"{where}: corrupt safetensors header; write the cache again")
+            raise VectorsFormatError(path, "corrupt safetensors header", hint=rewrite)
         meta = header.get("__metadata__") or {}
         if meta.get("format") != FORMAT_NAME:
-            raise ValueError(
-                f"{where}: a safetensors file, but not an embtab vectors cache (metadata format="
-                f"{meta.get('format')!r}, tensors {sorted(k for k in header if k != '__metadata__')}); "
-                f"write one with Vectors.save()"
+            raise VectorsFormatError(
+                path, f"a safetensors file, but not an embtab vectors cache (metadata format="
+                      f"{meta.get('format')!r}, tensors {sorted(k for k in header if k != '__metadata__')})",
+                hint="write one with Vectors.save() or embtab vectors convert",
             )
         version = meta.get("format_version", "")
         if not version.isdigit() or int(version) < 1:
-            raise ValueError(f"{where}: bad format_version {version!r}; write the cache again")
+            raise VectorsFormatError(path, f"bad format_version {version!r}", hint=rewrite)
         if int(version) > FORMAT_VERSION:
-            raise ValueError(
-                f"{where}: written by a newer embtab (format_version {version}; this version reads "
-                f"up to {FORMAT_VERSION}); upgrade embtab"
+            raise VectorsFormatError(
+                path, f"written by a newer embtab (format_version {version}; this version reads "
+                      f"up to {FORMAT_VERSION})", hint="upgrade embtab"
             )
         try:
             specs = {k: header[k] for k in ("token_lengths", "vectors", "token_chars")}
@@ -122,28 +180,29 @@ def read_cache(path: str | os.PathLike[str]) -> tuple[list[str], torch.Tensor, d
             dtype = _FROM_ST[specs["vectors"]["dtype"]]
             offs = {k: tuple(int(x) for x in v["data_offsets"]) for k, v in specs.items()}
         except (KeyError, TypeError, ValueError) as e:
-            raise ValueError(f"{where}: corrupt cache header ({e!r}); write the cache again") from e
+            raise VectorsFormatError(path, f"corrupt cache header ({e!r})", hint=rewrite) from e
         data_start = 8 + n_head
         end = max(b for _, b in offs.values())
         if data_start + end != size:
-            raise ValueError(
-                f"{where}: the file has {size} bytes but its header describes {data_start + end}; "
-                f"it is truncated or corrupt, write the cache again"
+            raise VectorsFormatError(
+                path, f"the file has {size} bytes but its header describes {data_start + end}; it is truncated "
+                      f"or corrupt", hint=rewrite,
             )
         raw_dtype = _ST_DTYPES[dtype][1]
         a, b = offs["vectors"]
         if b - a != n * dim * np.dtype(raw_dtype).itemsize:
-            raise ValueError(f"{where}: corrupt cache: vectors size does not match shape {(n, dim)}")
+            raise VectorsFormatError(path, f"corrupt cache: vectors size does not match shape {(n, dim)}", hint=rewrite)
         a_l, b_l = offs["token_lengths"]
         a_c, b_c = offs["token_chars"]
         if b_l - a_l != 8 * n:
-            raise ValueError(f"{where}: corrupt cache: {b_l - a_l} bytes of token lengths for {n} tokens")
+            raise VectorsFormatError(path, f"corrupt cache: {b_l - a_l} bytes of token lengths for {n} tokens",
+                                     hint=rewrite)
         f.seek(data_start + a_l)
         lengths = np.frombuffer(f.read(b_l - a_l), dtype="<i8")
         f.seek(data_start + a_c)
         chars = f.read(b_c - a_c).decode("utf-8", "surrogatepass")
     if int(lengths.sum()) != len(chars) or (n and int(lengths.min()) < 0):
-        raise ValueError(f"{where}: corrupt cache: token lengths do not add up; write the cache again")
+        raise VectorsFormatError(path, "corrupt cache: token lengths do not add up", hint=rewrite)
     ends = list(accumulate(lengths.tolist()))
     starts = [0] + ends[:-1]
     tokens = [chars[s:e] for s, e in zip(starts, ends)]

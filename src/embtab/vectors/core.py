@@ -6,7 +6,8 @@ import gzip
 import os
 import warnings
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from types import MappingProxyType
+from typing import Any, Iterator, Mapping, Sequence
 
 import torch
 from torch import Tensor
@@ -15,9 +16,10 @@ from .._io import atomic_open
 from . import _load
 from ._binary import write_binary
 from ._text import write_text
-from .cache import write_cache
+from .cache import check_replaceable, write_cache
 
 EXPORT_FORMATS = ("glove", "word2vec", "fasttext", "word2vec_binary")
+_UNSET: Any = object()  # most_similar's topn when not given
 
 
 class Vectors:
@@ -43,8 +45,10 @@ class Vectors:
         >>> v = Vectors(["a", "b"], torch.tensor([[1.0, 0.0], [0.6, 0.8]]))
         >>> v["b"], v.index("b"), v.dim, len(v), "c" in v
         (tensor([0.6000, 0.8000]), 1, 2, 2, False)
-        >>> v.most_similar("a", k=1)
+        >>> v.most_similar("a", topn=1)
         [('b', 0.6000000238418579)]
+        >>> v.similarity("a", "b"), v.key_to_index["b"], v.index_to_key
+        (0.6000000238418579, 1, ['a', 'b'])
     """
 
     def __init__(
@@ -154,10 +158,16 @@ class Vectors:
         second for millions of vectors. The file records the source's name, format and
         SHA-256 (see :func:`embtab.vectors.load`'s ``cache`` argument).
 
+        Raises:
+            ValueError: ``path`` exists and is not an embtab vectors cache (a text file,
+                another safetensors file, the vectors' own source, ...): only a cache is
+                ever replaced by a cache.
+
         Examples:
             >>> v = embtab.vectors.load("glove.6B.300d.txt")   # doctest: +SKIP
             >>> v.save("glove.6B.300d.safetensors")            # doctest: +SKIP
         """
+        check_replaceable(path, "Vectors.save", "the file")
         meta = {
             "source": self._info.get("source_name") or (Path(self.source).name if self.source else ""),
             "source_format": str(self._info.get("source_format") or self.format or ""),
@@ -178,6 +188,11 @@ class Vectors:
         if format not in EXPORT_FORMATS:
             raise ValueError(f"Vectors.export: format must be one of {EXPORT_FORMATS}, got {format!r}")
         path = Path(path)
+        if self.source and _same_file(path, Path(self.source)):
+            raise ValueError(
+                f"Vectors.export: {str(path)!r} is the file these vectors were loaded from; refusing to replace "
+                f"it: write to another path"
+            )
         with atomic_open(path, "wb") as raw:
             f = gzip.GzipFile(fileobj=raw, mode="wb", mtime=0) if path.name.endswith(".gz") else raw
             try:
@@ -198,21 +213,67 @@ class Vectors:
         return self._norms[1]
 
     def most_similar(
-        self, token_or_vector: str | Tensor | Sequence[float], k: int = 10, *, restrict_vocab: int | None = None
+        self,
+        positive: Any = None,
+        negative: Any = None,
+        topn: int | None = _UNSET,  # type: ignore[assignment]
+        *,
+        restrict_vocab: int | None = None,
+        k: int | None = None,
+        token_or_vector: Any = None,
     ) -> list[tuple[str, float]]:
-        """The ``k`` tokens with the highest cosine similarity, as gensim's ``most_similar``.
+        """The ``topn`` tokens most cosine-similar to a token, a vector, or a weighted mean of
+        several: gensim's ``KeyedVectors.most_similar``, with the same results.
 
         Args:
-            token_or_vector: a token (itself excluded from the result) or a vector.
-            k: how many.
+            positive: a token (itself left out of the result), a ``(dim,)`` vector, or a
+                list of tokens, vectors and ``(token or vector, weight)`` pairs.
+            negative: the same, counted against (``king - man + woman``:
+                ``positive=["king", "woman"], negative=["man"]``).
+            topn: how many (default 10).
             restrict_vocab: search only the first ``restrict_vocab`` rows.
+            k: the same as ``topn`` (the name before ``topn``).
+            token_or_vector: the same as ``positive`` (the name before ``positive``).
 
         Returns:
             A list of ``(token, cosine)``, best first.
+
+        Examples:
+            >>> v.most_similar("cat", topn=2)                                        # doctest: +SKIP
+            >>> v.most_similar(positive=["king", "woman"], negative=["man"], topn=1)  # doctest: +SKIP
         """
         from .evaluate import most_similar
 
-        return most_similar(self, token_or_vector, k, restrict_vocab=restrict_vocab)
+        if token_or_vector is not None:
+            if positive is not None:
+                raise TypeError("most_similar: pass positive= or token_or_vector= (its older name), not both")
+            positive = token_or_vector
+        if isinstance(negative, int) and not isinstance(negative, bool):
+            # most_similar("cat", 5): the second positional argument was k before negative= existed.
+            if topn is not _UNSET or k is not None:
+                raise TypeError(f"most_similar: negative must be tokens or vectors, got {negative!r}")
+            topn, negative = negative, None
+        if k is not None:
+            if topn is not _UNSET and topn != k:
+                raise TypeError(f"most_similar: pass topn= or k= (its older name), not both (topn={topn!r}, k={k!r})")
+            topn = k
+        return most_similar(self, positive, negative, 10 if topn is _UNSET else topn, restrict_vocab=restrict_vocab)
+
+    def similarity(self, a: str, b: str) -> float:
+        """Cosine similarity of the vectors of tokens ``a`` and ``b`` (gensim's ``similarity``)."""
+        from .evaluate import similarity
+
+        return similarity(self, a, b)
+
+    @property
+    def index_to_key(self) -> list[str]:
+        """The tokens in row order (gensim's name for :attr:`tokens`)."""
+        return self.tokens
+
+    @property
+    def key_to_index(self) -> Mapping[str, int]:
+        """Token -> row, read-only (gensim's ``key_to_index``; see also :meth:`index`)."""
+        return MappingProxyType(self._index)
 
     def evaluate_word_pairs(self, path: str | os.PathLike[str], **kwargs: Any) -> Any:
         """Correlation with human similarity judgements; see :func:`embtab.vectors.evaluate.evaluate_word_pairs`."""
@@ -236,6 +297,7 @@ def load(
     unicode_errors: str = "strict",
     dtype: torch.dtype = torch.float32,
     on_bad_line: str = "raise",
+    nonfinite: str = "error",
     progress: bool | None = None,
     num_threads: int | None = None,
     cache: str | os.PathLike[str] | None = None,
@@ -248,10 +310,13 @@ def load(
             it too), ``"glove"`` (text, no header), ``"word2vec"`` (text with a
             ``count dim`` header), ``"fasttext"`` (``.vec``: the same as word2vec text),
             ``"word2vec_binary"`` (the C tool's binary format) or ``"cache"`` (a file
-            written by :meth:`Vectors.save`, loaded memory-mapped).
+            written by :meth:`Vectors.save`, loaded memory-mapped). A format given
+            that the file plainly is not (text read as binary or the other way round)
+            is an error that says what the file is.
         limit: read only the first ``limit`` rows (the most frequent words, in most
             files). The matrix is allocated for at most ``limit`` rows.
-        encoding: of the tokens; must be ASCII-compatible.
+        encoding: of the tokens; must be ASCII-compatible. A UTF-8 byte-order mark at
+            the start of the file is dropped (``"utf-8-sig"`` works the same as ``"utf-8"``).
         unicode_errors: what to do with tokens that are not valid in ``encoding``:
             ``"strict"`` raises an error naming the line; ``"replace"`` or ``"ignore"``
             help with files from the word2vec C tool, which can cut a multi-byte
@@ -259,22 +324,34 @@ def load(
         dtype: of the matrix: ``torch.float32`` (default), ``float64``, ``float16`` or
             ``bfloat16``. Text is parsed to the nearest double and rounded once (as gensim
             does). A cache stored in another dtype is converted (a copy, not a mapping).
+            A value that does not fit (``1e39`` in float32, ``70000`` in float16) makes
+            its row bad, naming the value; it never silently becomes inf.
         on_bad_line: ``"raise"`` (default: a :class:`VectorsFormatError` naming the
             file, the line or byte offset and the problem), ``"warn"`` (drop bad rows,
             warn once with their count and the first) or ``"skip"`` (drop them silently;
             ``v.skipped`` counts them). Bad rows: a wrong number of values, a value that
-            is not a number or not finite, a token not valid in ``encoding``.
+            is not a number, not finite (see ``nonfinite``) or too large for ``dtype``,
+            a token not valid in ``encoding``. If every row is bad the load fails all
+            the same: a load never ends with 0 vectors without saying why.
+        nonfinite: ``"error"`` (default): a row holding ``nan`` or ``inf`` is a bad row
+            (see ``on_bad_line``); ``"keep"``: such rows are kept as they are. Statistics
+            that initialise other rows (:meth:`embtab.Embedding.from_vectors`) never use them.
         progress: show a progress bar; ``None``: only for big files when stderr is a terminal.
         num_threads: threads parsing numbers (``None``: 1; numpy's text parser holds the
             GIL, so more threads have only been seen to slow it down).
         cache: a cache file. If it exists and records this file's SHA-256 and the same
             options, it is loaded instead (memory-mapped); otherwise the file is parsed
-            and the cache written. Checking costs one read of the source file.
+            and the cache written. Checking costs one read of the source file. Only an
+            embtab cache is ever replaced: a ``cache`` that names the source itself or
+            any other existing file is refused with an error, before anything is read.
 
     Text rows are a token, then ``dim`` numbers. Tokens may contain spaces (glove.840B
     has some): the last ``dim`` fields of a row are its vector, everything before them
-    is the token. Without a header, ``dim`` is the most common width of the first 100
-    lines. Blank lines are ignored.
+    is the token, **unless the field right before those ``dim`` values is a decimal
+    number**: ``cat 0.4 0.5 0.6 0.7`` in a 3-dim file is a row with a value too many (a
+    bad row), not the token ``'cat 0.4'``. So a token with spaces cannot end in a
+    number (``Vectors.export`` refuses to write one). Without a header, ``dim`` is the
+    most common width of the first 100 lines. Blank lines are ignored.
 
     Returns:
         :class:`Vectors`. Tokens keep file order; a repeated token keeps its first row
@@ -282,26 +359,39 @@ def load(
 
     Raises:
         VectorsFormatError: (a ``ValueError``) a malformed file, as above; also a header
-            count that disagrees with the rows, or a truncated binary file.
+            count that disagrees with the rows, a truncated binary file, or a file that
+            is not vectors at all (an HTML page, a zip archive, UTF-16 text: the message
+            says which).
 
     Examples:
         >>> v = embtab.vectors.load("glove.6B.100d.txt")              # doctest: +SKIP
         >>> v = embtab.vectors.load("cc.en.300.vec.gz", limit=100_000)  # doctest: +SKIP
     """
     where = "embtab.vectors.load"
-    _load.check_options(format, limit, encoding, unicode_errors, dtype, on_bad_line, num_threads, where)
+    _load.check_options(format, limit, encoding, unicode_errors, dtype, on_bad_line, num_threads, where, nonfinite)
+    encoding = _load.normal_encoding(encoding)
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{where}: no such file: {str(path)!r}")
-    options = _load.options_key(format, limit, encoding, unicode_errors, dtype, on_bad_line)
+    options = _load.options_key(format, limit, encoding, unicode_errors, dtype, on_bad_line, nonfinite)
     if cache is not None:
-        cached = _try_cache(Path(cache), path, options)
+        cache = Path(cache)
+        if _same_file(cache, path):
+            suggestion = path.with_name(path.name.split(".")[0] + ".safetensors")
+            raise ValueError(
+                f"{where}: cache={str(cache)!r} is the vectors file itself; refusing to replace it with a "
+                f"cache: pass another path, e.g. cache={str(suggestion)!r}"
+            )
+        check_replaceable(cache, where, "cache=")  # before the parse: fail fast, lose nothing
+        cached = _try_cache(cache, path, options)
         if cached is not None:
             return cached
     tokens, matrix, index, info = _load.load_file(
         path, format, limit=limit, encoding=encoding, unicode_errors=unicode_errors, dtype=dtype,
-        on_bad_line=on_bad_line, progress=progress, num_threads=num_threads,
+        on_bad_line=on_bad_line, nonfinite=nonfinite, progress=progress, num_threads=num_threads,
     )
+    if not tokens and limit != 0:
+        warnings.warn(f"{path}: loaded 0 vectors: the file holds none", stacklevel=2)
     info.setdefault("load_options", options)  # a cache keeps the options of its first load
     v = Vectors(tokens, matrix, format=info["format"], source=str(path),
                 _index=index, _info=info)
@@ -310,14 +400,28 @@ def load(
     return v
 
 
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        return a.exists() and b.exists() and os.path.samefile(a, b)
+    except OSError:
+        return False
+
+
 def _try_cache(cache: Path, source: Path, options: str) -> Vectors | None:
-    if not cache.exists():
+    """The cache's vectors if it is fresh (same source bytes, same options); ``None`` if it
+    is absent or stale, and will be written again (it is an embtab cache: checked before)."""
+    if not cache.exists() or cache.stat().st_size == 0:
         return None
     try:
-        tokens, matrix, index, info = _load.from_cache(cache)
+        # As stored: a fresh cache was written by a load with these very options.
+        tokens, matrix, index, info = _load.from_cache(cache, nonfinite="keep")
     except ValueError as e:
-        warnings.warn(f"ignoring the unreadable cache {str(cache)!r} and writing it again: {e}", stacklevel=3)
+        warnings.warn(f"replacing the unreadable vectors cache {str(cache)!r}: {e}", stacklevel=3)
         return None
     if info["load_options"] != options or info["sha256"] != _load.file_sha256(source):
+        recorded = info.get("source_name")
+        if recorded and recorded != source.name:
+            warnings.warn(f"replacing the vectors cache {str(cache)!r}, made from {recorded!r}, with one made "
+                          f"from {source.name!r}", stacklevel=3)
         return None  # stale: another source or other options
     return Vectors(tokens, matrix, format="cache", source=str(cache), _index=index, _info=info)

@@ -20,7 +20,7 @@ from __future__ import annotations
 import math
 import os
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Mapping, Sequence
+from typing import TYPE_CHECKING, Mapping
 
 import numpy as np
 import torch
@@ -29,7 +29,8 @@ from torch import Tensor
 if TYPE_CHECKING:
     from .core import Vectors
 
-__all__ = ["most_similar", "evaluate_word_pairs", "evaluate_analogies", "WordPairsResult", "AnalogyResult"]
+__all__ = ["most_similar", "similarity", "evaluate_word_pairs", "evaluate_analogies", "WordPairsResult",
+           "AnalogyResult"]
 
 # Elements of the (queries x rows) similarity block computed at once: bounds memory.
 _BLOCK_ELEMENTS = 1 << 24
@@ -120,7 +121,7 @@ def _unit(x: Tensor) -> Tensor:
 def _top_rows(v: "Vectors", queries: Tensor, end: int, k: int) -> tuple[Tensor, Tensor]:
     """Cosine of unit ``queries`` (Q, D) with rows ``[0, end)``; top ``k`` per query: (Q, k) values, ids.
 
-    As gensim: ``dot(vectors, query) / norms``; rows of norm 0 never rank.
+    As gensim: ``dot(vectors, query) / norms``; rows of norm 0 (or not finite) never rank.
     """
     vectors = v.vectors
     cdt = _compute_dtype(vectors)
@@ -136,7 +137,9 @@ def _top_rows(v: "Vectors", queries: Tensor, end: int, k: int) -> tuple[Tensor, 
             rows = vectors[rs : min(end, rs + r_block)].to(cdt)  # (r, D)
             n = norms[rs : rs + rows.shape[0]]
             sims = (q @ rows.T) / n  # (q, r)
-            parts.append(torch.where(n > 0, sims, torch.full_like(sims, -math.inf)))
+            # Rows of norm 0, and rows holding NaN or inf (kept with nonfinite="keep"), never rank.
+            ranks = (n > 0) & torch.isfinite(n)
+            parts.append(torch.where(ranks, sims, torch.full_like(sims, -math.inf)))
         sims = torch.cat(parts, dim=1) if len(parts) > 1 else parts[0]  # (q, R)
         val, idx = torch.topk(sims, k, dim=1)
         best_v.append(val)
@@ -145,45 +148,106 @@ def _top_rows(v: "Vectors", queries: Tensor, end: int, k: int) -> tuple[Tensor, 
 
 
 # ---------------------------------------------------------------------- most_similar
+def _items(value: object, where: str, dim: int) -> list[object]:
+    """``positive``/``negative`` as a list of items (gensim's ``_ensure_list``): a token, a
+    vector, or a ``(token or vector, weight)`` pair each."""
+    if value is None:
+        return []
+    if isinstance(value, (str, Tensor, np.ndarray)):
+        if isinstance(value, (Tensor, np.ndarray)) and value.ndim == 2:
+            return list(value)  # (m, dim): m vectors
+        return [value]
+    if isinstance(value, (list, tuple)):
+        if len(value) == dim and value and all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in value):
+            return [torch.tensor(value, dtype=torch.float64)]  # one vector written as a list of numbers
+        return list(value)
+    raise TypeError(
+        f"{where}: expected a token, a vector, or a list of tokens, vectors and (token or vector, weight) "
+        f"pairs, got {type(value).__name__}"
+    )
+
+
 def most_similar(
-    v: "Vectors", token_or_vector: str | Tensor | Sequence[float], k: int = 10, *, restrict_vocab: int | None = None
+    v: "Vectors",
+    positive: object = None,
+    negative: object = None,
+    topn: int = 10,
+    *,
+    restrict_vocab: int | None = None,
 ) -> list[tuple[str, float]]:
-    """The ``k`` rows most cosine-similar to a token (excluded itself) or to a vector.
+    """The ``topn`` rows most cosine-similar to the weighted mean of ``positive`` and
+    ``negative`` tokens or vectors: gensim's ``KeyedVectors.most_similar``.
+
+    As gensim: each token counts as its unit vector, each vector as it is, with weight
+    1 (``positive``) or -1 (``negative``) unless given as a ``(item, weight)`` pair; the
+    weighted sum is divided by the sum of the absolute weights and normalised; the
+    tokens given are left out of the result; rows of norm 0 never rank.
 
     Args:
         v: the vectors.
-        token_or_vector: a token, or a ``(dim,)`` vector.
-        k: how many results.
+        positive: a token, a ``(dim,)`` vector, or a list of tokens, vectors and
+            ``(token or vector, weight)`` pairs.
+        negative: the same, counted against.
+        topn: how many results (fewer than 1: none).
         restrict_vocab: search only the first ``restrict_vocab`` rows.
 
     Returns:
         ``[(token, cosine), ...]``, best first.
 
     Examples:
-        >>> v.most_similar("king", k=3)                        # doctest: +SKIP
+        >>> v.most_similar("king", topn=3)                                   # doctest: +SKIP
         [('queen', 0.75), ('prince', 0.70), ('monarch', 0.69)]
+        >>> v.most_similar(positive=["king", "woman"], negative=["man"], topn=1)  # doctest: +SKIP
+        [('queen', 0.71)]
     """
-    if isinstance(k, bool) or not isinstance(k, int):
-        raise TypeError(f"most_similar: k must be an int, got {k!r}")
-    if k < 1 or len(v) == 0:
+    where = "most_similar"
+    if topn is None:
+        raise TypeError(f"{where}: topn=None (gensim's similarities to every row) is not supported; pass "
+                        f"topn=len(v) for all rows, ranked")
+    if isinstance(topn, bool) or not isinstance(topn, int):
+        raise TypeError(f"{where}: topn must be an int, got {topn!r}")
+    pos, neg = _items(positive, where, v.dim), _items(negative, where, v.dim)
+    if not pos and not neg:
+        raise ValueError(f"{where}: nothing to compare with: pass positive= and/or negative= tokens or vectors")
+    if topn < 1 or len(v) == 0:
         return []
     end = len(v) if not restrict_vocab else min(restrict_vocab, len(v))
-    cdt = _compute_dtype(v.vectors)
+    vectors = v.vectors
+    cdt = _compute_dtype(vectors)
+    norms = v._norms_of()
+    mean = torch.zeros(v.dim, dtype=cdt, device=vectors.device)  # (D,)
+    total = 0.0
     exclude: set[int] = set()
-    if isinstance(token_or_vector, str):
-        i = v.index(token_or_vector)
-        exclude.add(i)
-        query = v.vectors[i].to(cdt)
-    else:
-        query = torch.as_tensor(token_or_vector, device=v.vectors.device).to(cdt)
-        if query.shape != (v.dim,):
-            raise ValueError(
-                f"most_similar: the query vector must have shape ({v.dim},), got {tuple(query.shape)}"
-            )
-    query = _unit(_unit(query))  # gensim normalises the input, then the (one-element) mean
-    val, idx = _top_rows(v, query[None], end, k + len(exclude))
+    for item, default in [(x, 1.0) for x in pos] + [(x, -1.0) for x in neg]:
+        weight = default
+        if isinstance(item, tuple):
+            if len(item) != 2:
+                raise TypeError(f"{where}: a weighted item is a pair (token or vector, weight), got {item!r}")
+            item, weight = item
+            weight = float(weight)
+        if isinstance(item, str):
+            i = v.index(item)  # KeyError naming a missing token
+            exclude.add(i)
+            vec = vectors[i].to(cdt) / norms[i].to(cdt)  # the unit vector, as gensim's get_vector(norm=True)
+        else:
+            vec = torch.as_tensor(item, device=vectors.device).to(cdt)
+            if vec.shape != (v.dim,):
+                raise ValueError(f"{where}: a query vector must have shape ({v.dim},), got {tuple(vec.shape)}")
+        # gensim: the float64 weight times the vector, added into a mean of the vectors' dtype.
+        mean = (mean.double() + weight * vec.double()).to(cdt)
+        total += abs(weight)
+    query = mean.double() / total if total > 0 else mean.double()
+    query = _unit(query).to(cdt)
+    val, idx = _top_rows(v, query[None], end, topn + len(exclude))
     out = [(v.tokens[i], s) for s, i in zip(val[0].tolist(), idx[0].tolist()) if i not in exclude]
-    return out[:k]
+    return out[:topn]
+
+
+def similarity(v: "Vectors", a: str, b: str) -> float:
+    """Cosine similarity of two tokens' vectors (gensim's ``similarity``); 0 if one is all zeros."""
+    cdt = _compute_dtype(v.vectors)
+    x, y = _unit(v[a].to(cdt)), _unit(v[b].to(cdt))
+    return float(torch.dot(x, y))
 
 
 # ---------------------------------------------------------------------- word pairs
