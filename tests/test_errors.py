@@ -101,7 +101,7 @@ CASES: list[tuple[str, Callable, Callable, type, str]] = [
     ("per_sample_weights of the wrong shape",
      lambda: EF.embedding_bag(IDS, W, OFF, mode="sum", per_sample_weights=torch.ones(3)),
      lambda: embtab.EmbeddingBag(10, 3, mode="sum")(IDS, OFF, torch.ones(3)),
-     ValueError, r"per_sample_weights must have the same shape as input \(4,\), got \(3,\)"),
+     ValueError, r"per_sample_weights must have the same shape as the input \(4,\), got \(3,\)"),
     ("per_sample_weights of another dtype",
      lambda: EF.embedding_bag(IDS, W, OFF, mode="sum", per_sample_weights=torch.ones(4, dtype=torch.float64)),
      lambda: embtab.EmbeddingBag(10, 3, mode="sum")(IDS, OFF, torch.ones(4, dtype=torch.float64)),
