@@ -441,4 +441,5 @@ def test_backend_name_reaches_the_lookups_and_the_updates(monkeypatch: pytest.Mo
     ebc = embtab.EmbeddingBagCollection([embtab.TableConfig("t", 6, 2)], optimizer=embtab.optim.SGD(lr=0.1),
                                         backend="reference")
     ebc({"t": (torch.tensor([1, 2]), torch.tensor([0, 1]))}).concat().sum().backward()
-    assert calls == ["embedding_bag_forward", "run_jobs", "fused_update"]
+    lookups = [c for c in calls if c.startswith("embedding_bag")]
+    assert lookups and calls[:len(lookups)] == lookups and calls[len(lookups):] == ["run_jobs", "fused_update"]

@@ -255,10 +255,9 @@ class EmbeddingBagCollection(Module):
         prepared = []
         for f, (ids, offsets, psw, last) in zip(self.feature_names, inputs):
             bag = self.embedding_bags[self._feature_table[f]]
-            spec, weight = bag.spec, bag.weight
+            spec, (weight, counter) = bag.spec, bag._state()
             backend = backend_of(spec, weight)
-            bags = prepare_bags(spec, weight, backend, ids, offsets, psw, last, where=self._wheres[f],
-                                counter=bag._oov_count)
+            bags = prepare_bags(spec, weight, backend, ids, offsets, psw, last, where=self._wheres[f], counter=counter)
             prepared.append(Feature(spec, weight, backend, bags, bag))
         sizes = [p.bags.ends.shape[0] - 1 for p in prepared]  # (B + 1,) canonical offsets
         if len(set(sizes)) > 1:

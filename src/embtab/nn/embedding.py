@@ -88,8 +88,8 @@ class Embedding(Table):
         self._setup_optimizer(optimizer, "Embedding")
 
     def forward(self, input: Tensor) -> Tensor:
-        return pipeline.embedding(self.spec, self.weight, input, where="Embedding", counter=self._oov_count,
-                                  fused=self._fused if self.weight.requires_grad else None)
+        weight, counter = self._state()
+        return pipeline.embedding(self.spec, weight, input, where="Embedding", counter=counter, fused=self._fused)
 
     def extra_repr(self) -> str:
         s = f"{self.num_embeddings}, {self.embedding_dim}"

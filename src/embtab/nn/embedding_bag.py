@@ -69,9 +69,9 @@ class EmbeddingBag(Table):
     def forward(
         self, input: Tensor, offsets: Tensor | None = None, per_sample_weights: Tensor | None = None
     ) -> Tensor:
-        return pipeline.embedding_bag(self.spec, self.weight, input, offsets, per_sample_weights,
-                                      where="EmbeddingBag", counter=self._oov_count,
-                                      fused=self._fused if self.weight.requires_grad else None)
+        weight, counter = self._state()
+        return pipeline.embedding_bag(self.spec, weight, input, offsets, per_sample_weights,
+                                      where="EmbeddingBag", counter=counter, fused=self._fused)
 
     def extra_repr(self) -> str:
         s = f"{self.num_embeddings}, {self.embedding_dim}"

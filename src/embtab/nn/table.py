@@ -116,8 +116,10 @@ class Table(Module):
         assert self.optimizer is not None  # internal: only the bound optimizer calls this
         return {name: getattr(self, STATE_PREFIX + name) for name in self.optimizer.spec.state_layout()}
 
-    def _fused_target(self) -> Fused | None:
-        return self._fused if self.weight.requires_grad else None
+    def _state(self) -> tuple[Tensor, Tensor]:
+        """``(weight, out-of-range counter)`` for a forward: read from the module's dicts
+        directly (``self.weight`` goes through ``Module.__getattr__``, a microsecond a call)."""
+        return self._parameters["weight"], self._buffers["_oov_count"]  # type: ignore[return-value]
 
     def reset_optimizer_state(self, rows: Tensor | None = None) -> None:
         """Reset the fused optimizer's per-row state to its initial values: every row, or ``rows``."""

@@ -128,6 +128,10 @@ class EmbeddingBackward(torch.autograd.Function):
 # --- bags -----------------------------------------------------------------------------------------
 
 
+_EMPTY = torch.empty(0, dtype=torch.int64)
+_NO_AUX = BagAux(_EMPTY, _EMPTY, _EMPTY)
+
+
 class BagsPlan:
     """The non-tensor part of a pooled lookup: the prepared features and their tables.
 
@@ -162,19 +166,23 @@ class BagsFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx: Any, plan: BagsPlan, *tensors: Tensor | None) -> Tensor:  # type: ignore[override]
         num_tables = len(plan.weights)
+        # The weights are needed by the per-sample-weights gradient only.
+        need = [ctx.needs_input_grad[1 + num_tables + i] for i in range(len(plan.features))]
         if plan.pooled is not None:
             full, plan.aux = plan.pooled()
         else:
             outs = []
-            for f in plan.features:
-                b = f.bags
-                out, aux = f.backend.lookup.embedding_bag_forward(f.weight, b.ids, b.ends, f.spec.mode, b.psw,
-                                                                  f.spec.padding_idx)
+            for i, f in enumerate(plan.features):
+                b, lookup, spec = f.bags, f.backend.lookup, f.spec
+                if plan.optimizer is not None and spec.mode != "max" and not need[i]:
+                    # A fused update reads only the ids and offsets: the no-grad kernel will do.
+                    out, aux = lookup.embedding_bag_inference(f.weight, b.ids, b.ends, spec.mode, b.psw,
+                                                              spec.padding_idx), _NO_AUX
+                else:
+                    out, aux = lookup.embedding_bag_forward(f.weight, b.ids, b.ends, spec.mode, b.psw, spec.padding_idx)
                 outs.append(out)
                 plan.aux.append(aux)
             full = outs[0] if len(outs) == 1 else torch.cat(outs, dim=1)
-        # The weights are needed by the per-sample-weights gradient only.
-        need = [ctx.needs_input_grad[1 + num_tables + i] for i in range(len(plan.features))]
         ctx.save_for_backward(*[w if any(need[i] for i, t in enumerate(plan.table_of) if t == k) else None
                                 for k, w in enumerate(plan.weights)])
         ctx.plan = plan

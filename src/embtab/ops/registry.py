@@ -29,7 +29,7 @@ from __future__ import annotations
 import importlib
 import os
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from types import ModuleType
 from typing import Any, Callable
 
@@ -47,8 +47,9 @@ _TRITON_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 class Backend:
     """The modules that do a table's work on one (device, dtype), and what they can do.
 
-    ``lookup`` has the functions of ``ops/reference.py``; ``update`` has
-    ``fused_update`` (and optionally ``run_jobs``, a whole backward's updates in one go).
+    ``lookup`` has the functions of ``ops/reference.py``; ``update`` has ``fused_update``
+    and ``run_jobs`` (see ``ops/common.py``). The capabilities are read off the modules
+    once, here (the lookup pipeline asks on every call).
     """
 
     lookup: ModuleType
@@ -56,6 +57,22 @@ class Backend:
     # Why ``update`` is not the fast one, said once when an update first runs (not on
     # lookups of tables that never train with a fused optimizer).
     update_note: str = ""
+    # The lookup kernels understand SKIP ids (others get them compacted away).
+    supports_skip: bool = field(init=False)
+    # The lookup kernels raise on an out-of-range id (without naming it).
+    checks_bounds: bool = field(init=False)
+    # The lookups are ATen's, whose own differentiable ops compute the same results.
+    native_autograd: bool = field(init=False)
+    # The table-batched bag forward, which also resolves the stateless policies and checks
+    # the input in its kernel (``ops/triton/pooled.py``), or None.
+    pooled: "Callable[..., Any] | None" = field(init=False)
+
+    def __post_init__(self) -> None:
+        set_ = object.__setattr__
+        set_(self, "supports_skip", bool(self.lookup.supports_skip))
+        set_(self, "checks_bounds", bool(getattr(self.lookup, "checks_bounds", False)))
+        set_(self, "native_autograd", self.lookup is native)
+        set_(self, "pooled", getattr(self.lookup, "pooled_forward", None))
 
     def updater(self) -> ModuleType:
         """``update``, after the one-time warning of a fallback."""
@@ -66,27 +83,6 @@ class Backend:
     @property
     def name(self) -> str:
         return f"{self.lookup.name}+{self.update.name}"
-
-    @property
-    def supports_skip(self) -> bool:
-        """The lookup kernels understand SKIP ids (others get them compacted away)."""
-        return bool(self.lookup.supports_skip)
-
-    @property
-    def checks_bounds(self) -> bool:
-        """The lookup kernels raise on an out-of-range id (without naming it)."""
-        return bool(getattr(self.lookup, "checks_bounds", False))
-
-    @property
-    def pooled(self) -> "Callable[..., Any] | None":
-        """The lookup's table-batched bag forward, which also resolves the stateless policies
-        and checks the input in its kernel (``ops/triton/pooled.py``), or None."""
-        return getattr(self.lookup, "pooled_forward", None)
-
-    @property
-    def native_autograd(self) -> bool:
-        """The lookups are ATen's, whose own differentiable ops compute the same results."""
-        return self.lookup is native
 
 
 def check_name(backend: object, where: str) -> str:
@@ -99,7 +95,7 @@ def check_name(backend: object, where: str) -> str:
 
 _env_default = "auto"
 _env_error: Exception | None = None  # a bad $EMBTAB_BACKEND, raised at the first lookup (not at import)
-_cache: dict[tuple[str, str, torch.dtype, bool], Backend] = {}
+_cache: dict[tuple[str, torch.device, torch.dtype, bool], Backend] = {}
 _warned: set[str] = set()
 
 
@@ -118,7 +114,7 @@ def select(name: str, device: torch.device, dtype: torch.dtype, contiguous: bool
     """The backend that runs ``name`` (checked) for tables of ``dtype`` on ``device``."""
     if torch.compiler.is_compiling():
         return _traceable(name)
-    key = (name, device.type, dtype, contiguous)
+    key = (name, device, dtype, contiguous)  # the device itself: its .type costs more than the lookup
     backend = _cache.get(key)
     if backend is None:
         if _env_error is not None:

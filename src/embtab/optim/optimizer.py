@@ -25,6 +25,7 @@ distributed job reduces or routes row gradients.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import weakref
 from collections import OrderedDict
@@ -78,6 +79,8 @@ class FusedOptimizer(torch.optim.Optimizer):
         self._pending: list[tuple[Any, ...]] = []  # contributions of the backward pass in progress
         self._task: int | None = None  # the graph task they belong to
         self._waiting: dict[int, RowGrads] = {}  # update="step": row gradients until step()
+        self._hyper_key: tuple[Any, ...] | None = None
+        self._hyper: Hyper | None = None
         self.handle = next(_handles)  # names this optimizer inside a torch.compile graph
         _by_handle[self.handle] = self
 
@@ -113,7 +116,11 @@ class FusedOptimizer(torch.optim.Optimizer):
 
     def hyper(self) -> Hyper:
         """The hyperparameters of ``param_groups[0]``, checked (a scheduler may have changed them)."""
-        return self.spec.hyper(self.param_groups[0])
+        group = self.param_groups[0]
+        key = tuple(v for k, v in group.items() if k != "params")
+        if key != self._hyper_key:  # checked again only when a value changed
+            self._hyper, self._hyper_key = self.spec.hyper(group), key
+        return self._hyper
 
     def register_row_grad_hook(self, hook: Callable[[list[RowGrads]], list[RowGrads] | None]) -> Any:
         """Call ``hook(row_grads)`` before every update; it may return replacements.
@@ -187,7 +194,7 @@ class FusedOptimizer(torch.optim.Optimizer):
         if self._row_grad_hooks:
             self._apply_rows([RowGrads(table, *update_torch.reduce(job)) for table, job in jobs], hyper)
             return
-        with torch.no_grad():
+        with _no_grad():
             # One run_jobs call per (backend, weight dtype): every source of a pass indexes the
             # same flat gradient (see _jobs). Pre-summed rows (max pooling) go to fused_update.
             groups: dict[tuple[int, torch.dtype], tuple[Any, list[TableJob]]] = {}
@@ -252,7 +259,7 @@ class FusedOptimizer(torch.optim.Optimizer):
             replaced = hook(row_grads)
             if replaced is not None:
                 row_grads = list(replaced)
-        with torch.no_grad():
+        with _no_grad():
             for rg in row_grads:
                 table = rg.table
                 _update_backend(table).fused_update(table.weight, table._optim_state(), rg.rows, rg.grads, hyper)
@@ -265,6 +272,12 @@ def run_closure(closure: Callable[[], float] | None) -> float | None:
         return None
     with torch.enable_grad():
         return closure()
+
+
+def _no_grad() -> Any:
+    """``torch.no_grad()``, or nothing where grad mode is off already (a backward pass
+    without create_graph): entering the context costs more than the small updates."""
+    return torch.no_grad() if torch.is_grad_enabled() else contextlib.nullcontext()
 
 
 def _update_backend(table: Any) -> Any:
@@ -297,6 +310,8 @@ def flat_grads(grads: Sequence[Tensor]) -> tuple[Tensor, list[int], list[int]]:
     place through their shared storage; anything else is copied into one buffer.
     """
     first = grads[0]
+    if len(grads) == 1 and first.dim() == 2 and first.is_contiguous():  # one lookup's own gradient
+        return first.reshape(-1), [0], [first.shape[1]]
     storage = first.untyped_storage()
     shared = all(
         g.dim() == 2 and g.stride(1) == 1 and g.dtype == first.dtype and g.device == first.device

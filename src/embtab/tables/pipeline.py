@@ -73,9 +73,10 @@ class Bags:
     @property
     def ends(self) -> Tensor:
         """Canonical offsets (B + 1,); computing them checks the offsets' values (on CUDA
-        only under ``oov="error"``, which syncs anyway)."""
+        only under ``oov="error"``, which syncs anyway), except where the kernel that will
+        read them checks them itself (ATen's on CPU: ``raw`` bags go to it)."""
         if self._ends is None:
-            check = self.ids.device.type == "cpu" or self.spec.oov == "error"
+            check = (self.ids.device.type == "cpu" and not self.raw) or self.spec.oov == "error" and not self.raw
             self._ends = canonical_bags(self.ids, self.offsets, self.last, check, self.where, self.shape)
         return self._ends
 
@@ -132,7 +133,7 @@ def _resolve(
     """``(ids, raw, has_skip)``: the ids stage applied, or the ids left raw for the kernel."""
     stage = spec.ids
     if (stage.kernel_may_check and backend.checks_bounds and spec.max_norm is None
-            and ids.device.type == "cpu" and not torch.compiler.is_compiling()):
+            and ids.is_cpu and not torch.compiler.is_compiling()):
         # The kernel refuses out-of-range ids itself; naming one only on failure saves a
         # pass over the ids on every call. (Not with max_norm: the renorm runs first and
         # would wrap a negative id around.)
@@ -168,7 +169,7 @@ def embedding(
 def _embedding_call(
     spec: TableSpec, weight: Tensor, ids: Tensor, backend: registry.Backend, fused: Fused | None,
 ) -> Tensor:
-    if not _needs_grad(weight):
+    if not (weight.requires_grad and torch.is_grad_enabled()):
         return backend.lookup.embedding_forward(weight, ids)
     if fused is None and backend.native_autograd:
         # ATen's differentiable op: torch's own gradients (dense, sparse, double backward).
@@ -202,8 +203,9 @@ def embedding_bag(
     backend = backend_of(spec, weight)
     bags = prepare_bags(spec, weight, backend, input, offsets, per_sample_weights, spec.include_last_offset,
                         where=where, counter=counter)
-    return pool([Feature(spec, weight, backend, bags, fused.table if fused is not None else None)],
-                fused.optimizer if fused is not None else None)
+    if fused is None or not weight.requires_grad:
+        return pool((Feature(spec, weight, backend, bags),))
+    return pool((Feature(spec, weight, backend, bags, fused.table),), fused.optimizer)
 
 
 def prepare_bags(

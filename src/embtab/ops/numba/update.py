@@ -36,18 +36,24 @@ name = "numba"
 
 
 _scratch = threading.local()
+_NP = {torch.float32: np.float32, torch.float64: np.float64}
+# Scratch arrays of a plan: int64 ones (src, keys, order, tmp_keys, tmp_order, starts, rows)
+# and float ones (psw, scale, sorted_scale).
+_INT_SCRATCH, _FLOAT_SCRATCH = 7, 3
 
 
-def _buffer(key: str, size: int, dtype: type) -> np.ndarray:
-    """A reused (per calling thread) array of at least ``size`` elements."""
+def _scratch_arrays(size: int, dtype: np.dtype) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """Arrays of at least ``size`` elements, reused per calling thread: on a VM a fresh
+    multi-MB array costs more in page faults than the work done in it."""
     cache = getattr(_scratch, "arrays", None)
     if cache is None:
         cache = _scratch.arrays = {}
-    arr = cache.get((key, np.dtype(dtype)))
-    if arr is None or arr.shape[0] < size:
-        arr = np.empty(max(size, 1024, int(size * 1.25)), dtype)
-        cache[(key, np.dtype(dtype))] = arr
-    return arr
+    got = cache.get(dtype)
+    if got is None or got[0][0].shape[0] < size:
+        n = max(size, 1024, int(size * 1.25))
+        got = ([np.empty(n, np.int64) for _ in range(_INT_SCRATCH)], [np.empty(n, dtype) for _ in range(_FLOAT_SCRATCH)])
+        cache[dtype] = got
+    return got
 
 
 def _threads() -> int:
@@ -59,10 +65,12 @@ def _dummy(dtype: np.dtype, ndim: int) -> np.ndarray:
 
 
 def _np(t: Tensor) -> np.ndarray:
-    return t.detach().numpy()
+    return (t.detach() if t.requires_grad else t).numpy()
 
 
 def _i64(t: Tensor) -> np.ndarray:
+    if t.dtype == torch.int64 and t.dim() == 1 and t.is_contiguous() and not t.requires_grad:
+        return t.numpy()
     return t.detach().reshape(-1).to(torch.int64).contiguous().numpy()
 
 
@@ -135,70 +143,71 @@ def fused_update(weight: Tensor, state: dict[str, Tensor], rows: Tensor, grads: 
 def run_jobs(jobs: Sequence[TableJob], hyper: Hyper) -> None:
     """Jobs of one weight dtype whose sources index the same flat gradient (the engine's
     groups): planned and updated in two parallel phases."""
-    dtype = _np(jobs[0].weight[:0]).dtype
+    w_dtype = jobs[0].weight.dtype
+    dtype = _NP[w_dtype]
     sources = [(t, s) for t, job in enumerate(jobs) for s in job.sources]
     num_tables, num_sources = len(jobs), len(sources)
-    table = np.empty((num_sources, K.NUM_COLUMNS), np.int64)
-    first_source = np.zeros(num_tables + 1, np.int64)  # table t's sources: first_source[t]:first_source[t + 1]
-    flags = np.zeros(num_sources, np.int64)
+    rows_of_table: list[list[int]] = []
+    first = [0]  # table t's sources: first[t]:first[t + 1]
+    flags: list[int] = []
     total = ends_total = 0
     for i, (t, s) in enumerate(sources):
         n, b = s.ids.numel(), s.ends.numel() - 1
-        table[i, K.ID_LO], table[i, K.ID_HI], table[i, K.ENDS_LO], table[i, K.NUM_BAGS] = total, total + n, ends_total, b
-        table[i, K.BASE], table[i, K.STRIDE] = s.base, s.stride
-        flags[i] = (K.MEAN if s.mean else 0) | (K.PSW if s.per_sample_weights is not None else 0)
-        first_source[t + 1] = i + 1
+        f = (K.MEAN if s.mean else 0) | (K.PSW if s.per_sample_weights is not None else 0)
+        rows_of_table.append([total, total + n, ends_total, b, s.base, s.stride, f])  # the K.* columns
+        flags.append(f)
+        if len(first) == t + 1:
+            first.append(i + 1)
+        else:
+            first[t + 1] = i + 1
         total += n
         ends_total += b + 1
-    table[:, K.FLAGS] = flags
+    table = np.array(rows_of_table, np.int64).reshape(num_sources, K.NUM_COLUMNS)
     if num_sources == 1:  # the common single-lookup case: no copies
         ids = _i64(sources[0][1].ids)
         ends = _i64(sources[0][1].ends)
     else:
         # numpy, not torch.cat: one thread copies 2.6 MB in ~0.3 ms, while a torch op
         # big enough to go parallel waits for a second core (many ms on a busy machine).
-        ids = np.concatenate([_i64(s.ids) for _, s in sources], out=_buffer("ids", total, np.int64)[:total])
+        ints, _ = _scratch_arrays(total, dtype)
+        ids = np.concatenate([_i64(s.ids) for _, s in sources], out=ints[0][:total])
         ends = np.concatenate([_i64(s.ends) for _, s in sources])
-    psw = _dummy(dtype, 1)
-    if flags.any():
-        psw = _buffer("psw", total, dtype)
+    (src, keys, order, tmp_keys, tmp_order, starts, rows), (psw, scale, sorted_scale) = _scratch_arrays(
+        total + num_tables, dtype)
+    if num_sources > 1:  # ids sit in ints[0] (src): plan into fresh buffers
+        src = np.empty(total, np.int64)
+    any_scale = any(flags)
+    if any(f & K.PSW for f in flags):
         for i, (_, s) in enumerate(sources):
             if s.per_sample_weights is not None:
-                psw[table[i, K.ID_LO]:table[i, K.ID_HI]] = _np(s.per_sample_weights.reshape(-1).to(jobs[0].weight.dtype))
-    scale = _buffer("scale", total, dtype) if flags.any() else _dummy(dtype, 1)
-    sorted_scale = _buffer("sorted_scale", total, dtype) if flags.any() else _dummy(dtype, 1)
-    src = _buffer("src", total, np.int64)
-    keys = _buffer("keys", total, np.int64)
-    order = _buffer("order", total, np.int64)
-    tmp_keys = _buffer("tmp_keys", total, np.int64)
-    tmp_order = _buffer("tmp_order", total, np.int64)
-    starts = _buffer("starts", total + num_tables, np.int64)
-    rows = _buffer("rows", total, np.int64)
+                lo, hi = rows_of_table[i][0], rows_of_table[i][1]
+                psw[lo:hi] = _np(s.per_sample_weights.reshape(-1).to(w_dtype))
     num_unique = np.zeros(num_tables, np.int64)
     pads = [-1 if job.padding_idx is None else job.padding_idx for job in jobs]
 
-    # Phase 1: a table per work item, the biggest first (so a late thread finds the rest).
-    by_size = sorted(range(num_tables), key=lambda t: -int(
-        table[first_source[t + 1] - 1, K.ID_HI] - table[first_source[t], K.ID_LO]))
-
-    def plan(i: int) -> None:
-        t = by_size[i]
+    def plan(t: int) -> None:
+        lo = rows_of_table[first[t]][0]
         num_unique[t] = K.plan_table(
-            ids, ends, table, first_source[t], first_source[t + 1], pads[t], jobs[t].weight.shape[0], psw,
-            src, scale, keys, order, tmp_keys, tmp_order, starts, table[first_source[t], K.ID_LO] + t, rows,
-            sorted_scale,
+            ids, ends, table, first[t], first[t + 1], pads[t], jobs[t].weight.shape[0], psw,
+            src, scale, keys, order, tmp_keys, tmp_order, starts, lo + t, rows, sorted_scale,
         )
 
-    POOL.run(plan, num_tables, _threads())
+    # Phase 1: a table per work item, the biggest first (so a late thread finds the rest).
+    if num_tables == 1:
+        plan(0)
+    else:
+        by_size = sorted(range(num_tables), key=lambda t: rows_of_table[first[t]][0] - rows_of_table[first[t + 1] - 1][1])
+        POOL.run(lambda i: plan(by_size[i]), num_tables, _threads())
 
     # Phase 2: slices of every table's distinct rows. ``order`` now holds the sorted
     # gradient offsets and ``sorted_scale`` the sorted scales (see plan_table).
-    grad = _np(jobs[0].grad_flat.to(jobs[0].weight.dtype).contiguous())
-    updates = _Updates(KIND_CODES[hyper.kind], _hyper_array(hyper), grad, sorted_scale)
+    g = jobs[0].grad_flat
+    grad = _np(g if g.dtype == w_dtype and g.is_contiguous() else g.to(w_dtype).contiguous())  # type: ignore[union-attr]
+    updates = _Updates(KIND_CODES[hyper.kind], _hyper_array(hyper), grad, sorted_scale if any_scale else scale[:1])
     for t, job in enumerate(jobs):
         u = int(num_unique[t])
-        lo = int(table[first_source[t], K.ID_LO])
+        lo = rows_of_table[first[t]][0]
         w = _np(job.weight)
         updates.add(w, _state_arrays(hyper.kind, w, job.state), rows[lo:lo + u], starts[lo + t:lo + t + u + 1], order,
-                    bool(flags[first_source[t]:first_source[t + 1]].any()), job.scale_grad_by_freq)
+                    any(flags[first[t]:first[t + 1]]), job.scale_grad_by_freq)
     updates.run()
