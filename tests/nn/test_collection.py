@@ -330,6 +330,34 @@ def test_keyed_jagged_tensor_input_matches_mapping() -> None:
         assert_close(out_kjt[f], out_map[f])
 
 
+def test_keyed_jagged_tensor_errors_name_the_feature_and_the_mismatch() -> None:
+    jagged = pytest.importorskip("torchrec.sparse.jagged_tensor")
+    ebc = embtab.EmbeddingBagCollection([embtab.TableConfig("a", 10, 3), embtab.TableConfig("b", 10, 2)])
+    make = jagged.KeyedJaggedTensor
+    short = make(keys=["a", "b"], values=torch.tensor([1, 2, 3]), lengths=torch.tensor([1, 1, 1, 1]))
+    with pytest.raises(ValueError, match=r"lengths sum to 4 \('a': 2, 'b': 2\) but it holds 3 values"):
+        ebc(short)
+    weights = make(keys=["a", "b"], values=torch.tensor([1, 2, 3, 4]), lengths=torch.tensor([1, 1, 1, 1]),
+                   weights=torch.ones(3))
+    with pytest.raises(ValueError, match=r"weights have shape \(3,\), its values \(4,\); give one weight per value"):
+        ebc(weights)
+    twice = make(keys=["a", "a"], values=torch.tensor([1, 2]), lengths=torch.tensor([1, 1]))
+    with pytest.raises(ValueError, match=r"names features \['a'\] more than once"):
+        ebc(twice)
+
+
+def test_jagged_tensors_in_the_mapping_and_to_dict() -> None:
+    jagged = pytest.importorskip("torchrec.sparse.jagged_tensor")
+    ebc = embtab.EmbeddingBagCollection([embtab.TableConfig("a", 10, 3), embtab.TableConfig("b", 10, 2, pooling="mean")])
+    a = jagged.JaggedTensor(values=torch.tensor([1, 2, 3]), lengths=torch.tensor([2, 1]))
+    b = jagged.JaggedTensor(values=torch.tensor([4, 5, 6, 7]), lengths=torch.tensor([0, 4]))
+    out = ebc({"a": a, "b": b})
+    expected = ebc({"a": (torch.tensor([1, 2, 3]), torch.tensor([0, 2])), "b": (torch.tensor([4, 5, 6, 7]), torch.tensor([0, 0]))})
+    assert out.to_dict().keys() == {"a", "b"} and isinstance(out.to_dict(), dict)
+    for f in ("a", "b"):
+        assert_close(out.to_dict()[f], expected[f])
+
+
 def test_concat_and_output_mapping() -> None:
     ebc = embtab.EmbeddingBagCollection(_tables())
     out = ebc(_batch(torch.Generator().manual_seed(0)))

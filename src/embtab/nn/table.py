@@ -73,8 +73,13 @@ class Table(Module):
                     f"{shape}, got {tuple(_weight.shape)} (Shape of weight does not match num_embeddings "
                     f"and embedding_dim)"
                 )
-            # Integer tables are looked up, never trained (as in torch).
-            self.weight = Parameter(_weight, requires_grad=requires_grad and _weight.is_floating_point())
+            if requires_grad and not _weight.is_floating_point():
+                raise _checks.WeightDtypeError(
+                    f"{where}: an integer table ({_weight.dtype}) can be looked up but not trained; pass "
+                    f"freeze=True, or convert it with .float() (Only Tensors of floating point and complex "
+                    f"dtype can require gradients)"
+                )
+            self.weight = Parameter(_weight, requires_grad=requires_grad)
         # Out-of-range ids seen so far; a tensor so that counting never syncs with the GPU.
         # Not persistent: the state_dict holds exactly `weight` (and optimizer state), as torch's does.
         self.register_buffer(
