@@ -232,14 +232,6 @@ def _warn_once(key: str, message: str) -> None:
         warnings.warn(message, RuntimeWarning, stacklevel=5)
 
 
-def numba_scan() -> ModuleType | None:
-    """The numba bag-scan kernels (one pass over a CPU lookup's ids and offsets), or None."""
-    try:
-        return _import("embtab.ops.numba.scan")
-    except ImportError:
-        return None
-
-
 @dataclass(frozen=True)
 class BackendReport:
     """What :func:`backends` returns: one row per (device, dtype) of this machine."""

@@ -14,15 +14,13 @@ runtime competes with torch's for the cores.
   D-element accumulator that stays in L1, never in a ``(U, D)`` buffer) and apply
   the optimizer to the weight row and its state in the same pass.
 
-Where the time goes: a step touches ~40k random 256-byte rows per table, far
-outside the caches, so the update is bound by memory latency, not arithmetic.
-Measured on the 2-core development VM, one thread, one 1M x 64 table: prefetching
-the weight and state rows 16 rows ahead (``llvm.prefetch``, as FBGEMM's CPU
-kernels do) made the row updates ~3x faster; visiting the rows in ascending order
-(the sort) ~2x faster than in batch order (page-walk locality under nested paging);
-indexing rows through 1-D views (``w[r][d]``, not ``w[r, d]``: numba's wrap-around
-handling of a signed index otherwise keeps LLVM from vectorising) ~7x faster
-arithmetic.
+Why it is shaped so: a step touches tens of thousands of random rows per table, far
+outside the caches, so the update is bound by memory latency, not arithmetic. Hence
+the weight and state rows are prefetched 16 rows ahead (``llvm.prefetch``, as FBGEMM's
+CPU kernels do), the rows are visited in ascending order (the sort: page-walk
+locality, also under nested paging), and rows are indexed through 1-D views
+(``w[r][d]``, not ``w[r, d]``: numba's wrap-around handling of a signed index
+otherwise keeps LLVM from vectorising).
 
 The optimizer kinds share one kernel (``kind`` is a branch per row, perfectly
 predicted), so each weight dtype compiles once. ``cache=True`` stores the machine
@@ -42,8 +40,7 @@ from ..common import KIND_CODES
 SGD, ADAGRAD, ROWWISE_ADAGRAD, ADAM, ADAMW = (KIND_CODES[k] for k in ("sgd", "adagrad", "rowwise_adagrad", "adam", "adamw"))
 
 # Rows of look-ahead for the prefetches: enough to cover DRAM latency (and the
-# nested page walks of a VM) with the row updates a core runs meanwhile; 8 and 16
-# measured within noise of each other, both far ahead of no prefetch.
+# nested page walks of a VM) with the row updates a core runs meanwhile.
 PREFETCH_AHEAD = 16
 # Reassociation lets LLVM vectorise the per-row sums of squares; no nnan/ninf, so
 # NaN and inf propagate exactly as in the reference.

@@ -169,11 +169,9 @@ def _finish_rows(
         tl.store(m_ptrs, m_new, mask=m)
         tl.store(v_ptrs, v_new, mask=m)
         # Bias corrections in float64 (beta ** step), then rounded to ACC, as torch does.
-        # By squaring, not tl.exp(step * log(beta)): with the exp, this kernel gave rows
-        # with step >= 2 wrong updates on an H200 (Triton 3.6) that the interpreter did
-        # not show, although the same float64 exp was right in a small kernel there (cause
-        # not established). Squaring needs no float64 transcendental at all, and, unlike
-        # libdevice's pow, also runs under the interpreter.
+        # By squaring, not tl.exp(step * log(beta)): it needs no float64 transcendental
+        # (the compiled exp here has given wrong updates for steps >= 2 on Hopper), and,
+        # unlike libdevice's pow, it also runs under the interpreter.
         bc1 = 1.0 - _pow_steps(tl.load(hyper_ptr + _B1), step)
         bc2 = 1.0 - _pow_steps(tl.load(hyper_ptr + _B2), step)
         step_size = (tl.load(hyper_ptr + _LR) / bc1).to(ACC)
