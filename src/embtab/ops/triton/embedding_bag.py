@@ -32,6 +32,21 @@ from .embedding import sparse_grad
 
 
 @triton.jit
+def max_step(rows, m, ids, lanes, acc, arg, BLOCK_L: tl.constexpr):
+    """One step of a max bag: ``(BLOCK_L, BLOCK_D)`` rows (``m``: which count) into the
+    running maximum ``acc`` and the row ``arg`` that gave it, per column."""
+    rows = tl.where(m, rows, float("-inf"))
+    step_max = tl.max(rows, axis=0)  # (BLOCK_D,)
+    hit = m & (rows == step_max[None, :])
+    first = tl.min(tl.where(hit, lanes[:, None], BLOCK_L), axis=0)  # first lane at the max
+    row_at = tl.sum(tl.where(lanes[:, None] == first[None, :], ids[:, None], 0), axis=0)
+    # Strictly greater: on a tie the earlier id keeps the gradient (torch's rule);
+    # arg < 0: the first kept id of the bag, even if it is -inf.
+    better = (first < BLOCK_L) & ((step_max > acc) | (arg < 0))
+    return tl.where(better, step_max, acc), tl.where(better, row_at, arg)
+
+
+@triton.jit
 def _bag_forward_kernel(
     w_ptr,  # (V, D), row stride `stride_w`
     ids_ptr,  # (N,) int32/int64; < 0 = SKIP
@@ -72,16 +87,7 @@ def _bag_forward_kernel(
         if HAS_PSW:
             rows = rows * tl.load(psw_ptr + pos, mask=keep, other=0.0).to(ACC)[:, None]
         if MODE == 2:
-            rows = tl.where(m, rows, float("-inf"))
-            step_max = tl.max(rows, axis=0)  # (BLOCK_D,)
-            hit = m & (rows == step_max[None, :])
-            first = tl.min(tl.where(hit, lanes[:, None], BLOCK_L), axis=0)  # first lane at the max
-            row_at = tl.sum(tl.where(lanes[:, None] == first[None, :], ids[:, None], 0), axis=0)
-            # Strictly greater: on a tie the earlier id keeps the gradient (torch's rule);
-            # arg < 0: the first kept id of the bag, even if it is -inf.
-            better = (first < BLOCK_L) & ((step_max > acc) | (arg < 0))
-            acc = tl.where(better, step_max, acc)
-            arg = tl.where(better, row_at, arg)
+            acc, arg = max_step(rows, m, ids, lanes, acc, arg, BLOCK_L)
         else:
             acc += tl.sum(rows, axis=0)
     total = tl.sum(cnt, axis=0)

@@ -35,16 +35,13 @@ import triton.language as tl
 
 from ..common import MODE_CODES, BagAux
 from . import _common as C
+from .embedding_bag import max_step
 
 # Columns of the meta table (one row per feature).
 (_M_W, _M_DIM, _M_STRIDE, _M_PAD, _M_MODE, _M_POLICY, _M_NUM, _M_BUCKETS, _M_IDS, _M_OFFS, _M_NOFFS,
  _M_FIXED, _M_N, _M_COL, _M_PSW, _M_CHECK) = (tl.constexpr(i) for i in range(16))
 _M_COLUMNS = 16
 POLICY_CODES = {"error": 0, "padding": 1, "zero": 2, "hash": 3}
-_LOW31 = (1 << 31) - 1
-_LOW63 = (1 << 63) - 1
-_C1 = 0xFF51AFD7ED558CCD - (1 << 64)
-_C2 = 0xC4CEB9FE1A85EC53 - (1 << 64)
 
 
 @triton.jit
@@ -140,15 +137,7 @@ def _pooled_kernel(
             if has_psw:
                 vals = vals * tl.load(psw_ptr + ids_at + pos, mask=keep, other=0.0).to(ACC)[:, None]
             if is_max:
-                vals = tl.where(mk, vals, float("-inf"))
-                step_max = tl.max(vals, axis=0)
-                hit = mk & (vals == step_max[None, :])
-                first = tl.min(tl.where(hit, lanes[:, None], BLOCK_L), axis=0)
-                row_at = tl.sum(tl.where(lanes[:, None] == first[None, :], row[:, None], 0), axis=0)
-                # Strictly greater: on a tie the earlier id keeps the gradient (torch's rule).
-                better = (first < BLOCK_L) & ((step_max > acc) | (arg < 0))
-                acc = tl.where(better, step_max, acc)
-                arg = tl.where(better, row_at, arg)
+                acc, arg = max_step(vals, mk, row, lanes, acc, arg, BLOCK_L)
             else:
                 acc += tl.sum(vals, axis=0)
         total = tl.sum(cnt, axis=0)
