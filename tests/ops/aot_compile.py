@@ -100,22 +100,16 @@ def _record(self: JITFunction, *args: Any, grid: Any, warmup: bool, **kwargs: An
 
 def exercise(quick: bool, dims: list[int]) -> None:
     """Call every launcher over the dtypes / modes / optimizers that select distinct kernels."""
-    from embtab.ops.triton import fused_optim as FO
-
-    # fused_update sends CPU weights to the torch backend unless interpreted; its kernel
-    # (_rows_update_kernel) would never be recorded. Only the recorder runs here.
-    with mock.patch.object(FO, "_usable", lambda weight, state: True):
-        _exercise(quick, dims)
-
-
-def _exercise(quick: bool, dims: list[int]) -> None:
+    from embtab import optim
     from embtab.ops import reference as R
+    from embtab.ops.common import KINDS, BagSource, Hyper, TableJob
     from embtab.ops.triton import backward as BW
     from embtab.ops.triton import embedding as E
     from embtab.ops.triton import embedding_bag as EB
     from embtab.ops.triton import fused_optim as FO
+    from embtab.ops.triton import pooled as P
     from embtab.ops.triton import renorm as RN
-    from embtab.optim import _fused
+    from embtab.optim.specs import new_state
 
     dtypes = [torch.float32, torch.bfloat16] if quick else [torch.float32, torch.float64, torch.float16, torch.bfloat16]
     ids = torch.tensor([1, 3, 3, 0, 5, 2, 2, 2])
@@ -134,16 +128,21 @@ def _exercise(quick: bool, dims: list[int]) -> None:
             EB.embedding_bag_backward(out, w, ids, offsets, aux, mode, psw, None, False, False, True, psw is not None)
         for norm in (2.0, 1.0, float("inf"), 3.0):
             RN.renorm_(w, ids, 1.0, norm)
-        for kind in _fused.KINDS:
-            hyper = _fused.FusedHyper(kind, 0.1, 1e-8, 0.9, 0.999, 0.0)
-            spec = {"sgd": _fused.SGD(), "adagrad": _fused.Adagrad(), "rowwise_adagrad": _fused.RowWiseAdagrad(),
-                    "adam": _fused.Adam(), "adamw": _fused.AdamW()}[kind]
-            state = _fused.new_state(spec, w)
+        # The table-batched lookup: one kernel for every mode, policy and input form.
+        w2 = torch.randn(8, max(dim // 2, 1)).to(dtype)
+        P.pooled_forward([w, w2, w], [ids, ids, ids.reshape(4, 2)], [offsets[:-1], offsets, None], [0, 0, 2],
+                         ["sum", "max", "mean"], [None, 2, 0], [("error", 8, 0), ("hash", 6, 2), ("zero", 8, 0)],
+                         [torch.randn(8).to(dtype), None, None], [True, False, False], 3)
+        for kind in KINDS:
+            hyper = Hyper(kind, 0.1, 1e-8, 0.9, 0.999, 0.0)
+            spec = {"sgd": optim.SGD(), "adagrad": optim.Adagrad(), "rowwise_adagrad": optim.RowWiseAdagrad(),
+                    "adam": optim.Adam(), "adamw": optim.AdamW()}[kind]
+            state = new_state(spec, w)
             FO.fused_update(w, state, torch.tensor([1, 4]), torch.randn(2, dim), hyper)
-            source = _fused.BagSource(ids, torch.arange(9), 0, dim)
-            job = _fused.TableJob(w, state, None, kind == "adagrad", grad.reshape(-1), [source])
-            mean = _fused.BagSource(ids, offsets, 0, dim, mean=True)  # per-occurrence scale
-            job_mean = _fused.TableJob(w, state, None, kind == "adagrad", grad.reshape(-1), [mean])
+            source = BagSource(ids, torch.arange(9), 0, dim)
+            job = TableJob(w, state, None, kind == "adagrad", grad.reshape(-1), [source])
+            mean = BagSource(ids, offsets, 0, dim, mean=True)  # per-occurrence scale
+            job_mean = TableJob(w, state, None, kind == "adagrad", grad.reshape(-1), [mean])
             for det in (False, True):
                 # LOG2_T = 0 (a single module), 1, 2; HAS_SCALE both ways.
                 for batch in ([job], [job_mean], [job, job], [job, job, job_mean]):

@@ -100,6 +100,16 @@ def flat_ids(ids: torch.Tensor) -> torch.Tensor:
     return ids.reshape(-1).contiguous()
 
 
+def alignment(values: list[int], most: int = 16) -> int:
+    """The largest power of two (up to ``most``) dividing every value: what ``tl.multiple_of``
+    may promise about element offsets and strides, so loads become vector loads."""
+    align = most
+    for v in values:
+        while v % align:
+            align //= 2
+    return align
+
+
 def deterministic() -> bool:
     """Whether ``torch.use_deterministic_algorithms(True)`` asks for reproducible results."""
     return torch.are_deterministic_algorithms_enabled()

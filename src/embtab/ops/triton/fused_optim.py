@@ -415,14 +415,6 @@ def _offsets(tensors: Sequence[torch.Tensor | None], fallback: torch.Tensor) -> 
     return base, out
 
 
-def _alignment(values: Sequence[int]) -> int:
-    align = 16
-    for v in values:
-        while v % align:
-            align //= 2
-    return align
-
-
 def _tables(kind: str, weights: Sequence[torch.Tensor], states: Sequence[dict[str, torch.Tensor]],
             pads: Sequence[int | None], freqs: Sequence[bool]) -> _Tables:
     """The meta table of a batch (see the module docstring), cached by its host values."""
@@ -439,7 +431,7 @@ def _tables(kind: str, weights: Sequence[torch.Tensor], states: Sequence[dict[st
     # In the order _ROW_OFF .. _STEP; row_off has T + 1 entries, the others get a pad.
     rows = [row_off] + [r + [0] for r in (dims, pad_rows, [int(f) for f in freqs], w_at, s1_at, s2_at, step_at)]
     bases = [x.data_ptr() // x.element_size() for x in (w0, s1, s2)]
-    align = _alignment(dims + w_at + s1_at + s2_at + bases)
+    align = C.alignment(dims + w_at + s1_at + s2_at + bases)
     device = w0.device
     key = (device, tuple(tuple(r) for r in rows), tuple(x.data_ptr() for x in (w0, s1, s2, step)))
     meta = _meta_cache.get_or_make(key, lambda: _to_device(rows, torch.int64, device))

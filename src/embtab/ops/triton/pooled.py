@@ -37,8 +37,8 @@ from ..common import MODE_CODES, BagAux
 from . import _common as C
 from .embedding_bag import max_step
 
-# Columns of the meta table (one row per feature).
-(_M_W, _M_DIM, _M_STRIDE, _M_PAD, _M_MODE, _M_POLICY, _M_NUM, _M_BUCKETS, _M_IDS, _M_OFFS, _M_NOFFS,
+# Columns of the meta table (one row per feature of a launch).
+(_M_W, _M_DIM, _M_STRIDE, _M_PAD, _M_INDEX, _M_POLICY, _M_NUM, _M_BUCKETS, _M_IDS, _M_OFFS, _M_NOFFS,
  _M_FIXED, _M_N, _M_COL, _M_PSW, _M_CHECK) = (tl.constexpr(i) for i in range(16))
 _M_COLUMNS = 16
 POLICY_CODES = {"error": 0, "padding": 1, "zero": 2, "hash": 3}
@@ -46,7 +46,8 @@ POLICY_CODES = {"error": 0, "padding": 1, "zero": 2, "hash": 3}
 
 @triton.jit
 def _fmix64(x):
-    """MurmurHash3's finaliser on int64 bits (wrapping multiplies, logical shifts by masking)."""
+    """MurmurHash3's finaliser on int64 bits (wrapping multiplies, logical shifts by masking),
+    as ``embtab/ids/_hash.py``."""
     x = x ^ ((x >> 33) & 2147483647)
     x = x * -49064778989728563  # 0xFF51AFD7ED558CCD as int64
     x = x ^ ((x >> 33) & 2147483647)
@@ -56,7 +57,7 @@ def _fmix64(x):
 
 @triton.jit
 def _pooled_kernel(
-    meta_ptr,  # (F, _M_COLUMNS) int64
+    meta_ptr,  # (F_launch, _M_COLUMNS) int64
     w_ptr,  # the first table's weight: the base of the _M_W offsets
     ids_ptr,  # (N_total,) int64 concatenated ids
     offs_ptr,  # concatenated offsets (int64)
@@ -65,24 +66,26 @@ def _pooled_kernel(
     rows_ptr,  # (N_total,) int64: the rows the ids resolved to (-1: skipped)
     ends_ptr,  # (F, B + 1) int64 canonical offsets
     counts_ptr,  # (F, B) int32 ids that count per bag
-    argmax_ptr,  # (B, out_stride) int64: row of each maximum (max features)
+    argmax_ptr,  # (B, out_stride) int64: row of each maximum (MODE == 2)
     flags_ptr,  # (F, 3) int64: out-of-range ids, bad offsets, out-of-range ids counted for oov_count
     B,
     out_stride,
+    MODE: tl.constexpr,  # one launch per pooling mode: 0 sum, 1 mean, 2 max
+    HAS_PSW: tl.constexpr,  # some feature of the launch has per-sample weights
+    ALIGN: tl.constexpr,  # a power of two dividing every row stride and table offset (vector loads)
     ACC: tl.constexpr,
     BLOCK_L: tl.constexpr,
     BLOCK_D: tl.constexpr,
 ):
     b = tl.program_id(0).to(tl.int64)
-    f = tl.program_id(1).to(tl.int64)
+    m = meta_ptr + tl.program_id(1).to(tl.int64) * 16
     pid_d = tl.program_id(2)
-    m = meta_ptr + f * 16
-    dim = tl.load(m + _M_DIM)
+    dim = tl.multiple_of(tl.load(m + _M_DIM), ALIGN)  # so the column masks allow vector loads
     if pid_d * BLOCK_D < dim:
-        w_at = tl.load(m + _M_W)
-        stride = tl.load(m + _M_STRIDE)
+        f = tl.load(m + _M_INDEX)  # the feature's index in the caller's order
+        w_at = tl.multiple_of(tl.load(m + _M_W), ALIGN)
+        stride = tl.multiple_of(tl.load(m + _M_STRIDE), ALIGN)
         pad = tl.load(m + _M_PAD)
-        mode = tl.load(m + _M_MODE)
         policy = tl.load(m + _M_POLICY)
         num = tl.load(m + _M_NUM)
         buckets = tl.load(m + _M_BUCKETS)
@@ -92,7 +95,6 @@ def _pooled_kernel(
         fixed = tl.load(m + _M_FIXED)
         n = tl.load(m + _M_N)
         col = tl.load(m + _M_COL)
-        has_psw = tl.load(m + _M_PSW) != 0
         check = tl.load(m + _M_CHECK) != 0
         lead = pid_d == 0  # the D tile that writes the per-bag and per-id results
         if fixed > 0:
@@ -116,9 +118,11 @@ def _pooled_kernel(
         lanes = tl.arange(0, BLOCK_L)
         cnt = tl.zeros((BLOCK_L,), dtype=tl.int32)
         oov = tl.zeros((BLOCK_L,), dtype=tl.int64)
-        is_max = mode == 2
-        acc = tl.where(is_max, float("-inf"), 0.0) + tl.zeros((BLOCK_D,), dtype=ACC)
-        arg = tl.full((BLOCK_D,), -1, dtype=tl.int64)
+        if MODE == 2:
+            acc = tl.full((BLOCK_D,), float("-inf"), dtype=ACC)
+            arg = tl.full((BLOCK_D,), -1, dtype=tl.int64)
+        else:
+            acc = tl.zeros((BLOCK_D,), dtype=ACC)
         for base in range(start, end, BLOCK_L):
             pos = base + lanes
             on = pos < end
@@ -133,20 +137,24 @@ def _pooled_kernel(
             keep = (row >= 0) & (row != pad)
             cnt += keep.to(tl.int32)
             mk = keep[:, None] & col_ok[None, :]
-            vals = tl.load(w_ptr + w_at + row[:, None] * stride + cols[None, :], mask=mk, other=0.0).to(ACC)
-            if has_psw:
-                vals = vals * tl.load(psw_ptr + ids_at + pos, mask=keep, other=0.0).to(ACC)[:, None]
-            if is_max:
+            row_at = tl.multiple_of(w_at + row * stride, ALIGN)  # (BLOCK_L,) first element of each row
+            vals = tl.load(w_ptr + row_at[:, None] + cols[None, :], mask=mk, other=0.0).to(ACC)
+            if HAS_PSW:  # features without weights have zeros in the concatenated buffer
+                factor = tl.load(psw_ptr + ids_at + pos, mask=keep, other=0.0).to(ACC)
+                factor = tl.where(tl.load(m + _M_PSW) != 0, factor, 1.0)
+                vals = vals * factor[:, None]
+            if MODE == 2:
                 acc, arg = max_step(vals, mk, row, lanes, acc, arg, BLOCK_L)
             else:
                 acc += tl.sum(vals, axis=0)
         total = tl.sum(cnt, axis=0)
-        if mode == 1:
+        if MODE == 1:
             acc = acc / tl.maximum(total, 1).to(ACC)
-        if is_max:
+        out_at = tl.multiple_of(b * out_stride + col, ALIGN)
+        if MODE == 2:
             acc = tl.where(total > 0, acc, 0.0)
-            tl.store(argmax_ptr + b * out_stride + col + cols, arg, mask=col_ok)
-        tl.store(out_ptr + b * out_stride + col + cols, acc.to(out_ptr.dtype.element_ty), mask=col_ok)
+            tl.store(argmax_ptr + out_at + cols, arg, mask=col_ok)
+        tl.store(out_ptr + out_at + cols, acc.to(out_ptr.dtype.element_ty), mask=col_ok)
         if lead:
             tl.store(counts_ptr + f * B + b, total)
             bad_ids = tl.sum(oov, axis=0)
@@ -192,7 +200,8 @@ def pooled_forward(
     checks: Sequence[bool],  # per feature: flag bad ids and offsets (oov="error")
     num_bags: int,
 ) -> Pooled:
-    """All features pooled in one launch: ``(B, sum of D)`` plus per-feature rows, ends, aux."""
+    """All features pooled in one launch per pooling mode: ``(B, sum of D)`` plus per-feature
+    rows, ends, aux."""
     device, dtype = weights[0].device, weights[0].dtype
     acc = C.acc_tl(dtype)
     dims = [w.shape[1] for w in weights]
@@ -207,17 +216,16 @@ def pooled_forward(
     base = weights[0]
     rows = []
     ids_at = offs_at = col = 0
-    for w, n, o, L, mode, pad, (policy, num, buckets), p, check in zip(
-            weights, lengths, offsets, fixed, modes, pads, policies, psws, checks):
+    for f, (w, n, o, L, pad, (policy, num, buckets), p, check) in enumerate(zip(
+            weights, lengths, offsets, fixed, pads, policies, psws, checks)):
         delta = w.data_ptr() - base.data_ptr()
         if delta % w.element_size() or w.stride(1) != 1:
             raise RuntimeError("embtab triton pooled lookup: tables must be row-major and element-aligned")
         n_offs = 0 if o is None else o.numel()
-        rows.append([delta // w.element_size(), w.shape[1], w.stride(0), -1 if pad is None else pad, MODE_CODES[mode],
+        rows.append([delta // w.element_size(), w.shape[1], w.stride(0), -1 if pad is None else pad, f,
                      POLICY_CODES[policy], num, buckets, ids_at, offs_at, n_offs, L, n, col, int(p is not None),
                      int(check)])
         ids_at, offs_at, col = ids_at + n, offs_at + n_offs, col + w.shape[1]
-    meta = _meta(rows, device)
     out = torch.empty(num_bags, total_d, dtype=dtype, device=device)
     resolved = torch.empty(ids_at, dtype=torch.int64, device=device)
     ends = torch.empty(len(weights), num_bags + 1, dtype=torch.int64, device=device)
@@ -228,12 +236,24 @@ def pooled_forward(
     if num_bags == 0:
         ends.zero_()
     elif total_d > 0:
-        bd = C.block_d(max(dims))
-        bl = C.rows_per_program(bd, base.element_size(), cap=64)
-        _pooled_kernel[(num_bags, len(weights), triton.cdiv(max(dims), bd))](
-            meta, base, all_ids, all_offs, all_psw if all_psw is not None else out, out, resolved, ends, counts,
-            argmax, flags, num_bags, total_d, ACC=acc, BLOCK_L=bl, BLOCK_D=bd, num_warps=C.num_warps_for(bl * bd),
-        )
+        # One launch per pooling mode present (at most three, whatever the number of tables):
+        # the mode is a compile-time constant, so a sum kernel carries no max bookkeeping.
+        align = C.alignment([r[_M_W.value] for r in rows] + [r[_M_STRIDE.value] for r in rows]
+                            + [r[_M_COL.value] for r in rows] + dims + [total_d, base.data_ptr() // base.element_size()])
+        for mode in ("sum", "mean", "max"):
+            members = [f for f, m in enumerate(modes) if m == mode]
+            if not members:
+                continue
+            meta = _meta([rows[f] for f in members], device)
+            widest = max(dims[f] for f in members)
+            bd = C.block_d(widest)
+            bl = C.rows_per_program(bd, base.element_size(), cap=64)
+            _pooled_kernel[(num_bags, len(members), triton.cdiv(widest, bd))](
+                meta, base, all_ids, all_offs, all_psw if all_psw is not None else out, out, resolved, ends, counts,
+                argmax, flags, num_bags, total_d, MODE=MODE_CODES[mode],
+                HAS_PSW=any(psws[f] is not None for f in members), ALIGN=align, ACC=acc, BLOCK_L=bl, BLOCK_D=bd,
+                num_warps=C.num_warps_for(bl * bd),
+            )
     per_rows, per_ends, per_aux = [], [], []
     at = col = 0
     empty = counts.new_empty(0)
