@@ -255,22 +255,30 @@ def tbe_cases(rep: Report, scale: int) -> None:
             with torch.no_grad():
                 torch_fwd()
 
-        ebc = embtab.EmbeddingBagCollection(tables, device=DEV)
-        for bag in ebc.embedding_bags.values():
-            bag.backend = "triton"
+        ebc = embtab.EmbeddingBagCollection(tables, device=DEV, backend="triton")  # one launch per pooling mode
 
         def ours_fwd() -> None:
             with torch.no_grad():
                 ebc(feats).concat()
 
-        rep.add(f"tbe B={B} fwd (32 tables)", fwd, ours_fwd, {"per-table nn.EmbeddingBag": torch_fwd_no_grad})
+        baselines = {"per-table nn.EmbeddingBag": torch_fwd_no_grad}
+        tbe = _fbgemm_tbe(T_, E, D)
+        if tbe is not None:
+            all_ids, all_offs = torch.cat(ids), torch.arange(0, T_ * B * L + 1, L, device=DEV)
+
+            def fbgemm_fwd() -> None:
+                with torch.no_grad():
+                    tbe(all_ids, all_offs)
+
+            baselines["FBGEMM TBE"] = fbgemm_fwd
+        rep.add(f"tbe B={B} fwd (32 tables)", fwd, ours_fwd, baselines,
+                goal="<= 1.5x the faster baseline")
         del ebc
         for opt, state_bytes, torch_opt in (("SGD", 0, torch.optim.SGD), ("Adagrad", D * 4, torch.optim.Adagrad),
                                             ("RowWiseAdagrad", 4, torch.optim.Adagrad)):
             floor = fwd + T_ * B * D * 4 + 2 * U * (D * 4 + state_bytes)
-            fused = embtab.EmbeddingBagCollection(tables, device=DEV, optimizer=getattr(embtab.optim, opt)(lr=0.01))
-            for bag in fused.embedding_bags.values():
-                bag.backend = "triton"
+            fused = embtab.EmbeddingBagCollection(tables, device=DEV, optimizer=getattr(embtab.optim, opt)(lr=0.01),
+                                                  backend="triton")
             o = torch_opt(bags.parameters(), lr=0.01)
 
             def ours() -> None:
@@ -287,6 +295,23 @@ def tbe_cases(rep: Report, scale: int) -> None:
             torch.cuda.empty_cache()
         del bags
         torch.cuda.empty_cache()
+
+
+def _fbgemm_tbe(num_tables: int, rows: int, dim: int) -> Any:
+    """FBGEMM's table-batched embedding bags on the GPU (forward baseline), or None without it."""
+    try:
+        from fbgemm_gpu.split_table_batched_embeddings_ops_common import EmbeddingLocation, PoolingMode
+        from fbgemm_gpu.split_table_batched_embeddings_ops_training import (
+            ComputeDevice,
+            SplitTableBatchedEmbeddingBagsCodegen,
+        )
+
+        return SplitTableBatchedEmbeddingBagsCodegen(
+            [(rows, dim, EmbeddingLocation.DEVICE, ComputeDevice.CUDA)] * num_tables, pooling_mode=PoolingMode.SUM,
+        )
+    except Exception as exc:  # not installed, or a CPU-only build
+        print(f"FBGEMM TBE baseline skipped: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return None
 
 
 CASES = {"lookup": lookup_cases, "step": step_cases, "bag": bag_cases, "tbe": tbe_cases}
