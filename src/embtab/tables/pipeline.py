@@ -317,20 +317,15 @@ def pool(features: Sequence[Feature], optimizer: object | None = None) -> Tensor
             plan = BagsPlan(features, optimizer, pooled)
             return BagsFunction.apply(plan, *plan.weights, *[f.bags.psw for f in features])
     try:
+        if not grad:
+            return _inference(features)
         if len(features) == 1 and optimizer is None and _aten_bag_ok(features[0]):
             f = features[0]
             ids, offsets, last = f.bags.kernel_args()
-            mode = MODE_CODES[f.spec.mode]  # type: ignore[index]
-            if not grad:  # torch's own no-grad kernel: no offset2bag, bag sizes or max indices to build
-                return torch._embedding_bag_forward_only(
-                    f.weight, ids, offsets, False, mode, False, f.bags.psw, last,
-                    -1 if f.spec.padding_idx is None else f.spec.padding_idx,
-                )[0]
             return torch.embedding_bag(  # padding_idx None: no padding (-1 would be the last row here)
-                f.weight, ids, offsets, False, mode, f.spec.sparse, f.bags.psw, last, f.spec.padding_idx,
+                f.weight, ids, offsets, False, MODE_CODES[f.spec.mode], f.spec.sparse, f.bags.psw, last,  # type: ignore[index]
+                f.spec.padding_idx,
             )[0]
-        if not grad:
-            return _inference(features)
         plan = BagsPlan(features, optimizer)
         return BagsFunction.apply(plan, *plan.weights, *[f.bags.psw for f in features])
     except (IndexError, RuntimeError):
@@ -392,9 +387,16 @@ def _inference(features: Sequence[Feature]) -> Tensor:
     """The pooled outputs when no gradient will be asked for (no autograd node)."""
     outs = []
     for f in features:
-        b = f.bags
-        outs.append(f.backend.lookup.embedding_bag_inference(f.weight, b.ids, b.ends, f.spec.mode, b.psw,
-                                                             f.spec.padding_idx))
+        b, spec = f.bags, f.spec
+        if _aten_bag_ok(f):  # torch's own no-grad kernel, on the caller's offsets where it checks them
+            ids, offsets, last = b.kernel_args()
+            outs.append(torch._embedding_bag_forward_only(
+                f.weight, ids, offsets, False, MODE_CODES[spec.mode], False, b.psw, last,  # type: ignore[index]
+                -1 if spec.padding_idx is None else spec.padding_idx,
+            )[0])
+        else:
+            outs.append(f.backend.lookup.embedding_bag_inference(f.weight, b.ids, b.ends, spec.mode, b.psw,
+                                                                 spec.padding_idx))
     return outs[0] if len(outs) == 1 else torch.cat(outs, dim=1)
 
 
