@@ -6,9 +6,9 @@ Used by the functional API, the modules and the collection alike::
     embedding_bag(spec, weight, input, ...)  pooled:    prepare_bags -> pool([feature])
     collection forward                       pooled:    prepare_bags per feature -> pool(features)
 
-:func:`prepare_bags` is the only place where a bag lookup's input is checked, its
-offsets made canonical (flat ids (N,), offsets (B + 1,) ending at N) and its ids turned
-into rows by the table's ids stage. :func:`pool` looks up any number of prepared
+:func:`prepare_bags` is the only place where a bag lookup's input is checked and its
+ids turned into rows by the table's ids stage; :attr:`Bags.ends` the only place where
+its offsets are made canonical (flat ids (N,), offsets (B + 1,) ending at N). :func:`pool` looks up any number of prepared
 features (one output ``(B, sum of D)``) through one autograd node
 (``ops/autograd.BagsFunction``), or through ATen's own differentiable op where that
 computes exactly the same thing faster (one table, the ``torch`` backend, no fused
@@ -76,7 +76,7 @@ class Bags:
         only under ``oov="error"``, which syncs anyway), except where the kernel that will
         read them checks them itself (ATen's on CPU: ``raw`` bags go to it)."""
         if self._ends is None:
-            check = (self.ids.device.type == "cpu" and not self.raw) or self.spec.oov == "error" and not self.raw
+            check = not self.raw and (self.ids.is_cpu or self.spec.oov == "error")
             self._ends = canonical_bags(self.ids, self.offsets, self.last, check, self.where, self.shape)
         return self._ends
 
@@ -114,10 +114,6 @@ class Feature(NamedTuple):
 
 def backend_of(spec: TableSpec, weight: Tensor) -> registry.Backend:
     return registry.select(spec.backend, weight.device, weight.dtype, weight.is_contiguous())
-
-
-def _needs_grad(weight: Tensor, psw: Tensor | None = None) -> bool:
-    return torch.is_grad_enabled() and (weight.requires_grad or (psw is not None and psw.requires_grad))
 
 
 def _check_ids(input: object, weight: Tensor, where: str) -> None:
