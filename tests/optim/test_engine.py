@@ -228,3 +228,20 @@ def test_from_pretrained_with_an_optimizer_needs_freeze_false() -> None:
         out = m(torch.tensor([[1, 2]]))
         out.sum().backward()
         assert not torch.equal(m.weight.detach(), w)
+
+
+def test_only_a_backward_that_trains_the_table_updates_it() -> None:
+    bag = embtab.EmbeddingBag(6, 2, mode="sum", optimizer=embtab.optim.SGD(lr=1.0))
+    head = torch.nn.Linear(2, 1)
+    before = bag.weight.detach().clone()
+    psw = torch.ones(3, requires_grad=True)
+
+    def loss() -> torch.Tensor:
+        return head(bag(torch.tensor([1, 2, 3]), torch.tensor([0]), psw)).sum()
+
+    (grad,) = torch.autograd.grad(loss(), [psw])  # a gradient asked for: no training step
+    assert grad.shape == (3,) and torch.equal(bag.weight.detach(), before)
+    loss().backward(inputs=[head.weight])  # a pass that trains only the head
+    assert torch.equal(bag.weight.detach(), before) and head.weight.grad is not None
+    loss().backward()
+    assert not torch.equal(bag.weight.detach(), before)

@@ -44,6 +44,20 @@ def _unit_column_stride(grad: Tensor) -> Tensor:
     return grad if grad.stride(-1) == 1 else grad.contiguous()
 
 
+def _trains(ctx: Any, tensor_index: int) -> bool:
+    """Whether this backward pass trains the weight that is the node's ``tensor_index``-th tensor
+    input (its edges list tensor inputs only): ``loss.backward()``
+    or ``backward(inputs=...)`` naming it, not ``torch.autograd.grad`` (a gradient asked for, e.g.
+    of per-sample weights or for a penalty). The node's own edge is the weight's accumulator.
+    A compiled graph's backward cannot ask; a compiled training step trains its tables."""
+    if torch.compiler.is_compiling():
+        return True
+    try:
+        return torch._C._will_engine_execute_node(ctx.next_functions[tensor_index][0])
+    except RuntimeError:  # torch.autograd.grad() is running (the engine says so for leaves)
+        return False
+
+
 def _deposit_bags(fused: Fused, ids: Tensor, ends: Tensor, grad: Tensor, mean: bool, psw: Tensor | None) -> None:
     if torch.compiler.is_compiling():
         from . import compiled
@@ -79,6 +93,8 @@ class EmbeddingFunction(torch.autograd.Function):
         (ids,) = ctx.saved_tensors
         spec: TableSpec = ctx.spec
         if ctx.fused is not None:
+            if not _trains(ctx, 0):
+                return None, None, None, None, None
             dim = grad.shape[-1]
             flat = ids.reshape(-1)
             ends = torch.arange(flat.numel() + 1, device=ids.device)  # a bag per id
@@ -210,7 +226,7 @@ class BagsFunction(torch.autograd.Function):
                 grad_psws[i] = gp
                 if gw is not None:
                     grad_weights[t] = gw if grad_weights[t] is None else grad_weights[t] + gw
-            if fused and f.weight.requires_grad and f.table is not None:
+            if fused and f.weight.requires_grad and f.table is not None and _trains(ctx, t):
                 _hand_to_optimizer(Fused(plan.optimizer, f.table), f, g, aux)
         if torch.is_grad_enabled():  # create_graph=True: these gradients have no derivative
             grad_weights = [_NoSecondDerivative.apply(x) if x is not None else None for x in grad_weights]
