@@ -88,8 +88,11 @@ def gather_state_dict(module: torch.nn.Module, rank: int | None = 0) -> "Ordered
     ``EmbeddingBagCollection.load_state_dict``). Other ranks get None; ``rank=None``
     gives it to every rank. Every rank must call it (it gathers over the collection's group).
     """
+    from .model import DistributedModel
     from .sharded import ShardTable
 
+    if isinstance(module, DistributedModel):
+        module = module.model  # (its state_dict is the model's)
     state = module.state_dict()
     out: OrderedDict[str, Tensor] = OrderedDict()
     tables = {name: m for name, m in module.named_modules() if isinstance(m, ShardTable)}

@@ -60,8 +60,11 @@ class ColumnWise(Sharding):
     def combine(self, parts: list[Tensor], mode: str, kept: Tensor, counts: Tensor | None) -> Tensor:
         return parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)
 
+    def reduces(self, optimizer_kind: str, world_size: int) -> bool:
+        return optimizer_kind == "rowwise_adagrad" and len(self.ranks_) > 1
+
     def reduce_row_grads(self, table: Any, rows: Tensor, grads: Tensor, ctx: ReduceContext) -> tuple[Tensor, Tensor]:
-        if ctx.kind != "rowwise_adagrad" or len(self.ranks_) == 1:
+        if not self.reduces(ctx.kind, ctx.comm.world_size):
             return rows, grads
         weight, state = table.weight, table._optim_state()["sum"]
         g = grads

@@ -133,6 +133,9 @@ class AllToAll(torch.autograd.Function):
 def exchange(comm: Comm, send: Tensor, send_splits: list[int], recv_splits: list[int], what: str,
              back: str, anchor: Tensor | None) -> Tensor:
     """``all_to_all_single``, differentiable when ``anchor`` is given."""
+    if comm.world_size == 1:  # nothing to exchange: no copy, no node
+        comm.stats.add(what, "all_to_all_single", 0)
+        return send
     if anchor is None:
         return comm.all_to_all(send.detach(), send_splits, recv_splits, what)
     return AllToAll.apply(anchor, send, send_splits, recv_splits, comm, what, back)

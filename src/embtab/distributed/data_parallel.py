@@ -30,6 +30,9 @@ class DataParallel(Sharding):
     def replicas(self) -> bool:
         return True
 
+    def reduces(self, optimizer_kind: str, world_size: int) -> bool:
+        return True  # (also at W = 1: the hook's collectives must match on every rank)
+
     def reduce_row_grads(self, table: Any, rows: Tensor, grads: Tensor, ctx: ReduceContext) -> tuple[Tensor, Tensor]:
         num_rows, dim = table.weight.shape
         buf = torch.zeros(num_rows, dim + 1, dtype=grads.dtype, device=grads.device)  # (rows, D + 1)

@@ -95,9 +95,13 @@ class Sharding:
         return parts[0]
 
     def reduce_row_grads(self, table: Any, rows: Tensor, grads: Tensor, ctx: "ReduceContext") -> tuple[Tensor, Tensor]:
-        """A hook step before the update: this rank's ``(rows, grads)`` of its piece, already
-        divided by the world size, to what the update must use (identity by default)."""
+        """A hook step before the update: this rank's ``(rows, grads)`` of its piece (of the
+        loss ``sum of the ranks' losses / W``) to what the update must use (identity by default)."""
         return rows, grads
+
+    def reduces(self, optimizer_kind: str, world_size: int) -> bool:
+        """Whether :meth:`reduce_row_grads` does anything for this optimizer (``"sgd"``, ...)."""
+        return False
 
     def replicas(self) -> bool:
         """Several ranks hold the same values (their checkpoint pieces are written once)."""

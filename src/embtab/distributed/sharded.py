@@ -18,11 +18,12 @@ vectors of that batch, as the plain collection would give them. One step:
    each kind combines its parts (column-wise: concatenated; row-wise: summed, or maxed).
 
 Backward runs the exchanges the other way. Each rank's fused optimizer updates its own
-pieces through its row-gradient hook: the row gradients are divided by the world size
-(so that training equals one process on the concatenated batch with loss
-``sum of the ranks' losses / W``, DDP's mean), then the kind may reduce them further
-(data-parallel: all-reduced; column-wise ``RowWiseAdagrad``: the row accumulators
-completed over the columns).
+pieces: the gradients flowing back into the pooling are divided by the world size (so
+that training equals one process on the concatenated batch with loss
+``sum of the ranks' losses / W``, DDP's mean), and the kinds that need more reduce the
+row gradients in the optimizer's row-gradient hook (data-parallel: all-reduced;
+column-wise ``RowWiseAdagrad``: the row accumulators completed over the columns); the
+other tables keep the optimizer's one-pass update.
 """
 
 from __future__ import annotations
@@ -59,6 +60,23 @@ _ERRORS: tuple[type[BaseException], ...] = (
     _checks.IdOutOfRangeError, _checks.OffsetsError, _checks.IdsDtypeError, _checks.PerSampleWeightsDtypeError,
     _checks.UnsupportedArgumentError, KeyError, IndexError, TypeError, ValueError, RuntimeError,
 )
+
+
+class _ScaleGrad(torch.autograd.Function):
+    """Identity forward; backward multiplies the gradient by ``scale``."""
+
+    @staticmethod
+    def forward(ctx: Any, x: Tensor, scale: float) -> Tensor:  # type: ignore[override]
+        ctx.scale = scale
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None]:
+        return grad * ctx.scale, None
+
+
+def _scale_grad(x: Tensor | None, scale: float) -> Tensor | None:
+    return _ScaleGrad.apply(x, scale) if x is not None and x.requires_grad and scale != 1.0 else x
 
 
 class ShardTable(EmbeddingBag):
@@ -230,10 +248,18 @@ class ShardedEmbeddingBagCollection(Module):
             self.optimizer.param_groups[0].update({k: v for k, v in group.items() if k != "params"})
             if not on_meta:
                 self._copy_state(ebc, tables)
-            self.optimizer.register_row_grad_hook(self._reduce_row_grads)
+            # Only the tables whose row gradients need more than DP's mean over the ranks (which
+            # the backward applies) go through the hook; the others keep the one-pass update.
+            # Registered on every rank, for no table if need be: it also says that this
+            # optimizer's ranks are kept in step.
+            reduce = [table for table in tables if table.piece is not None and table.kind.reduces(spec.kind, world)]
+            self.optimizer.register_row_grad_hook(self._reduce_row_grads, tables=reduce)
         for t in ebc.tables:  # the groups of the column ranks: made now, on every rank, in one order
             if plan[t.name].routing == "each" and len(plan[t.name].ranks(world)) > 1:
                 comm.subgroup(plan[t.name].ranks(world))
+        # The tables train on (sum of the ranks' losses) / W: their gradients, and only theirs,
+        # are divided by W on the way back into the pooling (per-sample weights get theirs unscaled).
+        self._grad_scale = 1.0 / world if self.optimizer is not None else 1.0
         self._layout(world, me)
 
     def _copy_state(self, ebc: EmbeddingBagCollection, tables: list[ShardTable]) -> None:
@@ -419,6 +445,7 @@ class ShardedEmbeddingBagCollection(Module):
         psw_in, psw_got = self._exchange_psw(routed, psw_any, n, batch, psw_grad)
         total = sum(sizes)
         parts = self._pool_pieces(per_unit, psw_in, total, grad)  # (sum of B, columns of my units)
+        parts = _scale_grad(parts, self._grad_scale)
         if psw_got is not None and psw_grad is not None:
             # A zero-width tie: the backward reaches the per-sample weights' exchange on every
             # rank, also one whose pieces use none of them.
@@ -426,25 +453,25 @@ class ShardedEmbeddingBagCollection(Module):
         out_splits = [sizes[s] * self._cols_of[me] for s in range(world)]
         back_splits = [batch * self._cols_of[d] for d in range(world)]
         got = exchange(comm, parts.reshape(-1), out_splits, back_splits, "pooled", "grads", anchor)
-        blocks, pos = [], 0
-        for d in range(world):
-            blocks.append(got[pos:pos + back_splits[d]].view(batch, self._cols_of[d]))
-            pos += back_splits[d]
+        # Cut with torch.split, not slicing: its backward is one concatenation, where each
+        # slice's would be a zero tensor of the whole size.
+        unit_parts: dict[int, Tensor] = {}
+        for d, block in enumerate(torch.split(got, back_splits)):
+            cols = torch.split(block.view(batch, self._cols_of[d]), [self._units[u].cols for u in self._units_of[d]], 1)
+            unit_parts.update(zip(self._units_of[d], cols))
 
         # every feature's output, in order
-        local_out = pool(local, self.optimizer if grad else None) if local else None
-        outs, local_col = [], 0
+        local_out = _scale_grad(pool(local, self.optimizer if grad else None), self._grad_scale) if local else None
+        local_parts = iter(torch.split(local_out, [self._dims[fi] for fi in self._local_features], 1)) if local else None
+        outs = []
         for fi, f in enumerate(self.feature_names):
             if fi in routed:
                 table = self.embedding_bags[self._feature_table[f]]
-                pieces = [blocks[self._units[u].owner][:, self._col_in_owner[u]:self._col_in_owner[u] + self._units[u].cols]
-                          for u in self._units_of_feature[fi]]
                 r = routed[fi]
-                outs.append(table.kind.combine(pieces, table.global_spec.mode, r.kept, r.counts))
+                outs.append(table.kind.combine([unit_parts[u] for u in self._units_of_feature[fi]],
+                                               table.global_spec.mode, r.kept, r.counts))
             else:
-                d = self._dims[fi]
-                outs.append(local_out[:, local_col:local_col + d])  # type: ignore[index]
-                local_col += d
+                outs.append(next(local_parts))  # type: ignore[arg-type]
         full = outs[0] if len(outs) == 1 else torch.cat(outs, dim=1)
         return PooledEmbeddings(self.feature_names, full=full, dims=self._dims)
 
@@ -510,6 +537,7 @@ class ShardedEmbeddingBagCollection(Module):
             if table.kind.routing == "local":
                 weight, counter = table._state()
                 backend = backend_of(table.spec, weight)
+                psw = _scale_grad(psw, 1.0 / self._grad_scale)
                 bags = prepare_bags(table.spec, weight, backend, ids, offsets, psw, last, where=where, counter=counter)
                 local.append(Feature(table.spec, weight, backend, bags, table))
                 sizes.append(bags.ends.shape[0] - 1)
@@ -533,12 +561,17 @@ class ShardedEmbeddingBagCollection(Module):
         keep = rows >= 0
         if padding_idx is not None:
             keep &= rows != padding_idx
-        rows, bag = rows[keep], bag[keep]
-        psw = psw[keep] if psw is not None else None
-        kept = torch.bincount(bag, minlength=batch)  # (B,)
+        if not bool(keep.all()):
+            rows, bag = rows[keep], bag[keep]
+            psw = psw[keep] if psw is not None else None
+            kept = torch.bincount(bag, minlength=batch)  # (B,)
+        else:  # nothing dropped: the bag lengths are the offsets' steps
+            kept = (ends[1:] - ends[:-1]).to(torch.int64)
         kind, pieces = table.kind, table.pieces
         if kind.routing == "each":
             return _Routed(kept, None, [(kept, rows, psw)] * len(pieces))
+        if len(pieces) == 1:
+            return _Routed(kept, kept.unsqueeze(0), [(kept, rows, psw)])
         owner = kind.route(rows, pieces)  # (N,) piece of each id
         order = torch.argsort(owner, stable=True)  # by piece, bag order kept within each
         per_piece = torch.bincount(owner, minlength=len(pieces)).tolist()
@@ -587,6 +620,7 @@ class ShardedEmbeddingBagCollection(Module):
             ends = torch.zeros(total + 1, dtype=torch.int64, device=self._device())
             torch.cumsum(torch.cat(lengths), 0, out=ends[1:])
             psw = torch.cat(psw_in[u]) if psw_in is not None and u in psw_in else None
+            psw = _scale_grad(psw, 1.0 / self._grad_scale)  # (their gradient is this rank's loss's, unscaled)
             weight, _ = table._state()
             backend = backend_of(table.spec, weight)
             bags = prepare_bags(table.spec, weight, backend, torch.cat(ids), ends, psw, True,
@@ -599,24 +633,25 @@ class ShardedEmbeddingBagCollection(Module):
     # --- the optimizer's hook --------------------------------------------------------------
 
     def _reduce_row_grads(self, row_grads: list[RowGrads]) -> list[RowGrads]:
-        """Between "row gradients ready" and "apply": divide by the world size (DDP's mean),
-        then let each table's kind reduce them (every rank visits the tables in one order)."""
+        """Between "row gradients ready" and "apply", for the tables whose kind needs it
+        (data-parallel: all-reduced; column-wise RowWiseAdagrad: accumulators completed).
+        Every rank visits its tables in one order, with empty gradients for a table this
+        pass did not touch, so that the collectives match."""
         assert self.optimizer is not None  # internal: the hook is registered on it
         by_table = {id(rg.table): rg for rg in row_grads}
         ctx_args = (self.comm, self.optimizer.hyper(), self.optimizer.spec.kind)
-        scale = 1.0 / self.comm.world_size
         out = []
         for t in self._tables:
             table = self.embedding_bags[t.name]
-            rg = by_table.get(id(table))
-            if table.piece is None:
+            if table.piece is None or not table.kind.reduces(ctx_args[2], self.comm.world_size):
                 continue
+            rg = by_table.get(id(table))
             if rg is None:
                 dim = table.weight.shape[1]
                 rows = torch.empty(0, dtype=torch.int64, device=table.weight.device)
                 grads = table.weight.new_zeros(0, dim, dtype=acc_dtype(table.weight.dtype))
             else:
-                rows, grads = rg.rows, rg.grads * scale
+                rows, grads = rg.rows, rg.grads
             rows, grads = table.kind.reduce_row_grads(table, rows, grads, ReduceContext(*ctx_args, t.name))
             out.append(RowGrads(table, rows, grads))
         return out
