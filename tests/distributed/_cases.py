@@ -162,8 +162,8 @@ def forward_equality(rank: int, world: int, dtype: torch.dtype = torch.float64) 
     ebc = embtab.EmbeddingBagCollection(tables, dtype=dtype)
     sharded = ed.shard(ebc, {"a": ed.row_wise(), "b": ed.column_wise(ranks=list(range(world)))})
     gen = torch.Generator().manual_seed(7)
-    batches = [{"a": torch.randint(0, 5, (r + 1, 3), generator=gen), "b": torch.randint(0, 4, (r + 1, 3), generator=gen)}
-               for r in range(world)]
+    batches = [{"a": torch.randint(0, 5, (r + 1, 3), generator=gen),
+                "b": torch.randint(0, 4, (r + 1, 3), generator=gen)} for r in range(world)]
     with torch.no_grad():
         out, expected = sharded(batches[rank]), ebc(batches[rank])
     torch.testing.assert_close(out.concat(), expected.concat(), **TOL[dtype])
@@ -175,7 +175,8 @@ def forward_equality(rank: int, world: int, dtype: torch.dtype = torch.float64) 
 def train_equal(rank: int, world: int, spec: Any, plan: Callable[[int], ed.ShardingPlan] | None = None,
                 dtype: torch.dtype = torch.float64, steps: int = 4, accumulate: int = 1) -> None:
     """``steps`` steps sharded equal ``steps`` steps of one process on the concatenated batch."""
-    tables = mixed_tables("sum", world) + [TableConfig("m", 6, 4, pooling="mean"), TableConfig("x", 7, 3, pooling="max")]
+    tables = mixed_tables("sum", world) + [TableConfig("m", 6, 4, pooling="mean"),
+                                           TableConfig("x", 7, 3, pooling="max")]
     kinds = dict(mixed_plan(world))
     kinds.update({"m": ed.row_wise(), "x": ed.row_wise()})
     the_plan = plan(world) if plan is not None else ed.ShardingPlan(kinds)
@@ -267,7 +268,8 @@ def ddp_sparse_like_torch(rank: int, world: int) -> None:
 
     gen = torch.Generator().manual_seed(5)
     for ours, theirs, kwargs in ((embtab.EmbeddingBag, torch.nn.EmbeddingBag, dict(mode="sum", sparse=True)),
-                                 (embtab.EmbeddingBag, torch.nn.EmbeddingBag, dict(mode="mean", sparse=True, padding_idx=0)),
+                                 (embtab.EmbeddingBag, torch.nn.EmbeddingBag,
+                                  dict(mode="mean", sparse=True, padding_idx=0)),
                                  (embtab.Embedding, torch.nn.Embedding, dict(sparse=True))):
         models = []
         for cls in (ours, theirs):
@@ -322,7 +324,8 @@ def other_plan(world: int) -> ed.ShardingPlan:
     return ed.ShardingPlan({
         "rw": ed.table_wise(rank=0), "tw": ed.row_wise(), "cw": ed.data_parallel(),
         "dp": ed.column_wise(ranks=[1, 0]), "tiny": ed.table_wise(rank=world - 1), "pad": ed.column_wise(ranks=[0, 1]),
-        "zero": ed.row_wise(), "hash": ed.data_parallel(), "cwdp": ed.row_wise(), "m": ed.column_wise(ranks=[world - 1]),
+        "zero": ed.row_wise(), "hash": ed.data_parallel(), "cwdp": ed.row_wise(),
+        "m": ed.column_wise(ranks=[world - 1]),
     })
 
 
@@ -447,3 +450,48 @@ def comm_volume(rank: int, world: int) -> None:
         assert set(got) == set(expected), (sorted(got), sorted(expected))
         for k in expected:
             assert abs(got[k] - expected[k]) < 1e-6, (rank, step, k, got[k], expected[k])
+
+
+class _Recommender(torch.nn.Module):
+    """Tables and a dense layer on their pooled vectors."""
+
+    def __init__(self, tables: list[TableConfig], spec: Any) -> None:
+        super().__init__()
+        self.tables = embtab.EmbeddingBagCollection(tables, optimizer=spec, dtype=torch.float64)
+        self.mlp = torch.nn.Linear(sum(t.embedding_dim * len(t.feature_names) for t in tables), 2, dtype=torch.float64)
+
+    def forward(self, batch: Batch) -> torch.Tensor:
+        return self.mlp(self.tables(batch).concat())
+
+
+def distributed_model(rank: int, world: int) -> None:
+    """ed.DistributedModel (tables sharded, the linear layer in DDP) trains as one process on
+    the concatenated batch; its state_dict has the plain model's keys."""
+    import copy
+
+    tables = mixed_tables("mean", world)
+    torch.manual_seed(0)
+    model = _Recommender(tables, embtab.optim.Adagrad(lr=0.1))
+    reference = copy.deepcopy(model)
+    oracle(reference.tables)
+    keys = list(model.state_dict())
+    dm = ed.DistributedModel(model, mixed_plan(world))
+    assert list(dm.state_dict()) == keys
+    assert isinstance(model.tables, ed.ShardedEmbeddingBagCollection)
+    dense = torch.optim.SGD([p for n, p in dm.named_parameters() if "mlp" in n], lr=0.1)
+    dense_ref = torch.optim.SGD(reference.mlp.parameters(), lr=0.1)
+    gen = torch.Generator().manual_seed(8)
+    for step in range(3):
+        sizes = torch.randint(0, 4, (world,), generator=gen).tolist()
+        sizes[step % world] += 1
+        batches = [draw_batch(tables, b, gen, world, psw=False, dtype=torch.float64) for b in sizes]
+        dense.zero_grad()
+        dm(batches[rank]).pow(2).sum().backward()
+        dense.step()
+        dense_ref.zero_grad()
+        (reference(concat_batches(batches)).pow(2).sum() / world).backward()
+        dense_ref.step()
+    state = ed.gather_state_dict(dm, rank=None)  # on every rank
+    assert state is not None and list(state) == keys
+    for k, v in reference.state_dict().items():
+        torch.testing.assert_close(state[k], v, **TOL[torch.float64], msg=lambda m: f"{k}: {m}")

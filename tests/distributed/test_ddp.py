@@ -14,3 +14,7 @@ def test_sparse_modules_train_under_ddp_as_torch_modules() -> None:
 
 def test_plain_ddp_around_a_fused_optimizer_raises_pointing_to_shard() -> None:
     run(2, _cases.ddp_refuses_fused)
+
+
+def test_distributed_model_trains_as_one_process() -> None:
+    run(2, _cases.distributed_model)

@@ -31,7 +31,8 @@ def test_column_wise_splits_the_dim_as_tensor_split(dim: int, ranks: list[int]) 
         return
     pieces = ed.column_wise(ranks=ranks).pieces(5, dim, 8)
     expected = torch.tensor_split(torch.arange(dim), len(ranks))
-    assert [(p.col0, p.cols, p.ranks) for p in pieces] == [(int(c[0]), c.numel(), (r,)) for c, r in zip(expected, ranks)]
+    assert [(p.col0, p.cols, p.ranks) for p in pieces] == [(int(c[0]), c.numel(), (r,))
+                                                           for c, r in zip(expected, ranks)]
 
 
 def test_row_block_is_an_ids_stage_mapping_global_rows_to_the_block() -> None:
@@ -53,7 +54,8 @@ def test_plan_errors_name_the_table_and_the_rank() -> None:
                                          r"ranks 0..1"):
         ed.ShardingPlan({"item": ed.row_wise(), "user": ed.table_wise(rank=3), "tag": ed.row_wise()}).check(TABLES, 2)
     with pytest.raises(ValueError, match=r"table 'tag' \(column_wise\(ranks=\[0, 5\]\)\): rank 5 does not exist"):
-        ed.ShardingPlan({"item": ed.row_wise(), "user": ed.row_wise(), "tag": ed.column_wise(ranks=[0, 5])}).check(TABLES, 2)
+        ed.ShardingPlan({"item": ed.row_wise(), "user": ed.row_wise(),
+                         "tag": ed.column_wise(ranks=[0, 5])}).check(TABLES, 2)
     with pytest.raises(ValueError, match="name a rank twice"):
         ed.column_wise(ranks=[1, 1])
     with pytest.raises(TypeError, match="expected a sharding kind"):

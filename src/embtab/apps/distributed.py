@@ -150,5 +150,7 @@ class GatheredModel(Module):
 
         return gather_state_dict(self.inner, rank=None)
 
-    def load_state_dict(self, state_dict: Any, strict: bool = True, assign: bool = False) -> Any:  # type: ignore[override]
+    def load_state_dict(  # type: ignore[override]
+        self, state_dict: Any, strict: bool = True, assign: bool = False,
+    ) -> Any:
         return self.inner.load_state_dict(state_dict, strict, assign)

@@ -66,7 +66,8 @@ def local_part(value: Any, local: Tensor, shape: tuple[int, ...], piece: tuple[t
     offsets, sizes = piece
     if isinstance(value, ShardedTensor):
         for shard in value.local_shards():
-            if tuple(shard.metadata.shard_offsets) == tuple(offsets) and tuple(shard.metadata.shard_sizes) == tuple(sizes):
+            md = shard.metadata
+            if tuple(md.shard_offsets) == tuple(offsets) and tuple(md.shard_sizes) == tuple(sizes):
                 return shard.tensor
         return (f"{key}: the ShardedTensor has no local shard at offsets {list(offsets)} of sizes {list(sizes)}; "
                 f"load a checkpoint with torch.distributed.checkpoint.load(sharded.state_dict(), ...) first")

@@ -117,8 +117,10 @@ class AllToAll(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx: Any, anchor: Tensor, send: Tensor, send_splits: list[int], recv_splits: list[int],  # type: ignore[override]
-                comm: Comm, what: str, back: str) -> Tensor:
+    def forward(  # type: ignore[override]
+        ctx: Any, anchor: Tensor, send: Tensor, send_splits: list[int], recv_splits: list[int], comm: Comm, what: str,
+        back: str,
+    ) -> Tensor:
         ctx.comm, ctx.splits, ctx.back = comm, (send_splits, recv_splits), back
         ctx.send_numel, ctx.anchor_shape = send.numel(), anchor.shape
         return comm.all_to_all(send.detach(), send_splits, recv_splits, what)

@@ -52,7 +52,7 @@ class DistributedModel(Module):
         self.model = model
         sharded = [name for name, m in model.named_modules() if isinstance(m, ShardedEmbeddingBagCollection)]
         inside = lambda n: any(n == s or n.startswith(s + ".") or not s for s in sharded)  # noqa: E731
-        ignore = [n for n, _ in model.named_parameters() if inside(n)] + [n for n, _ in model.named_buffers() if inside(n)]
+        ignore = [n for n, _ in [*model.named_parameters(), *model.named_buffers()] if inside(n)]
         dense = any(p.requires_grad for n, p in model.named_parameters() if not inside(n))
         ddp = None
         if dense:
@@ -66,5 +66,7 @@ class DistributedModel(Module):
     def state_dict(self, *args: Any, **kwargs: Any) -> Any:  # type: ignore[override]
         return self.model.state_dict(*args, **kwargs)
 
-    def load_state_dict(self, state_dict: Any, strict: bool = True, assign: bool = False) -> Any:  # type: ignore[override]
+    def load_state_dict(  # type: ignore[override]
+        self, state_dict: Any, strict: bool = True, assign: bool = False,
+    ) -> Any:
         return self.model.load_state_dict(state_dict, strict, assign)

@@ -286,7 +286,8 @@ def plan(tables: Sequence[TableConfig], world_size: int, memory_per_rank: int | 
             why = (f"does not fit one rank ({_mib(size[t.name])} > memory_per_rank {_mib(budget)})"
                    if size[t.name] > budget else
                    f"{_mib(size[t.name])} is more than a rank's fair share ({_mib(fair)} = all tables / {world_size})")
-            reasons[t.name] = f"{why}: split by rows, about {_mib(size[t.name] / world_size)} and 1/{world_size} of its lookups per rank"
+            reasons[t.name] = (f"{why}: split by rows, about {_mib(size[t.name] / world_size)} and 1/{world_size} "
+                               f"of its lookups per rank")
             place(t, kinds[t.name])
     rest = sorted((t for t in tables if t.name not in kinds), key=lambda t: (-size[t.name], -look[t.name]))
     for t in rest:

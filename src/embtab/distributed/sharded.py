@@ -79,6 +79,9 @@ def _scale_grad(x: Tensor | None, scale: float) -> Tensor | None:
     return _ScaleGrad.apply(x, scale) if x is not None and x.requires_grad and scale != 1.0 else x
 
 
+_PieceAt = tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]  # (offsets, sizes, ranks holding it)
+
+
 class ShardTable(EmbeddingBag):
     """This rank's piece of one table: an ``EmbeddingBag`` of the piece's rows and columns
     (its ids stage maps the table's rows to the piece's), with what it is a piece of.
@@ -116,7 +119,7 @@ class ShardTable(EmbeddingBag):
 
     # --- state ---------------------------------------------------------------------------
 
-    def entries(self) -> list[tuple[str, Tensor, tuple[int, ...], list[tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]]]]:
+    def entries(self) -> list[tuple[str, Tensor, tuple[int, ...], list[_PieceAt]]]:
         """``(name, local tensor, whole shape, pieces)`` of the weight and each optimizer state."""
         weight_pieces = [((p.row0, p.col0), (p.rows, p.cols), p.ranks) for p in self.pieces]
         row_pieces = [((p.row0,), (p.rows,), p.ranks) for p in self.row_pieces]
@@ -268,8 +271,8 @@ class ShardedEmbeddingBagCollection(Module):
                 source = ebc.embedding_bags[table.table_name]
                 for name, local, shape, pieces in table.entries()[1:]:
                     full = getattr(source, name)
-                    part = checkpoint.local_part(full, local, shape,
-                                                 next(((o, s) for o, s, r in pieces if self.comm.rank in r), None), name)
+                    mine = next(((o, s) for o, s, r in pieces if self.comm.rank in r), None)
+                    part = checkpoint.local_part(full, local, shape, mine, name)
                     local.copy_(part)  # type: ignore[arg-type]
 
     def _layout(self, world: int, me: int) -> None:
@@ -365,18 +368,20 @@ class ShardedEmbeddingBagCollection(Module):
         weighted = {self.feature_names.index(f) for f in weights}
         units, owner = range(len(self._units)), [u.owner for u in self._units]
         k = 6 + self._mask_words + len(self.feature_names) + len(self._units)
-        out = {"header": 8.0 * k * (world - 1),
-               "ids": 8.0 * sum(batch_sizes[me] + n[me][u] for u in units if owner[u] != me),
-               "pooled": float(esize * self._cols_of[me] * sum(b for q, b in enumerate(batch_sizes) if q != me))}
+        out = {"header": 8.0 * k * (world - 1)}
+        if self._units:  # (no exchange at all when every table is data-parallel)
+            out["ids"] = 8.0 * sum(batch_sizes[me] + n[me][u] for u in units if owner[u] != me)
+            out["pooled"] = float(esize * self._cols_of[me] * sum(b for q, b in enumerate(batch_sizes) if q != me))
         if any(self._units[u].feature in weighted for u in units):
             out["per-sample weights"] = float(esize * sum(n[me][u] for u in units
                                                           if owner[u] != me and self._units[u].feature in weighted))
         if not train:
             return out
-        out["grads"] = float(esize * batch_sizes[me] * sum(self._cols_of[d] for d in range(world) if d != me))
+        if self._units:
+            out["grads"] = float(esize * batch_sizes[me] * sum(self._cols_of[d] for d in range(world) if d != me))
         if weights_grad and "per-sample weights" in out:
-            out["per-sample weight grads"] = float(esize * sum(n[q][u] for q in range(world) if q != me for u in units
-                                                               if owner[u] == me and self._units[u].feature in weighted))
+            back = [u for u in units if owner[u] == me and self._units[u].feature in weighted]
+            out["per-sample weight grads"] = float(esize * sum(n[q][u] for q in range(world) if q != me for u in back))
         rowwise = self.optimizer is not None and self.optimizer.spec.kind == "rowwise_adagrad"
         for t in self._tables:
             kind = self.plan[t.name]
@@ -407,7 +412,8 @@ class ShardedEmbeddingBagCollection(Module):
             if psw is not None:
                 psw_flags[fi] = 2 if psw.requires_grad else 1
         message = b"" if error is None else str(error).encode("utf-8", "replace")[:4000]
-        code = 0 if error is None else next(i for i, c in enumerate(_ERRORS) if isinstance(error, c) or c is RuntimeError)
+        code = 0 if error is None else next(i for i, c in enumerate(_ERRORS)
+                                            if isinstance(error, c) or c is RuntimeError)
         counts = [0] * len(self._units)
         for fi, r in routed.items():
             for u in self._units_of_feature[fi]:
@@ -422,47 +428,50 @@ class ShardedEmbeddingBagCollection(Module):
         n = [r[m + len(self.feature_names):] for r in rows]  # n[s][u]: ids rank s sends to unit u
         anchor = torch.empty(0, device=self._device(), requires_grad=True) if grad else None
 
-        # ids out, pooled parts back
-        mine = self._units_of[me]
-        send, send_splits = [], [0] * world
-        for d in range(world):
-            for u in self._units_of[d]:
-                lengths, ids, _ = routed[self._units[u].feature].parts[self._units[u].piece]
-                send += [lengths.to(torch.int64), ids.to(torch.int64)]
-                send_splits[d] += batch + ids.numel()
-        recv_splits = [sum(sizes[s] + n[s][u] for u in mine) for s in range(world)]
-        flat = torch.cat(send) if send else torch.empty(0, dtype=torch.int64, device=self._device())
-        recv = comm.all_to_all(flat, send_splits, recv_splits, "ids")
-        per_unit: dict[int, tuple[list[Tensor], list[Tensor]]] = {u: ([], []) for u in mine}
-        pos = 0
-        for s in range(world):
-            for u in mine:
-                per_unit[u][0].append(recv[pos:pos + sizes[s]])
-                pos += sizes[s]
-                per_unit[u][1].append(recv[pos:pos + n[s][u]])
-                pos += n[s][u]
-        psw_grad = anchor if any(f == 2 for f in psw_any) else None
-        psw_in, psw_got = self._exchange_psw(routed, psw_any, n, batch, psw_grad)
-        total = sum(sizes)
-        parts = self._pool_pieces(per_unit, psw_in, total, grad)  # (sum of B, columns of my units)
-        parts = _scale_grad(parts, self._grad_scale)
-        if psw_got is not None and psw_grad is not None:
-            # A zero-width tie: the backward reaches the per-sample weights' exchange on every
-            # rank, also one whose pieces use none of them.
-            parts = torch.cat([parts, psw_got.narrow(0, 0, 0).reshape(total, 0).to(parts.dtype)], dim=1)
-        out_splits = [sizes[s] * self._cols_of[me] for s in range(world)]
-        back_splits = [batch * self._cols_of[d] for d in range(world)]
-        got = exchange(comm, parts.reshape(-1), out_splits, back_splits, "pooled", "grads", anchor)
-        # Cut with torch.split, not slicing: its backward is one concatenation, where each
-        # slice's would be a zero tensor of the whole size.
+        # ids out, pooled parts back (not at all when every table is data-parallel)
         unit_parts: dict[int, Tensor] = {}
-        for d, block in enumerate(torch.split(got, back_splits)):
-            cols = torch.split(block.view(batch, self._cols_of[d]), [self._units[u].cols for u in self._units_of[d]], 1)
-            unit_parts.update(zip(self._units_of[d], cols))
+        if self._units:
+            mine = self._units_of[me]
+            send, send_splits = [], [0] * world
+            for d in range(world):
+                for u in self._units_of[d]:
+                    lengths, ids, _ = routed[self._units[u].feature].parts[self._units[u].piece]
+                    send += [lengths.to(torch.int64), ids.to(torch.int64)]
+                    send_splits[d] += batch + ids.numel()
+            recv_splits = [sum(sizes[s] + n[s][u] for u in mine) for s in range(world)]
+            flat = torch.cat(send) if send else torch.empty(0, dtype=torch.int64, device=self._device())
+            recv = comm.all_to_all(flat, send_splits, recv_splits, "ids")
+            per_unit: dict[int, tuple[list[Tensor], list[Tensor]]] = {u: ([], []) for u in mine}
+            pos = 0
+            for s in range(world):
+                for u in mine:
+                    per_unit[u][0].append(recv[pos:pos + sizes[s]])
+                    pos += sizes[s]
+                    per_unit[u][1].append(recv[pos:pos + n[s][u]])
+                    pos += n[s][u]
+            psw_grad = anchor if any(f == 2 for f in psw_any) else None
+            psw_in, psw_got = self._exchange_psw(routed, psw_any, n, batch, psw_grad)
+            total = sum(sizes)
+            parts = self._pool_pieces(per_unit, psw_in, total, grad)  # (sum of B, columns of my units)
+            parts = _scale_grad(parts, self._grad_scale)
+            if psw_got is not None and psw_grad is not None:
+                # A zero-width tie: the backward reaches the per-sample weights' exchange on every
+                # rank, also one whose pieces use none of them.
+                parts = torch.cat([parts, psw_got.narrow(0, 0, 0).reshape(total, 0).to(parts.dtype)], dim=1)
+            out_splits = [sizes[s] * self._cols_of[me] for s in range(world)]
+            back_splits = [batch * self._cols_of[d] for d in range(world)]
+            got = exchange(comm, parts.reshape(-1), out_splits, back_splits, "pooled", "grads", anchor)
+            # Cut with torch.split, not slicing: its backward is one concatenation, where each
+            # slice's would be a zero tensor of the whole size.
+            for d, block in enumerate(torch.split(got, back_splits)):
+                widths = [self._units[u].cols for u in self._units_of[d]]
+                cols = torch.split(block.view(batch, self._cols_of[d]), widths, 1)
+                unit_parts.update(zip(self._units_of[d], cols))
 
         # every feature's output, in order
         local_out = _scale_grad(pool(local, self.optimizer if grad else None), self._grad_scale) if local else None
-        local_parts = iter(torch.split(local_out, [self._dims[fi] for fi in self._local_features], 1)) if local else None
+        local_parts = (iter(torch.split(local_out, [self._dims[fi] for fi in self._local_features], 1))
+                       if local_out is not None else None)
         outs = []
         for fi, f in enumerate(self.feature_names):
             if fi in routed:
@@ -499,7 +508,8 @@ class ShardedEmbeddingBagCollection(Module):
         if len(set(masks)) > 1:
             named = []
             for words, unknown in masks:
-                present = [f for i, f in enumerate(self.feature_names) if words[i // _MASK_BITS] >> (i % _MASK_BITS) & 1]
+                present = [f for i, f in enumerate(self.feature_names)
+                           if words[i // _MASK_BITS] >> (i % _MASK_BITS) & 1]
                 named.append((present, unknown))
             _checks.check_same_features(named, list(self.feature_names), _WHERE)
         modes = [r[3] for r in rows]
