@@ -31,7 +31,7 @@ class DataParallel(Sharding):
         return True
 
     def reduces(self, optimizer_kind: str, world_size: int) -> bool:
-        return True  # (also at W = 1: the hook's collectives must match on every rank)
+        return world_size > 1
 
     def reduce_row_grads(self, table: Any, rows: Tensor, grads: Tensor, ctx: ReduceContext) -> tuple[Tensor, Tensor]:
         num_rows, dim = table.weight.shape

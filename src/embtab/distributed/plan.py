@@ -78,6 +78,13 @@ class Sharding:
         """The pooling a piece runs for a table pooled by ``mode``."""
         return mode
 
+    def source_spec(self, spec: Any) -> Any:
+        """The spec whose ids stage the looking-up rank applies before routing: the table's own
+        (its out-of-vocabulary policy). A kind whose pieces keep state about ids (a dynamic
+        table's id -> row map) returns one that leaves the ids as they are, and the piece's
+        own stage (:meth:`stage`) maps them where they arrive."""
+        return spec
+
     def stage(self, piece: Piece) -> "IdStage | None":
         """The ids stage of a piece's table: global rows -> its rows (None: they are the same)."""
         return None

@@ -385,7 +385,7 @@ class ShardedEmbeddingBagCollection(Module):
         rowwise = self.optimizer is not None and self.optimizer.spec.kind == "rowwise_adagrad"
         for t in self._tables:
             kind = self.plan[t.name]
-            if kind.routing == "local":
+            if kind.routing == "local" and world > 1:
                 out["replicated grads"] = out.get("replicated grads", 0.0) + (
                     2 * (world - 1) / world * acc * t.num_rows * (t.embedding_dim + 1))
             elif rowwise and kind.routing == "each" and me in kind.ranks(world) and len(kind.ranks(world)) > 1:
@@ -552,7 +552,7 @@ class ShardedEmbeddingBagCollection(Module):
                 local.append(Feature(table.spec, weight, backend, bags, table))
                 sizes.append(bags.ends.shape[0] - 1)
                 continue
-            spec = table.global_spec
+            spec = table.kind.source_spec(table.global_spec)
             bags = prepare_bags(spec, self._standins[table.table_name], _RESOLVE, ids, offsets, psw, last,
                                 where=where, counter=table._oov_count)
             ends = bags.ends
