@@ -251,8 +251,8 @@ class ShardedEmbeddingBagCollection(Module):
             self.optimizer.param_groups[0].update({k: v for k, v in group.items() if k != "params"})
             if not on_meta:
                 self._copy_state(ebc, tables)
-            # Only the tables whose row gradients need more than DP's mean over the ranks (which
-            # the backward applies) go through the hook; the others keep the one-pass update.
+            # Only the tables whose row gradients need more than the mean over the ranks (which the
+            # backward applies) go through the hook; the others keep the one-pass update.
             # Registered on every rank, for no table if need be: it also says that this
             # optimizer's ranks are kept in step.
             reduce = [table for table in tables if table.piece is not None and table.kind.reduces(spec.kind, world)]
@@ -293,16 +293,13 @@ class ShardedEmbeddingBagCollection(Module):
         self._units = units
         self._units_of = [[u for u, unit in enumerate(units) if unit.owner == d] for d in range(world)]
         self._cols_of = [sum(units[u].cols for u in self._units_of[d]) for d in range(world)]
-        self._col_in_owner: dict[int, int] = {}
-        for d in range(world):
-            c = 0
-            for u in self._units_of[d]:
-                self._col_in_owner[u] = c
-                c += units[u].cols
         self._mask_words = -(-len(self.feature_names) // _MASK_BITS) or 1
-        self._standins = {t.name: torch.empty(0, t.embedding_dim, dtype=self.embedding_bags[t.name].weight.dtype,
-                                              device=self.embedding_bags[t.name].weight.device)
-                          for t in self._tables}
+        self._table_index = {t.name: i for i, t in enumerate(self._tables)}
+        # Empty (0, D) tensors of each table's dtype and device: what the input checks of the
+        # rank that looks ids up compare with (buffers, so that .to() moves them).
+        for i, t in enumerate(self._tables):
+            weight = self.embedding_bags[t.name].weight
+            self.register_buffer(f"_standin{i}", weight.new_empty(0, t.embedding_dim), persistent=False)
 
     # --- introspection ------------------------------------------------------------------
 
@@ -362,8 +359,8 @@ class ShardedEmbeddingBagCollection(Module):
             row-wise Adagrad sums 2 (k - 1) / k a U_t, each column-wise table on k > 1 ranks r is one of
         """
         world, me = self.comm.world_size, self.comm.rank
-        esize = self._standins[self._tables[0].name].element_size()
-        acc = torch.empty((), dtype=acc_dtype(self._standins[self._tables[0].name].dtype)).element_size()
+        esize = self._standin(0).element_size()
+        acc = torch.empty((), dtype=acc_dtype(self._standin(0).dtype)).element_size()
         n = [[ids[s][self.feature_names[u.feature]][u.piece] for u in self._units] for s in range(world)]
         weighted = {self.feature_names.index(f) for f in weights}
         units, owner = range(len(self._units)), [u.owner for u in self._units]
@@ -485,7 +482,10 @@ class ShardedEmbeddingBagCollection(Module):
         return PooledEmbeddings(self.feature_names, full=full, dims=self._dims)
 
     def _device(self) -> torch.device:
-        return self._standins[self._tables[0].name].device
+        return self._standin(0).device
+
+    def _standin(self, i: int) -> Tensor:
+        return self._buffers[f"_standin{i}"]  # type: ignore[return-value]
 
     def _feature_mask(self, features: Any) -> tuple[list[int], int]:
         """Which of the collection's features this batch names (bit words), and how many other names."""
@@ -553,7 +553,8 @@ class ShardedEmbeddingBagCollection(Module):
                 sizes.append(bags.ends.shape[0] - 1)
                 continue
             spec = table.kind.source_spec(table.global_spec)
-            bags = prepare_bags(spec, self._standins[table.table_name], _RESOLVE, ids, offsets, psw, last,
+            standin = self._standin(self._table_index[table.table_name])
+            bags = prepare_bags(spec, standin, _RESOLVE, ids, offsets, psw, last,
                                 where=where, counter=table._oov_count)
             ends = bags.ends
             sizes.append(ends.shape[0] - 1)
@@ -598,7 +599,7 @@ class ShardedEmbeddingBagCollection(Module):
             return None, None
         comm = self.comm
         world, me = comm.world_size, comm.rank
-        dtype = self._standins[self._tables[0].name].dtype
+        dtype = self._standin(0).dtype
         send, send_splits = [], [0] * world
         for d in range(world):
             for u in self._units_of[d]:
@@ -637,7 +638,7 @@ class ShardedEmbeddingBagCollection(Module):
                                 where=f"{_WHERE} table {unit.table!r} on rank {self.comm.rank}")
             features.append(Feature(table.spec, weight, backend, bags, table))
         if not features:
-            return torch.zeros(total, 0, dtype=self._standins[self._tables[0].name].dtype, device=self._device())
+            return torch.zeros(total, 0, dtype=self._standin(0).dtype, device=self._device())
         return pool(features, self.optimizer if grad else None)
 
     # --- the optimizer's hook --------------------------------------------------------------
