@@ -193,10 +193,21 @@ def train_equal(rank: int, world: int, spec: Any, plan: Callable[[int], ed.Shard
             batches = [draw_batch(tables, b, gen, world, psw=step % 2 == 1, dtype=dtype) for b in sizes]
             targets = [torch.randn(b, sum(t.embedding_dim for t in tables for _ in t.feature_names), generator=gen,
                                    dtype=dtype) for b in sizes]
-            out = sharded(batches[rank]).concat()
+            mine = batches[rank]
+            whole = concat_batches(batches)
+            if step == 3:  # per-sample weights that require grad: their gradient is this rank's loss's
+                mine = {f: v[:2] + (v[2].clone().requires_grad_(),) if len(v) == 3 else v for f, v in mine.items()}
+                whole = {f: v[:2] + (v[2].clone().requires_grad_(),) if len(v) == 3 else v for f, v in whole.items()}
+            out = sharded(mine).concat()
             ((out - targets[rank]) ** 2).sum().backward()  # this rank's loss
-            full = reference(concat_batches(batches)).concat()
+            full = reference(whole).concat()
             (((full - torch.cat(targets)) ** 2).sum() / world).backward()  # sum of the ranks' losses / W
+            if step == 3:
+                for f, v in mine.items():
+                    if len(v) == 3:  # rank's slice of the oracle's, times W (the oracle's loss is divided by W)
+                        start = sum(b[f][0].numel() for b in batches[:rank])
+                        expected = whole[f][2].grad[start:start + v[2].numel()] * world
+                        torch.testing.assert_close(v[2].grad, expected, **TOL[dtype])
         if accumulate > 1:
             sharded.optimizer.step()
             reference.optimizer.step()
