@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 import torch
 import torch.distributed.checkpoint as dcp
 
@@ -14,6 +15,7 @@ from . import _cases
 from ._spawn import run
 
 
+@pytest.mark.filterwarnings("ignore:torch.distributed is disabled:UserWarning")  # (DCP's, for a load in one process)
 def test_save_at_two_ranks_load_anywhere(tmp_path: Path) -> None:
     folder = str(tmp_path)
     run(2, _cases.ckpt_save, folder)
