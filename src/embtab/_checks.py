@@ -292,3 +292,77 @@ def check_offsets_values(first: int, last: int, min_step: int, num_ids: int, whe
             f"{where}: offsets point past the end of input: offsets[-1] = {last} "
             f"but input has {num_ids} ids (offsets[-1] can not be greater than input's length)"
         )
+
+
+# --- sharding (embtab.distributed) ----------------------------------------------------------
+
+
+def check_rank(rank: Any, world_size: int, where: str) -> int:
+    """A rank the job has: an int in ``[0, world_size)``."""
+    if isinstance(rank, bool) or not isinstance(rank, numbers.Integral):
+        raise TypeError(f"{where}: a rank must be an int, got {rank!r} ({type(rank).__name__})")
+    if not 0 <= int(rank) < world_size:
+        raise ValueError(
+            f"{where}: rank {rank} does not exist: the job has ranks 0..{world_size - 1} (world size "
+            f"{world_size}); choose a rank below {world_size}, or launch more processes"
+        )
+    return int(rank)
+
+
+def check_plan_tables(tables: list[str], planned: list[str], unknown_ok: bool = False) -> None:
+    """A plan names every table of the collection (and, unless ``unknown_ok``, no other)."""
+    missing = [t for t in tables if t not in planned]
+    if missing:
+        raise ValueError(
+            f"ShardingPlan: table {missing[0]!r} has no sharding kind"
+            + (f" (nor {missing[1:]})" if len(missing) > 1 else "")
+            + f"; add it to the plan, e.g. {{{missing[0]!r}: ed.row_wise()}}, or build the plan with "
+            f"ed.plan(tables, world_size)"
+        )
+    unknown = [t for t in planned if t not in tables]
+    if unknown and not unknown_ok:
+        raise ValueError(
+            f"ShardingPlan: table {unknown[0]!r} is not a table of the collection (its tables: {tables}); "
+            f"remove it from the plan or correct its name"
+        )
+
+
+def check_fits(table: str, rank: int, table_bytes: int, rank_bytes: int, memory_per_rank: int) -> None:
+    """A table's shard on ``rank`` fits ``memory_per_rank`` with what the rank holds already."""
+    if rank_bytes > memory_per_rank:
+        raise ValueError(
+            f"ShardingPlan: table {table!r} does not fit rank {rank}: its shard there takes {table_bytes:,} bytes "
+            f"(weights and optimizer state), which brings the rank to {rank_bytes:,} bytes, above "
+            f"memory_per_rank={memory_per_rank:,}; raise memory_per_rank, launch more ranks, or shard the "
+            f"table over more ranks (ed.row_wise())"
+        )
+
+
+def check_column_ranks(ranks: Any, dim: int | None, where: str) -> tuple[int, ...]:
+    """Column-wise ranks: a non-empty list of distinct ints, no more than the table's dim."""
+    if isinstance(ranks, (str, bytes)) or not hasattr(ranks, "__iter__"):
+        raise TypeError(f"{where}: ranks must be a list of ranks, e.g. ranks=[0, 1], got {ranks!r}")
+    out = tuple(ranks)
+    if not out:
+        raise ValueError(f"{where}: ranks must name at least one rank, got an empty list")
+    for r in out:
+        if isinstance(r, bool) or not isinstance(r, numbers.Integral):
+            raise TypeError(f"{where}: a rank must be an int, got {r!r} ({type(r).__name__})")
+    if len(set(out)) != len(out):
+        raise ValueError(f"{where}: ranks {list(out)} name a rank twice; each column shard goes to another rank")
+    if dim is not None and len(out) > dim:
+        raise ValueError(f"{where}: {len(out)} column shards for a table of dim {dim}; use at most {dim} ranks")
+    return tuple(int(r) for r in out)
+
+
+def check_same_features(by_rank: list[tuple[list[str], int]], features: list[str], where: str) -> None:
+    """Every rank's batch names the same features: ``by_rank[r]`` is (the collection's
+    features rank r named, how many other names it gave)."""
+    if len({(tuple(f), u) for f, u in by_rank}) <= 1:
+        return
+    detail = "; ".join(f"rank {r}: {names}" + (f" and {u} unknown name(s)" if u else "")
+                       for r, (names, u) in enumerate(by_rank))
+    raise ValueError(
+        f"{where}: the ranks' batches name different features ({detail}); every rank must pass every feature "
+        f"of the collection {features} at every step (a rank with nothing to look up passes empty bags)"
+    )

@@ -84,6 +84,8 @@ _RECSYS_HELP = {
     "patience": "stop after this many epochs without a better validation RMSE (0: never)",
     "optimizer": "fused: embtab.optim.SGD inside the collection's backward; dense: torch.optim.SGD on dense "
                  "gradients (the slow reference path)",
+    "nproc": "train on this many processes on this machine, the tables sharded over them (embtab.distributed, "
+             "gloo); under torchrun the launcher's processes are used",
     "neighbors": "movie titles whose nearest neighbours to show",
     "neighbor_min_ratings": "neighbours are drawn from movies with at least this many training ratings",
 }
@@ -205,6 +207,7 @@ def build_parser() -> argparse.ArgumentParser:
                "  embtab train recsys                                # dslabs::movielens\n"
                "  embtab train recsys --ratings ml-latest-small/ratings.csv --dim 64\n"
                "  embtab train recsys --neighbors \"Toy Story\" \"Pulp Fiction\"\n"
+               "  embtab train recsys --nproc 2                      # 2 processes, sharded tables\n"
                "  embtab train recsys --resume runs/recsys-20250101-120000\n",
     )
     _add_run_options(r)
@@ -321,6 +324,8 @@ def _train(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         if args.resume is None and config is not None and _identity(config) not in (None, config_before):
             mark_failed(config.parent, _one_line(exc))
         raise
+    if not metrics:  # a rank other than 0 of a multi-process run (torchrun): rank 0 reports
+        return EXIT_OK
     if args.json:
         print(json.dumps(metrics, indent=2, default=str))
     else:

@@ -67,6 +67,7 @@ class RecsysConfig:
     epochs: int = 40
     patience: int = 4  #: stop after this many epochs without a better validation RMSE
     optimizer: str = "fused"  #: "fused" (embtab.optim.SGD in backward) or "dense" (torch.optim.SGD, dense gradients)
+    nproc: int = 1  #: processes on this machine, tables sharded over them (gloo); under torchrun, its world size
     OPTIMIZERS = ("fused", "dense")  # (a class constant, not a field)
     INPUT_FILES = ("ratings", "movies")  # fields naming files: saved with their sha256, movable on resume
     neighbors: list[str] = field(default_factory=lambda: list(DEFAULT_NEIGHBOR_QUERIES))
@@ -77,9 +78,11 @@ class RecsysConfig:
     def check(self) -> None:
         if self.optimizer not in self.OPTIMIZERS:
             raise AppError(f"--optimizer must be 'fused' or 'dense', got {self.optimizer!r}")
-        for name in ("dim", "batch_size", "epochs"):
+        for name in ("dim", "batch_size", "epochs", "nproc"):
             if getattr(self, name) < 1:
                 raise AppError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
+        if self.nproc > 1 and self.optimizer != "fused":
+            raise AppError("--nproc above 1 trains the sharded tables with the fused optimizer: drop --optimizer dense")
         if self.patience < 0:
             raise AppError(f"--patience must be >= 0, got {self.patience}")
         if not 0 < self.test_fraction < 1 or not 0 < self.val_fraction < 1:
@@ -217,8 +220,17 @@ def _encode(ids: np.ndarray, index: dict[str, int]) -> Tensor:
 
 class _RecsysTask:
     def __init__(self, model: BiasedMF, cfg: RecsysConfig, train: _Split, val: _Split,
-                 feature_bags: Bags | None, clamp: tuple[float, float]) -> None:
-        self.model, self.cfg = model, cfg
+                 feature_bags: Bags | None, clamp: tuple[float, float], *, rank: int = 0, world: int = 1) -> None:
+        # With several processes (world > 1) `model`'s tables are sharded: the loop sees it
+        # through GatheredModel (plain checkpoints); each rank trains on its share of every batch.
+        self.mf, self.cfg = model, cfg
+        self.rank, self.world = rank, world
+        if world > 1:
+            from .distributed import GatheredModel
+
+            self.model: nn.Module = GatheredModel(model)
+        else:
+            self.model = model
         self.train, self.val = train, val
         self.feature_bags = feature_bags
         self.clamp = clamp
@@ -230,7 +242,7 @@ class _RecsysTask:
             self.optimizers["tables"] = torch.optim.SGD(model.parameters(), lr=cfg.lr)
 
     def _features(self, catalog: Tensor) -> tuple[Tensor | None, Tensor | None]:
-        if not self.model.has_features or self.feature_bags is None:
+        if not self.mf.has_features or self.feature_bags is None:
             return None, None
         return self.feature_bags.take(catalog)
 
@@ -238,14 +250,17 @@ class _RecsysTask:
         t = self.train
         for s in range(0, self.num_train, self.batch_size):
             idx = order[s:s + self.batch_size]
-            yield (t.users[idx], t.items[idx], *self._features(t.catalog[idx]), t.ratings[idx]), idx.numel()
+            size = idx.numel()
+            if self.world > 1:
+                idx = torch.tensor_split(idx, self.world)[self.rank]  # this rank's share of the batch
+            yield (t.users[idx], t.items[idx], *self._features(t.catalog[idx]), t.ratings[idx]), size
 
     def train_step(self, batch: Any) -> float:
         users, items, fids, foffs, r = batch
         cfg = self.cfg
         for opt in self.optimizers.values():
             opt.zero_grad(set_to_none=True)
-        out = self.model.parts(users, items, fids, foffs)
+        out = self.mf.parts(users, items, fids, foffs)
         # Summed over the batch (not averaged): per-rating SGD steps, as Funk's SVD, so
         # the learning rate does not depend on the batch size.
         loss = (out["pred"] - r).pow(2).sum()
@@ -253,6 +268,14 @@ class _RecsysTask:
         loss = loss + cfg.bias_reg * (out["bu"].pow(2).sum() + out["bi"].pow(2).sum())
         if "f" in out:
             loss = loss + cfg.feature_reg * out["f"].pow(2).sum()
+        if self.world > 1:
+            # The sharded optimizers train on (sum of the ranks' losses) / W, DDP's mean: times W,
+            # the step is one process's on the whole batch, whatever the number of processes.
+            (loss * self.world).backward()
+            from .distributed import global_sum
+
+            total, count = global_sum([loss.detach().item(), float(r.numel())])
+            return total / max(count, 1.0)
         loss.backward()  # fused optimizers update the looked-up rows here
         for opt in self.optimizers.values():
             opt.step()
@@ -265,12 +288,17 @@ class _RecsysTask:
             for s in range(0, len(split), batch):
                 sl = slice(s, s + batch)
                 fids, foffs = self._features(split.catalog[sl])
-                out.append(self.model(split.users[sl], split.items[sl], fids, foffs))
+                out.append(self.mf(split.users[sl], split.items[sl], fids, foffs))  # every rank: the whole split
         pred = torch.cat(out) if out else torch.zeros(0)
         return pred.clamp(*self.clamp)
 
     def validate(self) -> dict[str, float]:
-        return regression_metrics(self.predict(self.val), self.val.ratings)
+        metrics = regression_metrics(self.predict(self.val), self.val.ratings)
+        if self.world > 1:  # early stopping must decide alike on every rank: rank 0's numbers
+            from .distributed import rank0_values
+
+            metrics = dict(zip(metrics, rank0_values(list(metrics.values()))))
+        return metrics
 
     def divergence_causes(self) -> list[str]:
         """The options and data properties that likely made the loss non-finite."""
@@ -405,19 +433,43 @@ def _vocab(run_dir: Path, name: str, token_lists: Any, resume: bool) -> embtab.V
     return vocab
 
 
+def _rank_main(cfg: RecsysConfig, resume: str | Resume | None) -> None:
+    train(cfg, resume=resume)  # one of --nproc's processes (joined to the group already)
+
+
 def train(cfg: RecsysConfig, *, resume: str | Resume | None = None) -> dict[str, Any]:
     """Run the recommender end to end; returns the metrics (also in ``metrics.json``).
 
     ``resume``: a run folder to continue, or a :class:`~embtab.apps.common.Resume` (train on
     to more epochs, input files at a new place, from the best epoch).
+
+    ``cfg.nproc > 1`` starts that many processes here and returns rank 0's metrics; under
+    ``torchrun`` every process calls this, and rank 0 returns the metrics (the others ``{}``).
     """
+    from . import distributed as dapp
+
     t_start = time.perf_counter()
-    cfg, run_dir = start_run(cfg, resume, APP)  # run_dir is created below, after the checks
+    dapp.join_from_env()
+    rank, world = dapp.rank_and_world()
+    if world > 1 and cfg.nproc not in (1, world):
+        raise AppError(f"--nproc {cfg.nproc} but the launcher started {world} processes; drop --nproc under torchrun")
+    if rank == 0:
+        cfg, run_dir = start_run(cfg, resume, APP)  # run_dir is created below, after the checks
+        if world > 1:
+            cfg.nproc = world
+        elif cfg.nproc > 1:  # start the processes here; rank 0 writes the run folder
+            dapp.launch(cfg.nproc, _rank_main, cfg, resume, threads=cfg.threads)
+            return read_json(run_dir / "metrics.json", "metrics")
+    if world > 1:  # every rank goes on with rank 0's config and run folder; the others write elsewhere
+        cfg, shared_dir = dapp.broadcast((cfg, str(run_dir)) if rank == 0 else None)
+        if rank:
+            cfg.quiet = True
+            run_dir = dapp.scratch_dir(rank, Path(shared_dir) if resume is not None else None)
     quiet = cfg.quiet
     from . import plots
 
-    no_plots = plots.missing()
-    if no_plots:
+    no_plots = plots.missing() if rank == 0 else "not rank 0"
+    if no_plots and rank == 0:
         warn(f"{no_plots}: this run writes metrics.json and checkpoints, but no curves.png or embeddings.png")
     # Read and split the data before creating the run folder: bad input leaves nothing behind.
     data = data_mod.load_movielens() if cfg.ratings is None else data_mod.load_ratings_file(cfg.ratings, cfg.movies)
@@ -427,9 +479,9 @@ def train(cfg: RecsysConfig, *, resume: str | Resume | None = None) -> dict[str,
     train_idx, val_idx = rest[tr_pos], rest[val_pos]
     if min(len(train_idx), len(val_idx), len(test_idx)) == 0:
         raise AppError(f"{n} ratings are too few to split into train, validation and test")
-    if resume is None:
+    if resume is None and rank == 0:
         run_dir = create_run_dir(cfg, APP)
-    log(f"movie recommender -> {run_dir}", quiet=quiet)
+    log(f"movie recommender -> {run_dir}" + (f" ({world} processes)" if world > 1 else ""), quiet=quiet)
 
     resuming = resume is not None
     users = _vocab(run_dir, "users", ([u] for u in data.users[train_idx]), resuming)
@@ -464,7 +516,9 @@ def train(cfg: RecsysConfig, *, resume: str | Resume | None = None) -> dict[str,
 
     mu = float(train.ratings.to(torch.float64).mean())  # the global mean (baseline and model)
     base_path = run_dir / "baselines.json"
-    if resuming and base_path.is_file():
+    if rank:
+        baselines = {}  # (rank 0 writes them)
+    elif resuming and base_path.is_file():
         baselines = read_json(base_path, "baselines")
     else:
         t0 = time.perf_counter()
@@ -498,9 +552,27 @@ def train(cfg: RecsysConfig, *, resume: str | Resume | None = None) -> dict[str,
         + f"; optimizer: {'embtab.optim.SGD fused into the collection backward' if spec else 'torch.optim.SGD on dense gradients'}",
         quiet=quiet)
 
-    task = _RecsysTask(model, cfg, train, val, feature_bags, clamp)
+    sharding = None
+    if world > 1:
+        import embtab.distributed as ed
+
+        plan = ed.plan(model.tables.tables, world)
+        sharding = plan.explain()
+        log("tables sharded over the processes:\n  " + sharding.replace("\n", "\n  "), quiet=quiet)
+        ed.DistributedModel(model, plan)  # model.tables becomes the sharded collection (no dense part: no DDP)
+    task = _RecsysTask(model, cfg, train, val, feature_bags, clamp, rank=rank, world=world)
     loop = LoopConfig(epochs=cfg.epochs, patience=cfg.patience, monitor="rmse", mode="min", seed=cfg.seed, quiet=quiet)
     result = fit(task, loop, run_dir, resume=resume)
+    if world > 1:
+        # The best weights, whole, in a plain model on every rank; rank 0 evaluates and reports.
+        whole = task.model.state_dict()
+        model = BiasedMF(len(users), len(items), len(features) if features is not None else 0, cfg.dim,
+                         init_std=cfg.init_std)
+        model.load_state_dict(whole, strict=False)
+        task.mf = task.model = model
+        if rank:
+            dapp.remove_scratch(run_dir)
+            return {}
 
     test_metrics = regression_metrics(task.predict(test), test.ratings)
     counts = torch.zeros(len(items), dtype=torch.int64).index_add_(0, train.items, torch.ones_like(train.items))
@@ -541,6 +613,8 @@ def train(cfg: RecsysConfig, *, resume: str | Resume | None = None) -> dict[str,
         "unseen_in_test": {"users": unseen_users, "movies": unseen_items},
         "oov_policy": "ids seen only in the test split -> -1 -> table oov='zero': zero vector, zero bias",
         "optimizer": "embtab.optim.SGD (fused, EmbeddingBagCollection)" if spec else "torch.optim.SGD (dense gradients)",
+        "processes": world,
+        **({"sharding": sharding} if sharding else {}),
         "neighbors": neighbors,
         "neighbor_min_ratings": cfg.neighbor_min_ratings,
         "train_seconds": result.train_seconds,

@@ -12,7 +12,7 @@ from ..tables.spec import TableSpec
 from .table import Table, check_trainable, pretrained_weight
 
 
-class Embedding(Table):
+class Embedding(Table, torch.nn.Embedding):
     r"""A lookup table of ``num_embeddings`` learnable vectors of size ``embedding_dim``.
 
     Same arguments, results, gradients and ``state_dict`` as ``torch.nn.Embedding``

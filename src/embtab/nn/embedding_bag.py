@@ -12,7 +12,7 @@ from ..tables.spec import TableSpec
 from .table import Table, _spec_property, check_trainable, pretrained_weight
 
 
-class EmbeddingBag(Table):
+class EmbeddingBag(Table, torch.nn.EmbeddingBag):
     r"""Sums, means or maxes of bags of embeddings, without materialising the rows.
 
     Same arguments, results, gradients and ``state_dict`` as ``torch.nn.EmbeddingBag``,

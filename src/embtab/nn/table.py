@@ -55,6 +55,11 @@ class Table(Module):
     num_oov_buckets = _spec_property("num_oov_buckets", "Hash rows after the vocabulary (oov='hash').")
     backend = _spec_property("backend", "'auto' or a backend name (see embtab.backends()).")
 
+    def __init__(self) -> None:
+        # Module's, not torch's Embedding/EmbeddingBag's (a subclass's other base): the spec
+        # holds their attributes, checked.
+        Module.__init__(self)
+
     def _setup_table(self, spec: TableSpec, _weight: Tensor | None, requires_grad: bool,
                      device: Any, dtype: torch.dtype | None, init: Init, where: str) -> None:
         self.spec = spec

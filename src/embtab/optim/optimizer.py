@@ -75,7 +75,8 @@ class FusedOptimizer(torch.optim.Optimizer):
         self._init_runtime()
 
     def _init_runtime(self) -> None:
-        self._row_grad_hooks: OrderedDict[int, Callable[[list[RowGrads]], Any]] = OrderedDict()
+        # handle id -> (hook, ids of the tables it sees, or None for every table)
+        self._row_grad_hooks: OrderedDict[int, tuple[Callable[[list[RowGrads]], Any], frozenset[int] | None]] = OrderedDict()
         self._pending: list[tuple[Any, ...]] = []  # contributions of the backward pass in progress
         self._task: int | None = None  # the graph task they belong to
         self._waiting: dict[int, RowGrads] = {}  # update="step": row gradients until step()
@@ -122,16 +123,20 @@ class FusedOptimizer(torch.optim.Optimizer):
             self._hyper, self._hyper_key = self.spec.hyper(group), key
         return self._hyper
 
-    def register_row_grad_hook(self, hook: Callable[[list[RowGrads]], list[RowGrads] | None]) -> Any:
+    def register_row_grad_hook(self, hook: Callable[[list[RowGrads]], list[RowGrads] | None], *,
+                               tables: Iterable[Any] | None = None) -> Any:
         """Call ``hook(row_grads)`` before every update; it may return replacements.
 
-        ``row_grads`` lists one :class:`RowGrads` per table with gradients. Returns a handle
-        whose ``remove()`` unregisters the hook.
+        ``row_grads`` lists one :class:`RowGrads` per table with gradients; with ``tables``,
+        only those tables' (the other tables keep the path that sums and updates in one
+        pass). A registered hook, even one for no table, also says that its owner keeps
+        the processes of a distributed job in step (see ``_refuse_unsynchronized_ranks``).
+        Returns a handle whose ``remove()`` unregisters the hook.
         """
         from torch.utils.hooks import RemovableHandle
 
         handle = RemovableHandle(self._row_grad_hooks)
-        self._row_grad_hooks[handle.id] = hook
+        self._row_grad_hooks[handle.id] = (hook, None if tables is None else frozenset(id(t) for t in tables))
         return handle
 
     def pending_row_grads(self) -> list[RowGrads]:
@@ -192,8 +197,13 @@ class FusedOptimizer(torch.optim.Optimizer):
             return
         hyper = self.hyper()
         if self._row_grad_hooks:
-            self._apply_rows([RowGrads(table, *update_torch.reduce(job)) for table, job in jobs], hyper)
-            return
+            seen = self._hooked_tables()
+            hooked = [(table, job) for table, job in jobs if seen is None or id(table) in seen]
+            if hooked:
+                self._apply_rows([RowGrads(table, *update_torch.reduce(job)) for table, job in hooked], hyper)
+            jobs = [(table, job) for table, job in jobs if seen is not None and id(table) not in seen]
+            if not jobs:
+                return
         with _no_grad():
             # One run_jobs call per (backend, weight dtype): every source of a pass indexes the
             # same flat gradient (see _jobs). Pre-summed rows (max pooling) go to fused_update.
@@ -254,11 +264,25 @@ class FusedOptimizer(torch.optim.Optimizer):
             rg = RowGrads(rg.table, rows, grads)
         self._waiting[id(rg.table)] = rg
 
+    def _hooked_tables(self) -> frozenset[int] | None:
+        """Ids of the tables some hook sees (None: every table)."""
+        out: frozenset[int] = frozenset()
+        for _, tables in self._row_grad_hooks.values():
+            if tables is None:
+                return None
+            out |= tables
+        return out
+
     def _apply_rows(self, row_grads: list[RowGrads], hyper: Hyper) -> None:
-        for hook in list(self._row_grad_hooks.values()):
-            replaced = hook(row_grads)
-            if replaced is not None:
-                row_grads = list(replaced)
+        for hook, tables in list(self._row_grad_hooks.values()):
+            if tables is None:
+                replaced = hook(row_grads)
+                if replaced is not None:
+                    row_grads = list(replaced)
+            elif tables:
+                replaced = hook([rg for rg in row_grads if id(rg.table) in tables])
+                if replaced is not None:
+                    row_grads = [rg for rg in row_grads if id(rg.table) not in tables] + list(replaced)
         with _no_grad():
             for rg in row_grads:
                 table = rg.table
