@@ -153,9 +153,20 @@ def test_unsupported_error_is_also_torchs_exception_type() -> None:
 
 
 def test_explicit_triton_backend_without_gpu_says_why(monkeypatch: pytest.MonkeyPatch) -> None:
+    from embtab.ops import registry
+
+    # Imported (its kernels decorated) under the interpreter first: a kernel module imported
+    # without it would hold compiled kernels that later interpreted tests cannot launch.
+    pytest.importorskip("embtab.ops.triton")
+    pytest.importorskip("embtab.ops.triton.fused_optim")
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)
-    with pytest.raises(RuntimeError, match=r"runs contiguous float tables on CUDA.*TRITON_INTERPRET=1"):
-        EF.embedding(IDS, W, backend="triton")
+    registry.refresh()  # choices are made once per (backend, device, dtype): forget the interpreter's
+    try:
+        with pytest.raises(RuntimeError, match=r"runs contiguous float tables on CUDA.*TRITON_INTERPRET=1"):
+            EF.embedding(IDS, W, backend="triton")
+    finally:
+        monkeypatch.undo()
+        registry.refresh()
 
 
 def test_env_var_overrides_auto(set_backend) -> None:  # type: ignore[no-untyped-def]
@@ -170,6 +181,24 @@ def test_env_var_overrides_auto(set_backend) -> None:  # type: ignore[no-untyped
         registry.select("auto", cpu, torch.float32)
     set_backend("")
     assert registry.select("auto", cpu, torch.float32).lookup.name == "torch"
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("grad", [False, True])
+@pytest.mark.parametrize("offsets", [[0, 3, 1], [0, 2, 2, 1], [0, 4, 2]])
+def test_decreasing_offsets_are_refused_on_every_path(offsets: list[int], grad: bool, threads: int) -> None:
+    """ATen's one-thread CPU path reads decreasing offsets without a word: we check them."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        for call in (lambda w: EF.embedding_bag(IDS, w, torch.tensor(offsets), mode="sum"),
+                     lambda w: embtab.EmbeddingBag.from_pretrained(w, freeze=False, optimizer=embtab.optim.SGD())(
+                         IDS, torch.tensor(offsets))):
+            with pytest.raises(ValueError, match=r"offsets must be non-decreasing"):
+                with torch.set_grad_enabled(grad):
+                    call(W.clone().requires_grad_(grad))
+    finally:
+        torch.set_num_threads(before)
 
 
 def test_ids_on_another_device_are_refused() -> None:

@@ -73,21 +73,26 @@ class Bags:
     @property
     def ends(self) -> Tensor:
         """Canonical offsets (B + 1,); computing them checks the offsets' values (on CUDA
-        only under ``oov="error"``, which syncs anyway), except where the kernel that will
-        read them checks them itself (ATen's on CPU: ``raw`` bags go to it)."""
+        only under ``oov="error"``, which syncs anyway)."""
         if self._ends is None:
-            check = not self.raw and (self.ids.is_cpu or self.spec.oov == "error")
+            check = self.ids.is_cpu or self.spec.oov == "error"
             self._ends = canonical_bags(self.ids, self.offsets, self.last, check, self.where, self.shape)
         return self._ends
 
     def kernel_args(self) -> tuple[Tensor, Tensor, bool]:
-        """``(ids, offsets, include_last_offset)`` for an ATen bag kernel: the caller's own
-        offsets on CPU (the kernel checks them), else the canonical ones. Not with
-        ``include_last_offset``: ATen's CPU kernels disagree among themselves about ids
-        after the last offset (see :func:`canonical_bags`)."""
-        if (self._ends is None and self.offsets is not None and not self.last and self.ids.device.type == "cpu"
+        """``(ids, offsets, include_last_offset)`` for an ATen bag kernel: on CPU the caller's
+        own offsets, checked only for order here (ATen's kernels refuse a first offset other
+        than 0 and a last one past the input, but its one-thread path reads decreasing
+        offsets without a word); else the canonical ones. Not with ``include_last_offset``:
+        ATen's CPU kernels disagree among themselves about ids after the last offset (see
+        :func:`canonical_bags`)."""
+        o = self.offsets
+        if (self._ends is None and o is not None and not self.last and self.ids.is_cpu
                 and not torch.compiler.is_compiling()):  # in a graph our checks run first (ops/compiled.py)
-            return self.ids, self.offsets, False
+            view = o.numpy()
+            if view.size > 1 and (view[1:] < view[:-1]).any():
+                self.name_error()
+            return self.ids, o, False
         return self.ids, self.ends, True
 
     def name_error(self) -> None:
