@@ -424,6 +424,10 @@ class DynamicIds(IdStage, Module):
 
     # --- state ----------------------------------------------------------------------------------
 
+    def __getstate__(self) -> dict[str, Any]:
+        # Copies and pickles rebuild the index from the per-row arrays on first use.
+        return {**self.__dict__, "_index": None, "_open": None}
+
     def _apply(self, fn: Callable[[Tensor], Tensor], recurse: bool = True) -> "DynamicIds":
         super()._apply(fn, recurse)
         self._index = None  # rebuilt for the new device on first use
