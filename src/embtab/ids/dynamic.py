@@ -252,7 +252,8 @@ class DynamicIds(IdStage, Module):
             rows = self._open.get(_key(ids))
         if rows is None:
             rows = self._train_step([x])[0] if self.training and self._open is None else self._lookup(x)
-        return rows.reshape(ids.shape).to(ids.dtype), self.space.fallback == "zero"
+        has_skip = self.space.fallback == "zero" and bool((rows < 0).any())  # else no compaction is needed
+        return rows.reshape(ids.shape).to(ids.dtype), has_skip
 
     @contextlib.contextmanager
     def step(self, ids: Sequence[Tensor], where: str) -> Iterator[None]:
