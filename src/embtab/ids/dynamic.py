@@ -462,6 +462,8 @@ class DynamicIds(IdStage, Module):
         initial = {}
         if table.optimizer is not None:
             initial = {prefix + "optim_" + n: f.initial for n, f in table.optimizer.spec.state_layout().items()}
+            if any(key not in state_dict for key in initial):  # weights alone: the rows move, their state restarts
+                table.reset_optimizer_state()
         for key in [prefix + "weight", *initial]:
             value = state_dict.get(key)
             if not isinstance(value, Tensor) or value.dim() < 1 or value.shape[0] != size:
