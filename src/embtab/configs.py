@@ -97,6 +97,6 @@ class TableConfig:
 
     @property
     def num_rows(self) -> int:
-        """Rows of the weight: ``num_embeddings + num_oov_buckets``."""
-        return int(self.num_embeddings) + int(self.num_oov_buckets)
+        """Rows of the weight: ``num_embeddings + num_oov_buckets`` (or + the fallback rows of ``ids``)."""
+        return int(self.num_embeddings) + int(self.num_oov_buckets) + (self.ids.extra_rows if self.ids else 0)
 

@@ -140,6 +140,11 @@ class Dynamic(IdSpace):
         _checks.check_seed(self.seed, _WHERE)
         _checks.check_row_init(self.init, _WHERE)
 
+    @property
+    def extra_rows(self) -> int:  # type: ignore[override]
+        """The fallback's trainable rows, after the capacity."""
+        return {"zero": 0, "shared": 1, "hash": self.fallback_buckets}[self.fallback]
+
     def stage(self, num_embeddings: int, embedding_dim: int, where: str) -> "DynamicIds":
         _checks.check_int_at_least(num_embeddings, "num_embeddings (the capacity of ids=Dynamic)", 1, where)
         return DynamicIds(self, num_embeddings)
@@ -194,7 +199,7 @@ class DynamicIds(IdStage, Module):
         Module.__init__(self)
         self.space = space
         self.capacity = capacity
-        self.extra_rows = {"zero": 0, "shared": 1, "hash": space.fallback_buckets}[space.fallback]
+        self.extra_rows = space.extra_rows
         self._fallback_key = hash_key(space.seed, _FALLBACK_STREAM)
         self._init_key = hash_key(space.seed, _INIT_STREAM)
         # Per row: its id, the last step it was seen (-1: free), its sightings. Not persistent:

@@ -116,6 +116,9 @@ class IdSpace:
     """What ``ids=`` takes (``embtab.ids.Hashed``, ``embtab.ids.Dynamic``): an immutable
     description; each table builds its own stage from it."""
 
+    #: Rows the table's weight holds after ``num_embeddings`` (a dynamic table's fallback rows).
+    extra_rows: int = 0
+
     def stage(self, num_embeddings: int, embedding_dim: int, where: str) -> IdStage:
         """A new stage for a table of ``num_embeddings`` rows (buckets or capacity)."""
         raise NotImplementedError
