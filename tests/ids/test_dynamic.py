@@ -438,3 +438,21 @@ def test_under_torch_compile_training_matches_eager() -> None:
         x = torch.tensor(batch)
         assert torch.equal(eager(x), compiled(x))
     assert torch.equal(eager.ids.live_ids(), compiled_module.ids.live_ids())
+
+
+def test_a_compiled_collection_with_a_shared_dynamic_table_matches_eager() -> None:
+    def make() -> embtab.EmbeddingBagCollection:
+        torch.manual_seed(0)
+        table = embtab.TableConfig("item", 6, 3, feature_names=["a", "b"], ids=Dynamic(evict=LFU()))
+        return embtab.EmbeddingBagCollection([table], optimizer=embtab.optim.SGD(lr=0.1))
+
+    eager, compiled_module = make(), make()
+    compiled = torch.compile(compiled_module)
+    for batch in _drifting(4, 6, 9, seed=8):
+        x = {"a": (torch.tensor(batch[:4]), torch.tensor([0, 2])), "b": (torch.tensor(batch[4:]), torch.tensor([0, 1]))}
+        out_e, out_c = eager(x).concat(), compiled(x).concat()
+        assert torch.equal(out_e, out_c)
+        out_e.sum().backward()
+        out_c.sum().backward()
+    stages = [m.embedding_bags["item"].ids for m in (eager, compiled_module)]
+    assert stages[0].stats() == stages[1].stats() and stages[0].stats()["lookups"] == 24

@@ -259,12 +259,8 @@ class EmbeddingBagCollection(Module):
 
     def forward(self, features: Any) -> PooledEmbeddings:
         inputs = self._inputs(features)
-        with contextlib.ExitStack() as steps:
-            if self._steps:  # one training step of such a table over all its features' ids
-                by_feature = dict(zip(self.feature_names, inputs))
-                for name, names in self._steps.items():
-                    stage = self.embedding_bags[name].spec.ids
-                    steps.enter_context(stage.step([by_feature[f][0] for f in names], f"{_WHERE} table {name!r}"))
+        steps = self._open_steps(inputs) if self._steps else None
+        try:
             prepared = []
             for f, (ids, offsets, psw, last) in zip(self.feature_names, inputs):
                 bag = self.embedding_bags[self._feature_table[f]]
@@ -273,12 +269,25 @@ class EmbeddingBagCollection(Module):
                 bags = prepare_bags(spec, weight, backend, ids, offsets, psw, last, where=self._wheres[f],
                                     counter=counter)
                 prepared.append(Feature(spec, weight, backend, bags, bag))
+        finally:
+            if steps is not None:
+                steps.close()
         sizes = [p.bags.ends.shape[0] - 1 for p in prepared]  # (B + 1,) canonical offsets
         if len(set(sizes)) > 1:
             detail = ", ".join(f"{f!r}: {b}" for f, b in zip(self.feature_names, sizes))
             raise ValueError(f"{_WHERE}: every feature needs the same batch size, got {detail}")
         full = pool(prepared, self.optimizer)
         return PooledEmbeddings(self.feature_names, full=full, dims=self._dims)
+
+    @torch.compiler.disable
+    def _open_steps(self, inputs: list[tuple[Tensor, Tensor | None, Tensor | None, bool]]) -> contextlib.ExitStack:
+        """One training step of each table whose ids stage takes steps, over all its features' ids."""
+        steps = contextlib.ExitStack()
+        by_feature = dict(zip(self.feature_names, inputs))
+        for name, names in self._steps.items():
+            stage = self.embedding_bags[name].spec.ids
+            steps.enter_context(stage.step([by_feature[f][0] for f in names], f"{_WHERE} table {name!r}"))
+        return steps
 
     def _inputs(self, features: Any) -> list[tuple[Tensor, Tensor | None, Tensor | None, bool]]:
         """Per feature, in order: (ids, offsets, per_sample_weights, include_last_offset)."""
