@@ -456,3 +456,23 @@ def test_a_compiled_collection_with_a_shared_dynamic_table_matches_eager() -> No
         out_c.sum().backward()
     stages = [m.embedding_bags["item"].ids for m in (eager, compiled_module)]
     assert stages[0].stats() == stages[1].stats() and stages[0].stats()["lookups"] == 24
+
+
+@settings(max_examples=60, deadline=None)
+@given(n=st.integers(1, 3000), spread=st.sampled_from([1, 5, 4094, 4096, 10**6, 2**40]), m=st.integers(0, 3000),
+       hint=st.sampled_from(["low", "exact", "high"]), seed=st.integers(0, 2**31))
+def test_victim_selection_equals_a_sort_of_score_then_id(n: int, spread: int, m: int, hint: str, seed: int) -> None:
+    """The numba selection (histograms, a bisection when the cut lies far above the lowest
+    score, a radix cut of the ties) against a plain sort, whatever its hint of the lowest score."""
+    kernels = pytest.importorskip("embtab.ids._index_numba")
+    rng = np.random.default_rng(seed)
+    score = rng.integers(0, spread, n) + rng.integers(0, 3) * 7  # some ties, some far apart
+    row_id = rng.choice(np.arange(-(2**62), 2**62, 2**44), n, replace=False)  # distinct ids, both signs
+    t = 9
+    last_seen = rng.choice([-1, 3, t, 5], n, p=[0.2, 0.4, 0.1, 0.3])  # free rows, and this step's rows
+    eligible = np.nonzero((last_seen >= 0) & (last_seen != t))[0]
+    lowest = int(score[eligible].min()) if eligible.size else 0
+    lo = {"low": lowest - 3, "exact": lowest, "high": lowest + 2}[hint]
+    got = kernels.victims(score, last_seen, row_id, t, m, lo)
+    order = eligible[np.lexsort((row_id[eligible], score[eligible]))]
+    assert sorted(got.tolist()) == sorted(order[:m].tolist())
