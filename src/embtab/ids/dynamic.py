@@ -41,7 +41,9 @@ Index: the numba hash table on CPU (``_index_numba.py``), torch ops elsewhere an
 
 A row is reassigned at forward time. With ``update="backward"`` (the default) every
 backward pass applies its gradients before the next forward reassigns rows; gradients
-kept across forwards (``update="step"``) would reach a row that changed owner.
+kept across forwards (``update="step"``) would reach a row that changed owner. The state
+reset is that of the table's fused optimizer (``optimizer=``); a ``torch.optim`` optimizer
+over ``module.parameters()`` keeps its own per-row state, which no stage can reach.
 """
 
 from __future__ import annotations
