@@ -23,6 +23,7 @@ validation split).
 from __future__ import annotations
 
 import functools
+import math
 import re
 import time
 from dataclasses import dataclass, field
@@ -140,7 +141,7 @@ class BiasedMF(nn.Module):
 
     def __init__(
         self, num_users: int, num_items: int, num_features: int, dim: int, *, init_std: float,
-        optimizer: Any = None, ids: str = "full", rows: int = 1024,
+        optimizer: Any = None, ids: str = "full", rows: int = 1024, min_count: int = 2,
     ) -> None:
         super().__init__()
         self.dim = dim
@@ -153,8 +154,9 @@ class BiasedMF(nn.Module):
                 embtab.TableConfig("item", num_items, dim + 1, init=init, oov="zero"),
             ]
         else:  # raw (scrambled) ids into `rows` rows per table (a dynamic table's fallback rows included)
-            capacity = rows - rows // 4 if ids == "dynamic" else rows
-            tables = [embtab.TableConfig(name, capacity, dim + 1, init=init, ids=id_space(ids, rows, init_std, seed))
+            capacity = rows - dynamic_fallback_rows(rows) if ids == "dynamic" else rows
+            tables = [embtab.TableConfig(name, capacity, dim + 1, init=init,
+                                         ids=id_space(ids, rows, init_std, seed, min_count))
                       for seed, name in enumerate(("user", "item"))]
         if num_features:
             tables.append(embtab.TableConfig("item_features", num_features, dim + 1, pooling="mean",
@@ -222,7 +224,20 @@ class BiasedMF(nn.Module):
 
 _SCRAMBLE = 0x9E3779B97F4A7C15 >> 2 | 1  # odd: x -> x * _SCRAMBLE mod 2^62 is a bijection
 _LOW62 = (1 << 62) - 1
-DYNAMIC_MIN_COUNT = 2  # an id needs two training ratings before it gets a row of its own
+DYNAMIC_FALLBACK_SHARE = 0.25  # of a dynamic table's rows: hashed fallback rows
+
+
+def dynamic_fallback_rows(rows: int) -> int:
+    return max(1, int(rows * DYNAMIC_FALLBACK_SHARE))
+
+
+def dynamic_min_count(num_ratings: int, rows: int) -> int:
+    """Sightings an id needs for a row of its own: a quarter of a row's share of an epoch's
+    ratings. Admission is what keeps a small table from thrashing: once the candidates of a
+    batch outnumber the rows, LFU evicts the head to seat them, and an evicted id forgets
+    its count, so only ids that earn this many sightings again come back."""
+    capacity = rows - dynamic_fallback_rows(rows)
+    return max(2, math.ceil(num_ratings / capacity / 4))
 
 
 def scramble(tokens: np.ndarray) -> Tensor:
@@ -239,15 +254,15 @@ def scramble(tokens: np.ndarray) -> Tensor:
     return torch.tensor(out, dtype=torch.int64)
 
 
-def id_space(kind: str, rows: int, init_std: float, seed: int) -> embtab.ids.IdSpace:
+def id_space(kind: str, rows: int, init_std: float, seed: int, min_count: int = 2) -> embtab.ids.IdSpace:
     """The user or movie table's id space for ``--ids kind``, ``rows`` rows in all."""
     if kind == "hashing":
         return embtab.ids.Hashed(1, importance=False, seed=seed)
     if kind == "hashed":
         return embtab.ids.Hashed(2, seed=seed)
     # Frequent ids own rows (LFU keeps them); the rest share a quarter of the rows by hash.
-    return embtab.ids.Dynamic(admit=embtab.ids.MinCount(DYNAMIC_MIN_COUNT), evict=embtab.ids.LFU(), fallback="hash",
-                              fallback_buckets=rows // 4, seed=seed,
+    return embtab.ids.Dynamic(admit=embtab.ids.MinCount(min_count), evict=embtab.ids.LFU(), fallback="hash",
+                              fallback_buckets=dynamic_fallback_rows(rows), seed=seed,
                               init=functools.partial(_dynamic_row_init, std=init_std))
 
 
@@ -258,12 +273,12 @@ def _dynamic_row_init(ids: Tensor, seed: int, dim: int, *, std: float) -> Tensor
     return rows
 
 
-def id_space_text(kind: str, rows: int) -> str:
+def id_space_text(kind: str, rows: int, min_count: int = 2) -> str:
     return {
         "hashing": "the hashing trick: one hashed row per id",
         "hashed": "hash embeddings: 2 hashed rows per id with learnt importance weights",
-        "dynamic": f"dynamic: {rows - rows // 4:,} rows owned by ids seen {DYNAMIC_MIN_COUNT}+ times (LFU), "
-                   f"{rows // 4:,} hashed fallback rows",
+        "dynamic": f"dynamic: {rows - dynamic_fallback_rows(rows):,} rows owned by ids seen {min_count}+ "
+                   f"times (LFU), {dynamic_fallback_rows(rows):,} hashed fallback rows",
     }.get(kind, "a row per id")
 
 
@@ -588,12 +603,13 @@ def train(cfg: RecsysConfig, *, resume: str | Resume | None = None) -> dict[str,
 
     torch.manual_seed(cfg.seed)
     spec = embtab.optim.SGD(lr=cfg.lr) if cfg.optimizer == "fused" else None
+    min_count = dynamic_min_count(len(train), cfg.rows)
     model = BiasedMF(len(users), len(items), len(features) if features is not None else 0, cfg.dim,
-                     init_std=cfg.init_std, optimizer=spec, ids=cfg.ids, rows=cfg.rows)
+                     init_std=cfg.init_std, optimizer=spec, ids=cfg.ids, rows=cfg.rows, min_count=min_count)
     model.global_mean.fill_(mu)
     if raw_keys:
         log(f"ids: user and movie ids scrambled into [0, 2^62); {cfg.ids} tables of {cfg.rows:,} rows each "
-            f"({id_space_text(cfg.ids, cfg.rows)})", quiet=quiet)
+            f"({id_space_text(cfg.ids, cfg.rows, min_count)})", quiet=quiet)
     log(f"model: biased MF, dim {cfg.dim}, {len(users):,} users x {len(items):,} movies"
         + (f", {len(features):,} item features (genres, years)" if features is not None else "")
         + f"; optimizer: {'embtab.optim.SGD fused into the collection backward' if spec else 'torch.optim.SGD on dense gradients'}",
@@ -644,7 +660,8 @@ def train(cfg: RecsysConfig, *, resume: str | Resume | None = None) -> dict[str,
         "oov_policy": "ids seen only in the test split -> -1 -> table oov='zero': zero vector, zero bias",
         "optimizer": "embtab.optim.SGD (fused, EmbeddingBagCollection)" if spec else "torch.optim.SGD (dense gradients)",
         "ids": {"space": cfg.ids, "rows": None if cfg.ids == "full" else cfg.rows,
-                "text": "a row per training id (vocabulary)" if cfg.ids == "full" else id_space_text(cfg.ids, cfg.rows),
+                "text": ("a row per training id (vocabulary)" if cfg.ids == "full"
+                         else id_space_text(cfg.ids, cfg.rows, min_count)),
                 "model_bytes": model_bytes(model, len(users) + len(items) if cfg.ids == "full" else 0),
                 **({"stats": {n: model.tables.embedding_bags[n].ids.stats() for n in ("user", "item")}}
                    if cfg.ids == "dynamic" else {})},
