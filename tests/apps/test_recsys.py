@@ -132,7 +132,14 @@ def test_id_space_models_look_up_raw_keys(ids):
         assert stage.capacity == 12 and stage.extra_rows == 4
 
 
-def test_dynamic_recommender_resumes_exactly(tmp_path, ratings_csv):
+@pytest.fixture
+def keep_threads():
+    n = torch.get_num_threads()  # a run sets torch's thread count (threads=1)
+    yield
+    torch.set_num_threads(n)
+
+
+def test_dynamic_recommender_resumes_exactly(tmp_path, ratings_csv, keep_threads):
     """A dynamic table's map, counts and rows travel in the checkpoint: train 2 epochs, go on to 3,
     and the metrics are those of 3 epochs at once."""
     from embtab.apps import recsys

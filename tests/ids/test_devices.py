@@ -3,10 +3,13 @@ the same results, and for a dynamic table the same live set and the same row for
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import pytest
 import torch
 
 import embtab
+from embtab.ops import registry
 from embtab.ids import LFU, LRU, TTL, Dynamic, Hashed, MinCount
 from tests.conftest import needs_cuda
 from tests.ids.test_dynamic import _drifting
@@ -17,6 +20,14 @@ try:
     HAS_TRITON = True
 except ImportError:  # pragma: no cover - triton is a dev dependency
     HAS_TRITON = False
+
+@pytest.fixture(autouse=True)
+def _forget_backend_choices() -> Iterator[None]:
+    # The registry caches a backend per (name, device, dtype); a Triton-on-CPU choice made
+    # here must not outlive TRITON_INTERPRET in a later test.
+    yield
+    registry.refresh()
+
 
 SPACES = {
     "dynamic": lambda: Dynamic(admit=MinCount(2), evict=LFU(), fallback="hash", fallback_buckets=2),
