@@ -56,6 +56,7 @@ def _check_against(emb: embtab.Embedding, model: DynamicModel, batch: list[int],
     rows = emb.ids.rows_of(torch.tensor(live, dtype=torch.int64)).tolist()
     assert rows == [model.row[i] for i in live]
     assert len(set(rows)) == len(rows) and all(0 <= r < model.capacity for r in rows)  # no row shared
+    assert emb.ids.stats()["live"] == len(live) <= model.capacity
     assert emb.ids.stats() == model.stats_dict()
     assert _pending(emb) == model.pending
     expected_rows = [model.row.get(i, -1) for i in batch]
@@ -102,10 +103,12 @@ def _drifting(steps: int, batch: int, window: int, seed: int) -> list[list[int]]
 @pytest.mark.parametrize("index", INDEXES)
 @pytest.mark.parametrize("evict", ["lru", "lfu", "ttl"])
 @pytest.mark.parametrize("min_count", [1, 2])
-def test_drifting_streams_match_the_model(index: str, evict: str, min_count: int) -> None:
+@settings(max_examples=3, deadline=None)
+@given(seed=st.integers(0, 10_000))
+def test_drifting_streams_match_the_model(index: str, evict: str, min_count: int, seed: int) -> None:
     emb = _table(24, min_count=min_count, evict=evict, ttl=3, index=index)
     model = DynamicModel(24, min_count, evict, 3 if evict == "ttl" else 0)
-    for batch in _drifting(30, 40, 60, seed=1):
+    for batch in _drifting(30, 40, 60, seed=seed):
         out = emb(torch.tensor(batch))
         model.train_step(batch)
         _check_against(emb, model, batch, out)
