@@ -366,3 +366,131 @@ def check_same_features(by_rank: list[tuple[list[str], int]], features: list[str
         f"{where}: the ranks' batches name different features ({detail}); every rank must pass every feature "
         f"of the collection {features} at every step (a rank with nothing to look up passes empty bags)"
     )
+
+
+# --- unbounded id spaces (embtab.ids.Hashed, embtab.ids.Dynamic) --------------------------------
+
+
+def check_id_space(ids: Any, oov: Any, num_oov_buckets: Any, padding_idx: int | None, scale_grad_by_freq: bool,
+                   where: str) -> None:
+    """``ids=`` of a table: an ``embtab.ids`` id space, without the options it replaces."""
+    from .ids.policies import IdSpace
+
+    if not isinstance(ids, IdSpace):
+        raise TypeError(
+            f"{where}: ids must be an embtab.ids id space such as embtab.ids.Hashed(2) or "
+            f"embtab.ids.Dynamic(), got {ids!r} ({type(ids).__name__})"
+        )
+    if oov != "error" or num_oov_buckets:
+        raise BadArgumentError(
+            f"{where}: oov={oov!r} does not apply with ids={ids!r}: every int64 id is valid there "
+            f"(ids with no row of their own are the id space's business, e.g. Dynamic(fallback=...)); "
+            f"drop oov= and num_oov_buckets="
+        )
+    if padding_idx is not None:
+        raise BadArgumentError(
+            f"{where}: padding_idx={padding_idx} does not apply with ids={ids!r}: rows are not ids there, "
+            f"so no id can name the padding row; drop padding_idx (leave padding ids out of the input, or "
+            f"give them per_sample_weights 0)"
+        )
+    if scale_grad_by_freq:
+        raise BadArgumentError(
+            f"{where}: scale_grad_by_freq=True is not supported with ids={ids!r}; drop it"
+        )
+
+
+def check_int_at_least(value: Any, name: str, low: int, where: str) -> int:
+    """An int >= ``low`` (not a bool)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{where}: {name} must be an int, got {value!r} ({type(value).__name__})")
+    if int(value) < low:
+        raise ValueError(f"{where}: {name} must be >= {low}, got {name}={value}")
+    return int(value)
+
+
+def check_seed(seed: Any, where: str) -> int:
+    """A seed of the stable hashes: an int in [0, 2**63)."""
+    seed = check_int_at_least(seed, "seed", 0, where)
+    if seed >= 1 << 63:
+        raise ValueError(f"{where}: seed must be < 2**63, got seed={seed}")
+    return seed
+
+
+def check_choice(value: Any, name: str, choices: tuple[str, ...], where: str) -> str:
+    if value not in choices:
+        raise BadArgumentError(f"{where}: {name} must be one of {choices}, got {name}={value!r}")
+    return value  # type: ignore[no-any-return]
+
+
+def check_instance(value: Any, name: str, types: tuple[type, ...], example: str, where: str) -> Any:
+    if not isinstance(value, types):
+        names = " or ".join(t.__name__ for t in types)
+        raise TypeError(f"{where}: {name} must be {names}, e.g. {name}={example}, got {value!r}")
+    return value
+
+
+def check_fallback(fallback: Any, fallback_buckets: Any, where: str) -> int:
+    """``Dynamic(fallback=..., fallback_buckets=...)``; returns the buckets as an int."""
+    check_choice(fallback, "fallback", ("zero", "shared", "hash"), where)
+    buckets = check_int_at_least(fallback_buckets, "fallback_buckets", 0, where)
+    if fallback == "hash" and buckets < 1:
+        raise BadArgumentError(
+            f"{where}: fallback='hash' needs fallback_buckets >= 1 trainable rows to hash ids without a row "
+            f"into, got fallback_buckets={buckets}"
+        )
+    if fallback != "hash" and buckets:
+        raise BadArgumentError(
+            f"{where}: fallback_buckets={buckets} is only used with fallback='hash', got fallback={fallback!r}; "
+            f"pass fallback='hash' or drop fallback_buckets"
+        )
+    return buckets
+
+
+def check_row_init(init: Any, where: str) -> None:
+    """``Dynamic(init=...)``: None, an init name, a std (float >= 0) or a callable."""
+    from .init import INITS
+
+    if init is None or callable(init):
+        return
+    if isinstance(init, str):
+        if init not in INITS:
+            raise BadArgumentError(f"{where}: unknown init {init!r}; choose one of {sorted(INITS)}, a std, or a "
+                                   f"callable init(ids, seed, dim)")
+        return
+    if isinstance(init, bool) or not isinstance(init, numbers.Real) or not math.isfinite(init) or init < 0:
+        raise TypeError(f"{where}: init must be None, an init name, a finite std >= 0 or a callable "
+                        f"init(ids, seed, dim), got {init!r}")
+
+
+def check_dynamic_state(values: dict[str, torch.Tensor], capacity: int, prefix: str, where: str) -> dict[str, torch.Tensor]:
+    """The ``ids.*`` entries of a dynamic table's checkpoint (int64 CPU tensors): consistent, or an error naming the key."""
+    def bad(key: str, what: str) -> ValueError:
+        return ValueError(f"{where}: {prefix}{key} {what}; the checkpoint is not a dynamic table's, or it is corrupt")
+
+    ids, last_seen, count = values["ids"], values["last_seen"], values["count"]
+    pids, pcounts, step, stats = values["pending_ids"], values["pending_counts"], values["step"], values["stats"]
+    for key, t in (("ids", ids), ("last_seen", last_seen), ("count", count), ("pending_ids", pids),
+                   ("pending_counts", pcounts)):
+        if t.dim() != 1:
+            raise bad(key, f"must be 1-D, got shape {tuple(t.shape)}")
+    if step.numel() != 1 or int(step) < 0:
+        raise bad("step", f"must be one int >= 0, got {step.tolist()}")
+    if stats.dim() != 1 or stats.numel() != 6 or bool((stats < 0).any()):
+        raise bad("stats", f"must hold 6 counts >= 0, got {stats.tolist()}")
+    if last_seen.numel() != ids.numel() or count.numel() != ids.numel():
+        raise bad("ids", f"has {ids.numel()} ids but last_seen {last_seen.numel()} and count {count.numel()} values")
+    if ids.numel() > capacity:
+        raise bad("ids", f"holds {ids.numel()} live ids, more than the capacity {capacity}")
+    if ids.numel() > 1 and not bool((ids[1:] > ids[:-1]).all()):
+        raise bad("ids", "must be strictly ascending (distinct live ids, sorted)")
+    if ids.numel() and (int(last_seen.min()) < 0 or int(last_seen.max()) > int(step)):
+        raise bad("last_seen", f"must lie in [0, step={int(step)}]")
+    if ids.numel() and int(count.min()) < 0:
+        raise bad("count", "must be >= 0")
+    if pcounts.numel() != pids.numel():
+        raise bad("pending_counts", f"has {pcounts.numel()} values for {pids.numel()} pending ids")
+    if pids.numel() > 1 and not bool((pids[1:] > pids[:-1]).all()):
+        raise bad("pending_ids", "must be strictly ascending")
+    if pids.numel() and int(pcounts.min()) < 1:
+        raise bad("pending_counts", "must be >= 1")
+    return {**values, "step": step.reshape(())}

@@ -88,6 +88,9 @@ _RECSYS_HELP = {
              "gloo); under torchrun the launcher's processes are used",
     "neighbors": "movie titles whose nearest neighbours to show",
     "neighbor_min_ratings": "neighbours are drawn from movies with at least this many training ratings",
+    "ids": "user and movie tables: full (a row per training id), or scrambled raw ids into --rows rows: hashing "
+           "(the hashing trick), hashed (embtab.ids.Hashed(2)), dynamic (embtab.ids.Dynamic, LFU)",
+    "rows": "rows of the user table and of the movie table, for --ids other than full",
 }
 
 _COMMON = ("out", "threads", "quiet")
@@ -115,7 +118,8 @@ def _add_config_options(p: argparse.ArgumentParser, config_cls: type, helps: dic
 
     from .vectors._rows import ON_BAD_LINE
 
-    choices = {"init": tuple(sorted(INITS)), "optimizer": config_cls.OPTIMIZERS, "on_bad_line": ON_BAD_LINE}
+    choices = {"init": tuple(sorted(INITS)), "optimizer": config_cls.OPTIMIZERS, "on_bad_line": ON_BAD_LINE,
+               "ids": getattr(config_cls, "ID_SPACES", None)}
     for f in fields(config_cls):
         if f.name in _COMMON:
             continue

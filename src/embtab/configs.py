@@ -9,7 +9,7 @@ caller's objects.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Any, Sequence
 
 from . import _checks
 from .init import Init, check_init
@@ -35,6 +35,10 @@ class TableConfig:
         oov: what an out-of-range id does: ``"error"``, ``"padding"``, ``"zero"``, ``"hash"``.
         num_oov_buckets: extra hash rows for ``oov="hash"``.
         padding_idx: a row left out of every bag (negative counts from the end).
+        ids: an unbounded id space, ``embtab.ids.Hashed(...)`` or ``embtab.ids.Dynamic(...)``
+            (``num_embeddings`` is then the rows the table holds: buckets or capacity, and
+            any int64 id is valid; ``oov`` does not apply). Each table builds its own
+            stage from it (``collection.embedding_bags[name].ids``).
 
     Example:
         >>> TableConfig("user", 1000, 16, feature_names=["user_id", "friend_id"]).feature_names
@@ -50,6 +54,7 @@ class TableConfig:
     oov: str = "error"
     num_oov_buckets: int = 0
     padding_idx: int | None = None
+    ids: Any = None  # embtab.ids.IdSpace
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not self.name:
@@ -67,6 +72,8 @@ class TableConfig:
         padding_idx = _checks.normalize_padding_idx(self.padding_idx, int(self.num_embeddings), where)
         object.__setattr__(self, "padding_idx", padding_idx)
         _checks.check_oov(self.oov, self.num_oov_buckets, padding_idx, where)
+        if self.ids is not None:
+            _checks.check_id_space(self.ids, self.oov, self.num_oov_buckets, padding_idx, False, where)
 
     def _checked_features(self, where: str) -> tuple[str, ...]:
         features = self.feature_names
@@ -90,6 +97,6 @@ class TableConfig:
 
     @property
     def num_rows(self) -> int:
-        """Rows of the weight: ``num_embeddings + num_oov_buckets``."""
-        return int(self.num_embeddings) + int(self.num_oov_buckets)
+        """Rows of the weight: ``num_embeddings + num_oov_buckets`` (or + the fallback rows of ``ids``)."""
+        return int(self.num_embeddings) + int(self.num_oov_buckets) + (self.ids.extra_rows if self.ids else 0)
 

@@ -380,3 +380,16 @@ def test_vectors_neighbors_and_forced_formats_name_the_file_kind(capsys, tmp_pat
     line = _error_line(err)
     assert code == 2 and "not word2vec binary" in line and "--format glove or auto" in line
     assert "header declares" not in line
+
+
+def test_train_recsys_with_an_unbounded_id_space(capsys, tmp_path, ratings_csv):
+    run = tmp_path / "run"
+    code, out, err = _run(capsys, "train", "recsys", "--ratings", str(ratings_csv), "--out", str(run),
+                          "--ids", "hashed", "--rows", "64", *RECSYS_FAST)
+    assert code == 0, err
+    assert "user and movie tables: hash embeddings" in out
+    m = json.loads((run / "metrics.json").read_text())
+    assert m["ids"]["space"] == "hashed" and m["ids"]["rows"] == 64
+    assert m["ids"]["model_bytes"]["total"] > 2 * 64 * 9 * 4
+    code, _, err = _run(capsys, "train", "recsys", "--ratings", str(ratings_csv), "--ids", "bloom")
+    assert code == 2 and "invalid choice: 'bloom'" in err

@@ -99,3 +99,57 @@ def test_nearest_neighbors():
     (nb,) = nearest_neighbors(vectors, tokens, counts, titles, ["alpha"], k=2, min_ratings=10)
     assert nb["movie"] == "Alpha" and [x["movie"] for x in nb["neighbors"]] == ["Delta", "Beta"]
     assert nb["neighbors"][0]["cosine"] == 1.0 or abs(nb["neighbors"][0]["cosine"] - 1.0) < 1e-6
+
+
+# --- --ids and --rows: unbounded id spaces ------------------------------------------------------
+
+
+def test_scramble_is_a_bijection_into_62_bits():
+    import numpy as np
+
+    from embtab.apps.recsys import scramble
+
+    tokens = np.array([str(i) for i in range(0, 200_000, 7)] + ["4611686018427387903", "user-a", "user-b"])
+    keys = scramble(tokens)
+    assert bool(((keys >= 0) & (keys < 2**62)).all()) and keys.unique().numel() == len(tokens)
+    assert scramble(np.array(["12"])).tolist() == scramble(np.array(["12"])).tolist()  # fixed
+
+
+@pytest.mark.parametrize("ids", ["hashing", "hashed", "dynamic"])
+def test_id_space_models_look_up_raw_keys(ids):
+    from embtab.apps.recsys import model_bytes
+
+    model = BiasedMF(3, 4, 0, 6, init_std=0.1, optimizer=embtab.optim.SGD(lr=0.1), ids=ids, rows=16)
+    users, items = torch.tensor([2**61, 5, 2**61]), torch.tensor([7, 2**40, 7])
+    pred = model(users, items)
+    assert pred.shape == (3,) and torch.equal(pred[0], pred[2])
+    pred.sum().backward()
+    size = model_bytes(model, 0)
+    rows = sum(b.weight.shape[0] for b in model.tables.embedding_bags.values())
+    assert rows == 32 and size["parameters"] >= 32 * 7 * 4 and (size["index"] > 0) == (ids == "dynamic")
+    if ids == "dynamic":  # 12 rows owned by ids, 4 hashed fallback rows
+        stage = model.tables.embedding_bags["user"].ids
+        assert stage.capacity == 12 and stage.extra_rows == 4
+
+
+@pytest.fixture
+def keep_threads():
+    n = torch.get_num_threads()  # a run sets torch's thread count (threads=1)
+    yield
+    torch.set_num_threads(n)
+
+
+def test_dynamic_recommender_resumes_exactly(tmp_path, ratings_csv, keep_threads):
+    """A dynamic table's map, counts and rows travel in the checkpoint: train 2 epochs, go on to 3,
+    and the metrics are those of 3 epochs at once."""
+    from embtab.apps import recsys
+    from embtab.apps.common import Resume
+
+    kw = dict(ratings=str(ratings_csv), patience=0, dim=6, threads=1, quiet=True, ids="dynamic", rows=48)
+    full = recsys.train(recsys.RecsysConfig(out=str(tmp_path / "full"), epochs=3, **kw))
+    recsys.train(recsys.RecsysConfig(out=str(tmp_path / "part"), epochs=2, **kw))
+    resumed = recsys.train(recsys.RecsysConfig(threads=1, quiet=True), resume=Resume(str(tmp_path / "part"), epochs=3))
+    strip = lambda m: ([{k: v for k, v in h.items() if k not in ("seconds", "examples_per_s")} for h in m["history"]],
+                       m["test"], m["ids"]["stats"])
+    assert strip(full) == strip(resumed)
+    assert full["ids"]["space"] == "dynamic" and full["ids"]["stats"]["item"]["evicted"] > 0

@@ -22,6 +22,8 @@ validation split).
 
 from __future__ import annotations
 
+import functools
+import math
 import re
 import time
 from dataclasses import dataclass, field
@@ -69,6 +71,9 @@ class RecsysConfig:
     optimizer: str = "fused"  #: "fused" (embtab.optim.SGD in backward) or "dense" (torch.optim.SGD, dense gradients)
     nproc: int = 1  #: processes on this machine, tables sharded over them (gloo); under torchrun, its world size
     OPTIMIZERS = ("fused", "dense")  # (a class constant, not a field)
+    ids: str = "full"  #: id space of the user and movie tables (see ID_SPACES)
+    rows: int = 1024  #: rows of the user table and of the movie table, for --ids other than full
+    ID_SPACES = ("full", "hashing", "hashed", "dynamic")
     INPUT_FILES = ("ratings", "movies")  # fields naming files: saved with their sha256, movable on resume
     neighbors: list[str] = field(default_factory=lambda: list(DEFAULT_NEIGHBOR_QUERIES))
     neighbor_min_ratings: int = 50  #: only movies with this many training ratings are shown as neighbours
@@ -78,6 +83,10 @@ class RecsysConfig:
     def check(self) -> None:
         if self.optimizer not in self.OPTIMIZERS:
             raise AppError(f"--optimizer must be 'fused' or 'dense', got {self.optimizer!r}")
+        if self.ids not in self.ID_SPACES:
+            raise AppError(f"--ids must be one of {', '.join(self.ID_SPACES)}, got {self.ids!r}")
+        if self.rows < 4:
+            raise AppError(f"--rows must be at least 4, got {self.rows}")
         for name in ("dim", "batch_size", "epochs", "nproc"):
             if getattr(self, name) < 1:
                 raise AppError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
@@ -135,17 +144,23 @@ class BiasedMF(nn.Module):
 
     def __init__(
         self, num_users: int, num_items: int, num_features: int, dim: int, *, init_std: float,
-        optimizer: Any = None,
+        optimizer: Any = None, ids: str = "full", rows: int = 1024, min_count: int = 2,
     ) -> None:
         super().__init__()
         self.dim = dim
         init = _vector_and_bias_init(init_std)
-        # oov="zero": an id unseen in training (-1) is dropped from its bag, which pools
-        # to zeros: no vector, no bias, no gradient.
-        tables = [
-            embtab.TableConfig("user", num_users, dim + 1, init=init, oov="zero"),
-            embtab.TableConfig("item", num_items, dim + 1, init=init, oov="zero"),
-        ]
+        if ids == "full":
+            # oov="zero": an id unseen in training (-1) is dropped from its bag, which pools
+            # to zeros: no vector, no bias, no gradient.
+            tables = [
+                embtab.TableConfig("user", num_users, dim + 1, init=init, oov="zero"),
+                embtab.TableConfig("item", num_items, dim + 1, init=init, oov="zero"),
+            ]
+        else:  # raw (scrambled) ids into `rows` rows per table (a dynamic table's fallback rows included)
+            capacity = rows - dynamic_fallback_rows(rows) if ids == "dynamic" else rows
+            tables = [embtab.TableConfig(name, capacity, dim + 1, init=init,
+                                         ids=id_space(ids, rows, init_std, seed, min_count))
+                      for seed, name in enumerate(("user", "item"))]
         if num_features:
             tables.append(embtab.TableConfig("item_features", num_features, dim + 1, pooling="mean",
                                              init=init, oov="zero"))
@@ -184,15 +199,103 @@ class BiasedMF(nn.Module):
         """The weight of table ``name`` (``user``, ``item``, ``item_features``), detached."""
         return self.tables.embedding_bags[name].weight.detach()
 
-    def item_vectors(self, feature_bags: Bags | None, catalog_of_item: Tensor | None) -> Tensor:
-        """The vector each training item is scored with: ``q_i`` (+ its features' part)."""
-        q = self.table("item")[:, : self.dim].clone()  # (I, D)
+    def item_rows(self, keys: Tensor) -> Tensor:
+        """``(I, D + 1)``: the movie table's vector and bias of each key (what the model looks up)."""
+        bag = self.tables.embedding_bags["item"]
+        was = bag.training
+        bag.eval()  # a lookup, not a training step of a dynamic table
+        try:
+            with torch.no_grad():
+                return bag(keys, torch.arange(keys.numel()))
+        finally:
+            bag.train(was)
+
+    def item_vectors(self, feature_bags: Bags | None, catalog_of_item: Tensor | None,
+                     keys: Tensor | None = None) -> Tensor:
+        """The vector each training item is scored with: ``q_i`` (+ its features' part);
+        ``keys``: the items' table inputs (default: row i for item i)."""
+        q = (self.table("item") if keys is None else self.item_rows(keys))[:, : self.dim].clone()  # (I, D)
         if self.has_features and feature_bags is not None and catalog_of_item is not None:
             with torch.no_grad():
                 ids, offsets = feature_bags.take(catalog_of_item)
                 # The collection's table is an embtab.EmbeddingBag: call it directly.
                 q += self.tables.embedding_bags["item_features"](ids, offsets)[:, : self.dim]
         return q
+
+
+# --- unbounded id spaces (--ids, --rows) ----------------------------------------------
+
+_SCRAMBLE = 0x9E3779B97F4A7C15 >> 2 | 1  # odd: x -> x * _SCRAMBLE mod 2^62 is a bijection
+_LOW62 = (1 << 62) - 1
+DYNAMIC_FALLBACK_SHARE = 0.25  # of a dynamic table's rows: hashed fallback rows
+
+
+def dynamic_fallback_rows(rows: int) -> int:
+    return max(1, int(rows * DYNAMIC_FALLBACK_SHARE))
+
+
+def dynamic_min_count(num_ratings: int, rows: int) -> int:
+    """Sightings an id needs for a row of its own: a quarter of a row's share of an epoch's
+    ratings. Admission is what keeps a small table from thrashing: once the candidates of a
+    batch outnumber the rows, LFU evicts the head to seat them, and an evicted id forgets
+    its count, so only ids that earn this many sightings again come back."""
+    capacity = rows - dynamic_fallback_rows(rows)
+    return max(2, math.ceil(num_ratings / capacity / 4))
+
+
+def scramble(tokens: np.ndarray) -> Tensor:
+    """Raw ids -> int64 in [0, 2^62): integer ids by the bijection ``x * odd mod 2^62`` (no
+    dense table could index the result), other strings by their BLAKE2b hash."""
+    out = []
+    for t in tokens.tolist():
+        if isinstance(t, str) and t.isdecimal() and int(t) <= _LOW62:
+            out.append(int(t) * _SCRAMBLE & _LOW62)
+        else:
+            import hashlib
+
+            out.append(int.from_bytes(hashlib.blake2b(str(t).encode(), digest_size=8).digest(), "little") & _LOW62)
+    return torch.tensor(out, dtype=torch.int64)
+
+
+def id_space(kind: str, rows: int, init_std: float, seed: int, min_count: int = 2) -> embtab.ids.IdSpace:
+    """The user or movie table's id space for ``--ids kind``, ``rows`` rows in all."""
+    if kind == "hashing":
+        return embtab.ids.Hashed(1, importance=False, seed=seed)
+    if kind == "hashed":
+        return embtab.ids.Hashed(2, seed=seed)
+    # Frequent ids own rows (LFU keeps them); the rest share a quarter of the rows by hash.
+    return embtab.ids.Dynamic(admit=embtab.ids.MinCount(min_count), evict=embtab.ids.LFU(), fallback="hash",
+                              fallback_buckets=dynamic_fallback_rows(rows), seed=seed,
+                              init=functools.partial(_dynamic_row_init, std=init_std))
+
+
+def _dynamic_row_init(ids: Tensor, seed: int, dim: int, *, std: float) -> Tensor:
+    """A fresh row of a dynamic table: N(0, std^2) per id (as the full table's init), zero bias."""
+    rows = embtab.ids.normal_rows(ids, seed, dim, std)
+    rows[:, -1] = 0.0
+    return rows
+
+
+def id_space_text(kind: str, rows: int, min_count: int = 2) -> str:
+    return {
+        "hashing": "the hashing trick: one hashed row per id",
+        "hashed": "hash embeddings: 2 hashed rows per id with learnt importance weights",
+        "dynamic": f"dynamic: {rows - dynamic_fallback_rows(rows):,} rows owned by ids seen {min_count}+ "
+                   f"times (LFU), {dynamic_fallback_rows(rows):,} hashed fallback rows",
+    }.get(kind, "a row per id")
+
+
+def model_bytes(model: "BiasedMF", vocabulary_ids: int) -> dict[str, int]:
+    """Bytes of the model: its parameters and buffers, plus the id index: a dynamic table's
+    index and metadata, or for full tables the vocabulary as a sorted int64 array of the raw
+    ids (8 bytes per id, the row being the position; the run's Python dict takes more)."""
+    tensors = sum(t.numel() * t.element_size() for t in model.parameters())
+    index = 8 * vocabulary_ids
+    for bag in model.tables.embedding_bags.values():
+        stage = bag._modules.get("ids")
+        if isinstance(stage, embtab.ids.DynamicIds):
+            index += stage.index_bytes()
+    return {"parameters": tensors, "index": index, "total": tensors + index}
 
 
 # --- data as tensors ------------------------------------------------------------------
@@ -204,6 +307,13 @@ class _Split:
     items: Tensor  # (N,) int64, -1 = unseen in training
     catalog: Tensor  # (N,) int64: the item's row in the feature bags (known for every item)
     ratings: Tensor  # (N,) float32
+    user_keys: Tensor | None = None  # (N,) int64: what the user table looks up (default: users)
+    item_keys: Tensor | None = None  # (N,) int64: what the movie table looks up (default: items)
+
+    def keys(self, sl: Any) -> tuple[Tensor, Tensor]:
+        users = self.users if self.user_keys is None else self.user_keys
+        items = self.items if self.item_keys is None else self.item_keys
+        return users[sl], items[sl]
 
     def __len__(self) -> int:
         return self.ratings.numel()
@@ -253,7 +363,7 @@ class _RecsysTask:
             size = idx.numel()
             if self.world > 1:
                 idx = torch.tensor_split(idx, self.world)[self.rank]  # this rank's share of the batch
-            yield (t.users[idx], t.items[idx], *self._features(t.catalog[idx]), t.ratings[idx]), size
+            yield (*t.keys(idx), *self._features(t.catalog[idx]), t.ratings[idx]), size
 
     def train_step(self, batch: Any) -> float:
         users, items, fids, foffs, r = batch
@@ -288,7 +398,7 @@ class _RecsysTask:
             for s in range(0, len(split), batch):
                 sl = slice(s, s + batch)
                 fids, foffs = self._features(split.catalog[sl])
-                out.append(self.mf(split.users[sl], split.items[sl], fids, foffs))  # every rank: the whole split
+                out.append(self.mf(*split.keys(sl), fids, foffs))  # every rank: the whole split
         pred = torch.cat(out) if out else torch.zeros(0)
         return pred.clamp(*self.clamp)
 
@@ -498,11 +608,14 @@ def train(cfg: RecsysConfig, *, resume: str | Resume | None = None) -> dict[str,
         feature_bags = Bags.from_lists([[f_index.get(f, -1) for f in data.item_features.get(i, [])] for i in catalog])
 
     u_index, i_index = _index_of(users), _index_of(items)
+    raw_keys = cfg.ids != "full"  # the tables look up the scrambled raw ids, not vocabulary rows
     def split_of(idx: np.ndarray) -> _Split:
         return _Split(
             users=_encode(data.users[idx], u_index), items=_encode(data.items[idx], i_index),
             catalog=torch.tensor([catalog_index[x] for x in data.items[idx]], dtype=torch.int64),
             ratings=torch.from_numpy(data.ratings[idx].astype(np.float32)),
+            user_keys=scramble(data.users[idx]) if raw_keys else None,
+            item_keys=scramble(data.items[idx]) if raw_keys else None,
         )
 
     train, val, test = split_of(train_idx), split_of(val_idx), split_of(test_idx)
@@ -544,9 +657,13 @@ def train(cfg: RecsysConfig, *, resume: str | Resume | None = None) -> dict[str,
 
     torch.manual_seed(cfg.seed)
     spec = embtab.optim.SGD(lr=cfg.lr) if cfg.optimizer == "fused" else None
+    min_count = dynamic_min_count(len(train), cfg.rows)
     model = BiasedMF(len(users), len(items), len(features) if features is not None else 0, cfg.dim,
-                     init_std=cfg.init_std, optimizer=spec)
+                     init_std=cfg.init_std, optimizer=spec, ids=cfg.ids, rows=cfg.rows, min_count=min_count)
     model.global_mean.fill_(mu)
+    if raw_keys:
+        log(f"ids: user and movie ids scrambled into [0, 2^62); {cfg.ids} tables of {cfg.rows:,} rows each "
+            f"({id_space_text(cfg.ids, cfg.rows, min_count)})", quiet=quiet)
     log(f"model: biased MF, dim {cfg.dim}, {len(users):,} users x {len(items):,} movies"
         + (f", {len(features):,} item features (genres, years)" if features is not None else "")
         + f"; optimizer: {'embtab.optim.SGD fused into the collection backward' if spec else 'torch.optim.SGD on dense gradients'}",
@@ -578,7 +695,8 @@ def train(cfg: RecsysConfig, *, resume: str | Resume | None = None) -> dict[str,
     counts = torch.zeros(len(items), dtype=torch.int64).index_add_(0, train.items, torch.ones_like(train.items))
     item_tokens = list(items.tokens)
     catalog_of_item = torch.tensor([catalog_index[t] for t in item_tokens], dtype=torch.int64)
-    vectors = model.item_vectors(feature_bags, catalog_of_item)
+    item_keys = scramble(np.array(item_tokens)) if raw_keys else None
+    vectors = model.item_vectors(feature_bags, catalog_of_item, item_keys)
     neighbors = nearest_neighbors(vectors, item_tokens, counts, data.item_titles, cfg.neighbors,
                                   min_ratings=cfg.neighbor_min_ratings) if data.item_titles else []
 
@@ -590,7 +708,7 @@ def train(cfg: RecsysConfig, *, resume: str | Resume | None = None) -> dict[str,
         top = torch.argsort(counts, descending=True, stable=True)[:1000]
         labels = [data.item_titles.get(item_tokens[j], item_tokens[j]) if rank < 20 else None
                   for rank, j in enumerate(top.tolist())]
-        item_bias = model.table("item")[top, cfg.dim]
+        item_bias = (model.table("item") if item_keys is None else model.item_rows(item_keys))[top, cfg.dim]
         plots.plot_embedding_map(vectors[top], labels, run_dir / "embeddings.png", colors=item_bias.tolist(),
                                  color_label="learned movie bias",
                                  title="movie vectors (1,000 most rated movies, PCA); the 20 most rated labelled")
@@ -615,6 +733,12 @@ def train(cfg: RecsysConfig, *, resume: str | Resume | None = None) -> dict[str,
         "optimizer": "embtab.optim.SGD (fused, EmbeddingBagCollection)" if spec else "torch.optim.SGD (dense gradients)",
         "processes": world,
         **({"sharding": sharding} if sharding else {}),
+        "ids": {"space": cfg.ids, "rows": None if cfg.ids == "full" else cfg.rows,
+                "text": ("a row per training id (vocabulary)" if cfg.ids == "full"
+                         else id_space_text(cfg.ids, cfg.rows, min_count)),
+                "model_bytes": model_bytes(model, len(users) + len(items) if cfg.ids == "full" else 0),
+                **({"stats": {n: model.tables.embedding_bags[n].ids.stats() for n in ("user", "item")}}
+                   if cfg.ids == "dynamic" else {})},
         "neighbors": neighbors,
         "neighbor_min_ratings": cfg.neighbor_min_ratings,
         "train_seconds": result.train_seconds,
@@ -638,6 +762,10 @@ def summary_lines(m: dict[str, Any]) -> list[str]:
     out += [f"  {name:44s} {r['rmse']:9.4f} {r['mae']:9.4f}" for name, r in rows]
     out.append(f"  best epoch {m['best_epoch']} of {m['epochs_run']} (validation RMSE {m['val_rmse']:.4f}); "
                f"{format_seconds(m['seconds'])}; run folder {m['outputs']['run_dir']}")
+    ids = m.get("ids")
+    if ids is not None:
+        out.append(f"  user and movie tables: {ids['text']}; model {ids['model_bytes']['total']:,} bytes "
+                   f"(index {ids['model_bytes']['index']:,})")
     for nb in m["neighbors"]:
         if not nb["found"]:
             out.append(f"  nearest to {nb['query']!r}: no such movie in the training data")

@@ -18,12 +18,22 @@ of the weight or ``SKIP`` (-1, "contributes nothing"). One exception, for speed:
 the caller names a bad id only when the kernel refuses one
 (:attr:`IdStage.kernel_may_check`). Stateful maps (a dynamic table's id map, a row-wise
 shard's global-to-local map) implement the same interface.
+
+Unbounded id spaces (:class:`IdSpace`, given as ``ids=`` to a table: ``embtab.ids.Hashed``,
+``embtab.ids.Dynamic``) build a stage per table that is also a module (``table.ids``): it is
+bound to its table (:meth:`IdStage.bind`), may own tables trained by the table's fused
+optimizer (:meth:`IdStage.tables`), may turn each id into a weighted bag of rows
+(:attr:`IdStage.expands`, :meth:`IdStage.expand`), may take one training step over all the
+ids of a collection forward (:attr:`IdStage.stateful`, :meth:`IdStage.step`), and may keep
+its state in the table's ``state_dict`` (:meth:`IdStage.pack_state`,
+:meth:`IdStage.unpack_state`). The defaults below make each of these a no-op.
 """
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import Any, ClassVar, ContextManager, Sequence
 
 import torch
 from torch import Tensor
@@ -69,6 +79,48 @@ class IdStage:
         return self._replace(ids, bad, num_embeddings), self.name == "zero"
 
     def _replace(self, ids: Tensor, bad: Tensor, num_embeddings: int) -> Tensor:
+        raise NotImplementedError
+
+    # --- what the stages of unbounded id spaces add (ids.Hashed, ids.Dynamic) ------------------
+
+    #: Each id resolves to a weighted bag of rows (:meth:`expand`) instead of one row.
+    expands: ClassVar[bool] = False
+    #: Lookups change the stage's state: it resolves on the host, never inside a kernel, and a
+    #: collection forward is one :meth:`step` over all the ids of the table's features.
+    stateful: ClassVar[bool] = False
+
+    def expand(self, ids: Tensor) -> tuple[Tensor, Tensor | None]:
+        """``(rows (N, k), weights (N, k) or None)`` for flat ``ids`` (N,): id j's vector is
+        ``sum_i weights[j, i] * W[rows[j, i]]`` (weights None: all 1)."""
+        raise NotImplementedError
+
+    def step(self, ids: Sequence[Tensor], where: str) -> ContextManager[None]:
+        """A context in which the lookups of ``ids`` (each feature's) are one training step."""
+        return contextlib.nullcontext()
+
+    def bind(self, table: Any) -> None:
+        """Called once by the table module that owns this stage."""
+
+    def tables(self) -> list[Any]:
+        """Table modules of the stage that the owner's fused optimizer trains too."""
+        return []
+
+    def pack_state(self, table: Any, state_dict: dict[str, Any], prefix: str) -> None:
+        """Rewrite the owner's ``state_dict`` entries (``prefix + "weight"``, ...) as saved."""
+
+    def unpack_state(self, table: Any, state_dict: dict[str, Any], prefix: str) -> None:
+        """The inverse of :meth:`pack_state`, before the owner loads ``state_dict``."""
+
+
+class IdSpace:
+    """What ``ids=`` takes (``embtab.ids.Hashed``, ``embtab.ids.Dynamic``): an immutable
+    description; each table builds its own stage from it."""
+
+    #: Rows the table's weight holds after ``num_embeddings`` (a dynamic table's fallback rows).
+    extra_rows: int = 0
+
+    def stage(self, num_embeddings: int, embedding_dim: int, where: str) -> IdStage:
+        """A new stage for a table of ``num_embeddings`` rows (buckets or capacity)."""
         raise NotImplementedError
 
 

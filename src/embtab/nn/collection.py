@@ -12,6 +12,7 @@ every table in one table-batched pass when backward ends.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Mapping
 from typing import Any, Iterator, Sequence
 
@@ -178,7 +179,7 @@ class EmbeddingBagCollection(Module):
             t.name: EmbeddingBag(
                 t.num_embeddings, t.embedding_dim, mode=t.pooling, padding_idx=t.padding_idx,
                 device=device, dtype=dtype, oov=t.oov, num_oov_buckets=t.num_oov_buckets, init=t.init,
-                backend=backend,
+                backend=backend, ids=t.ids,
             )
             for t in self._tables
         })
@@ -186,12 +187,18 @@ class EmbeddingBagCollection(Module):
         if spec is not None:
             # One optimizer, one param group, for all tables: one learning rate to schedule,
             # and one table-batched update per backward pass.
-            bags = self._bags()
-            for t, bag in zip(self._tables, bags):
-                bag._add_optimizer_state(spec, f"{_WHERE} table {t.name!r}")
+            bags = []  # each table, and the tables of its ids stage (embtab.ids.Hashed's importance)
+            for t, bag in zip(self._tables, self._bags()):
+                for trained in bag._trained_tables():
+                    trained._add_optimizer_state(spec, f"{_WHERE} table {t.name!r}")
+                    bags.append(trained)
             self.optimizer = FusedOptimizer(bags, spec)
             for bag in bags:
                 bag._use_optimizer(self.optimizer)
+        # Tables whose ids stage takes one training step per forward (embtab.ids.Dynamic):
+        # table name -> its features, when looked up by several.
+        self._steps = {t.name: t.feature_names for t in self._tables
+                       if self.embedding_bags[t.name].spec.ids.stateful and len(t.feature_names) > 1}
 
     @staticmethod
     def _checked_tables(tables: Any) -> tuple[TableConfig, ...]:
@@ -252,19 +259,35 @@ class EmbeddingBagCollection(Module):
 
     def forward(self, features: Any) -> PooledEmbeddings:
         inputs = self._inputs(features)
-        prepared = []
-        for f, (ids, offsets, psw, last) in zip(self.feature_names, inputs):
-            bag = self.embedding_bags[self._feature_table[f]]
-            spec, (weight, counter) = bag.spec, bag._state()
-            backend = backend_of(spec, weight)
-            bags = prepare_bags(spec, weight, backend, ids, offsets, psw, last, where=self._wheres[f], counter=counter)
-            prepared.append(Feature(spec, weight, backend, bags, bag))
+        steps = self._open_steps(inputs) if self._steps else None
+        try:
+            prepared = []
+            for f, (ids, offsets, psw, last) in zip(self.feature_names, inputs):
+                bag = self.embedding_bags[self._feature_table[f]]
+                spec, (weight, counter) = bag.spec, bag._state()
+                backend = backend_of(spec, weight)
+                bags = prepare_bags(spec, weight, backend, ids, offsets, psw, last, where=self._wheres[f],
+                                    counter=counter)
+                prepared.append(Feature(spec, weight, backend, bags, bag))
+        finally:
+            if steps is not None:
+                steps.close()
         sizes = [p.bags.ends.shape[0] - 1 for p in prepared]  # (B + 1,) canonical offsets
         if len(set(sizes)) > 1:
             detail = ", ".join(f"{f!r}: {b}" for f, b in zip(self.feature_names, sizes))
             raise ValueError(f"{_WHERE}: every feature needs the same batch size, got {detail}")
         full = pool(prepared, self.optimizer)
         return PooledEmbeddings(self.feature_names, full=full, dims=self._dims)
+
+    @torch.compiler.disable
+    def _open_steps(self, inputs: list[tuple[Tensor, Tensor | None, Tensor | None, bool]]) -> contextlib.ExitStack:
+        """One training step of each table whose ids stage takes steps, over all its features' ids."""
+        steps = contextlib.ExitStack()
+        by_feature = dict(zip(self.feature_names, inputs))
+        for name, names in self._steps.items():
+            stage = self.embedding_bags[name].spec.ids
+            steps.enter_context(stage.step([by_feature[f][0] for f in names], f"{_WHERE} table {name!r}"))
+        return steps
 
     def _inputs(self, features: Any) -> list[tuple[Tensor, Tensor | None, Tensor | None, bool]]:
         """Per feature, in order: (ids, offsets, per_sample_weights, include_last_offset)."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from ..ids.policies import IdSpace
 from ..init import Init
 from ..optim.specs import FusedSpec
 from ..tables import pipeline
@@ -42,6 +43,12 @@ class Embedding(Table, torch.nn.Embedding):
             ``"kaiming_normal"``, ``"truncated_normal"``, ``"zeros"``, or a callable
             that fills a tensor in place. The padding row is zeroed afterwards.
         backend: ``"auto"``, ``"torch"``, ``"reference"`` or ``"triton"``.
+        ids: an unbounded id space, ``embtab.ids.Hashed(...)`` (each id hashed to
+            ``num_hashes`` of the ``num_embeddings`` rows, with trainable importance
+            weights) or ``embtab.ids.Dynamic(...)`` (each admitted id owns one of the
+            ``num_embeddings`` rows while it is live; ``module.ids.stats()``). Any int64
+            id is then valid; ``oov=``, ``padding_idx`` and ``scale_grad_by_freq`` do not
+            apply. See :mod:`embtab.ids`.
 
     Shape:
         input ``(*)`` int64 or int32 ids; output ``(*, embedding_dim)``.
@@ -77,12 +84,13 @@ class Embedding(Table, torch.nn.Embedding):
         init: Init = "normal",
         backend: str = "auto",
         optimizer: FusedSpec | None = None,
+        ids: IdSpace | None = None,
     ) -> None:
         super().__init__()
         spec = TableSpec.make(
             "Embedding", num_embeddings, embedding_dim, padding_idx=padding_idx, max_norm=max_norm,
             norm_type=norm_type, scale_grad_by_freq=scale_grad_by_freq, sparse=sparse, oov=oov,
-            num_oov_buckets=num_oov_buckets, backend=backend,
+            num_oov_buckets=num_oov_buckets, backend=backend, id_space=ids,
         )
         self._setup_table(spec, _weight, not _freeze, device, dtype, init, "Embedding")
         self._setup_optimizer(optimizer, "Embedding")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from ..ids.policies import IdSpace
 from ..init import Init
 from ..optim.specs import FusedSpec
 from ..tables import pipeline
@@ -16,8 +17,9 @@ class EmbeddingBag(Table, torch.nn.EmbeddingBag):
     r"""Sums, means or maxes of bags of embeddings, without materialising the rows.
 
     Same arguments, results, gradients and ``state_dict`` as ``torch.nn.EmbeddingBag``,
-    plus the keyword-only ``oov``, ``num_oov_buckets``, ``init``, ``backend`` and
-    ``optimizer`` (a fused optimizer from :mod:`embtab.optim`) of :class:`embtab.Embedding`.
+    plus the keyword-only ``oov``, ``num_oov_buckets``, ``init``, ``backend``,
+    ``optimizer`` (a fused optimizer from :mod:`embtab.optim`) and ``ids`` (an unbounded
+    id space: ``embtab.ids.Hashed`` or ``embtab.ids.Dynamic``) of :class:`embtab.Embedding`.
     Under ``oov="zero"`` an out-of-range id is dropped from its bag (it adds nothing
     and is not counted by the mean), like a padding id.
 
@@ -53,12 +55,14 @@ class EmbeddingBag(Table, torch.nn.EmbeddingBag):
         init: Init = "normal",
         backend: str = "auto",
         optimizer: FusedSpec | None = None,
+        ids: IdSpace | None = None,
     ) -> None:
         super().__init__()
         spec = TableSpec.make(
             "EmbeddingBag", num_embeddings, embedding_dim, padding_idx=padding_idx, max_norm=max_norm,
             norm_type=norm_type, scale_grad_by_freq=scale_grad_by_freq, sparse=sparse, mode=mode,
             include_last_offset=include_last_offset, oov=oov, num_oov_buckets=num_oov_buckets, backend=backend,
+            id_space=ids,
         )
         self._setup_table(spec, _weight, True, device, dtype, init, "EmbeddingBag")
         self._setup_optimizer(optimizer, "EmbeddingBag")

@@ -92,6 +92,7 @@ class Table(Module):
         )
         self.optimizer = None
         self._fused: Fused | None = None
+        spec.ids.bind(self)  # a stage with state or tables of its own becomes this module's ``ids``
 
     # --- the fused optimizer -------------------------------------------------------------------
 
@@ -100,8 +101,17 @@ class Table(Module):
         if optimizer is None:
             return
         spec = check_spec(optimizer, where)
-        self._add_optimizer_state(spec, where)
-        self._use_optimizer(FusedOptimizer([self], spec))
+        tables = self._trained_tables()
+        for table in tables:
+            table._add_optimizer_state(spec, where)
+        fused = FusedOptimizer(tables, spec)
+        for table in tables:
+            table._use_optimizer(fused)
+
+    def _trained_tables(self) -> list["Table"]:
+        """This table and those of its ids stage (``embtab.ids.Hashed``'s importance weights):
+        what a fused optimizer bound to this table trains."""
+        return [self, *self.spec.ids.tables()]
 
     def _add_optimizer_state(self, spec: FusedSpec, where: str) -> None:
         """Register the per-row state of ``spec`` as buffers ``optim_<name>``."""
@@ -143,6 +153,20 @@ class Table(Module):
                 else:
                     state.index_fill_(0, rows.to(device=state.device, dtype=torch.int64), f.initial)
 
+    def reset_rows(self, rows: Tensor, values: Tensor) -> None:
+        """Give ``rows`` a fresh start: weight ``values`` (len(rows), dim) and the fused
+        optimizer's initial state (an ids stage hands over the rows it reassigns)."""
+        if rows.numel() == 0:
+            return
+        with torch.no_grad():
+            index = rows.to(device=self.weight.device, dtype=torch.int64)
+            self.weight.index_copy_(0, index, values.to(device=self.weight.device, dtype=self.weight.dtype))
+        self.reset_optimizer_state(rows)
+
+    def _save_to_state_dict(self, destination: dict[str, Any], prefix: str, keep_vars: bool) -> None:
+        super()._save_to_state_dict(destination, prefix, keep_vars)
+        self.spec.ids.pack_state(self, destination, prefix)  # a dynamic table saves its live rows only
+
     def _apply(self, fn: Callable[[Tensor], Tensor], recurse: bool = True) -> "Table":
         """``.to()``, ``.half()``, ``.cuda()``...: the optimizer state follows the weight's device,
         and stays in its accumulation dtype (float32 for 16-bit tables), cast from the original."""
@@ -161,6 +185,7 @@ class Table(Module):
         return self
 
     def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str, *args: Any, **kwargs: Any) -> None:
+        self.spec.ids.unpack_state(self, state_dict, prefix)
         if self.optimizer is not None:
             for name, f in self.optimizer.spec.state_layout().items():
                 key = prefix + STATE_PREFIX + name

@@ -215,7 +215,7 @@ class BagsFunction(torch.autograd.Function):
         for i, f in enumerate(plan.features):
             b, spec, aux, t = f.bags, f.spec, plan.aux[i], plan.table_of[i]
             g = _unit_column_stride(grad if len(plan.features) == 1 else grad[:, plan.cols[i]:plan.cols[i] + plan.dims[i]])
-            need_w = ctx.needs_input_grad[1 + t] and not fused
+            need_w = ctx.needs_input_grad[1 + t] and not (fused and f.table is not None)
             need_psw = ctx.needs_input_grad[1 + num_tables + i]
             if need_w or need_psw:
                 weight = saved[t] if saved[t] is not None else _shape_only(f.weight)

@@ -18,6 +18,7 @@ row gradients (``embtab.optim``); otherwise it returns dense or sparse weight gr
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Callable, NamedTuple, Sequence, cast
 
 import numpy as np
@@ -25,10 +26,10 @@ import torch
 from torch import Tensor
 
 from .. import _checks
-from ..ids.policies import POLICIES, raise_out_of_range
+from ..ids.policies import POLICIES, ErrorPolicy, raise_out_of_range
 from ..ops import registry
 from ..ops.autograd import BagsFunction, BagsPlan, EmbeddingFunction, Fused
-from ..ops.common import MODE_CODES, SKIP, BagAux
+from ..ops.common import MODE_CODES, SKIP, BagAux, bag_of
 from .spec import TableSpec
 
 _INDEX_DTYPES = _checks.INDEX_DTYPES
@@ -49,18 +50,24 @@ class Bags:
     here otherwise.
     """
 
-    __slots__ = ("ids", "offsets", "last", "psw", "shape", "raw", "spec", "where", "_ends", "deferred", "counter")
+    __slots__ = ("ids", "offsets", "last", "psw", "shape", "raw", "spec", "where", "_ends", "deferred", "counter",
+                 "inner")
 
     def __init__(self, ids: Tensor, offsets: Tensor | None, last: bool, psw: Tensor | None, shape: torch.Size,
                  raw: bool, spec: TableSpec, where: str, ends: Tensor | None = None, *, deferred: bool = False,
-                 counter: Tensor | None = None) -> None:
+                 counter: Tensor | None = None, inner: "Bags | None" = None) -> None:
         self.ids, self.offsets, self.last, self.psw = ids, offsets, last, psw
         self.shape, self.raw, self.spec, self.where = shape, raw, spec, where
         self._ends, self.deferred, self.counter = ends, deferred, counter
+        # Bags whose pooled rows are this lookup's weight (per-id vectors of an expanding ids
+        # stage under max pooling); see _expanded and pool.
+        self.inner = inner
 
     def resolved(self, weight: Tensor, backend: registry.Backend) -> "Bags":
         """The ids stage applied (and, with ``max_norm``, the rows renormalised)."""
         spec = self.spec
+        if spec.ids.expands:
+            return self._expanded(weight, backend)
         rows, raw, has_skip = _resolve(spec, backend, self.ids, self.where, self.counter, self.shape)
         bags = Bags(rows, self.offsets, self.last, self.psw, self.shape, raw, spec, self.where, counter=self.counter)
         if has_skip and not backend.supports_skip:
@@ -69,6 +76,37 @@ class Bags:
         if spec.max_norm is not None:
             backend.lookup.renorm_(weight.detach(), bags.ids, spec.max_norm, spec.norm_type)
         return bags
+
+    def _expanded(self, weight: Tensor, backend: registry.Backend) -> "Bags":
+        """Each id a weighted bag of rows (``IdStage.expand``: ``embtab.ids.Hashed``).
+
+        Sum and mean: one bag lookup in ``"sum"`` mode over every id's rows, the per-sample
+        weights being the stage's weights times the caller's (or 1 / the bag's count for a
+        mean), so a bag pools the ids' vectors. Max pools the ids' vectors themselves:
+        bags of per-id vectors, which :attr:`inner` (bags of each id's rows) computes.
+        """
+        spec = self.spec
+        ends = canonical_bags(self.ids, self.offsets, self.last, True, self.where, self.shape).to(torch.int64)
+        rows, w = spec.ids.expand(self.ids)  # (N, k), (N, k) or None
+        n, k = rows.shape
+        flat = rows.reshape(-1)
+        if spec.max_norm is not None:
+            backend.lookup.renorm_(weight.detach(), flat, spec.max_norm, spec.norm_type)
+        summed = dataclasses.replace(spec, mode="sum")
+        if spec.mode == "max":
+            inner = Bags(flat, None, True, None if w is None else w.reshape(-1), self.shape, False, summed, self.where,
+                         torch.arange(n + 1, device=flat.device) * k)
+            per_id = dataclasses.replace(spec, ids=ErrorPolicy(), id_space=None, max_norm=None)
+            return Bags(torch.arange(n, device=flat.device), None, True, None, self.shape, False, per_id, self.where,
+                        ends, inner=inner)
+        scale = self.psw  # (N,) or None
+        if spec.mode == "mean":
+            counts = (ends[1:] - ends[:-1]).clamp_min(1).to(weight.dtype)  # (B,) ids per bag
+            scale = (1.0 / counts)[bag_of(ends, n)]
+        if scale is not None:
+            w = scale.unsqueeze(1).expand(n, k) if w is None else w * scale.unsqueeze(1)
+        return Bags(flat, None, True, None if w is None else w.reshape(-1), self.shape, False, summed, self.where,
+                    ends * k)
 
     @property
     def ends(self) -> Tensor:
@@ -153,6 +191,13 @@ def embedding(
     """``(*) -> (*, D)``: the rows of ``input``'s ids, as ``torch.nn.functional.embedding``."""
     _check_ids(input, weight, where)
     backend = backend_of(spec, weight)
+    if spec.ids.expands:  # each id a weighted bag of rows (embtab.ids.Hashed): bags of one id
+        flat = input.reshape(-1)
+        bags = Bags(flat, None, False, None, torch.Size([flat.numel(), 1]), True, spec, where).resolved(weight, backend)
+        trains = fused is not None and weight.requires_grad
+        out = pool((Feature(spec, weight, backend, bags, fused.table if trains else None),),  # type: ignore[union-attr]
+                   fused.optimizer if trains else None)  # type: ignore[union-attr]
+        return out.reshape(*input.shape, weight.shape[1])
     ids, raw, has_skip = _resolve(spec, backend, input, where, counter, input.shape)
     if has_skip and not backend.supports_skip:
         return _compacted(spec, weight, ids, backend, fused)
@@ -304,6 +349,8 @@ def pool(features: Sequence[Feature], optimizer: object | None = None) -> Tensor
     ``optimizer`` (a fused optimizer bound to the features' tables) makes backward
     update the rows instead of returning weight gradients.
     """
+    if any(f.bags.spec is not f.spec for f in features):  # expanded ids (see Bags._expanded)
+        features = [_expanded_feature(f, optimizer) if f.bags.spec is not f.spec else f for f in features]
     grad = torch.is_grad_enabled() and any(
         f.weight.requires_grad or (f.bags.psw is not None and f.bags.psw.requires_grad) for f in features
     )
@@ -333,6 +380,18 @@ def pool(features: Sequence[Feature], optimizer: object | None = None) -> Tensor
         for f in features:
             f.bags.name_error()
         raise  # not an input error after all
+
+
+def _expanded_feature(f: Feature, optimizer: object | None) -> Feature:
+    """A feature whose ids expanded into bags of rows: looked up with the bags' spec; under
+    max pooling, over the ids' own vectors (pooled from the inner bags first, so gradients
+    reach the rows and the stage's weights through them)."""
+    b = f.bags
+    if b.inner is None:
+        return f._replace(spec=b.spec)
+    inner = Feature(b.inner.spec, f.weight, f.backend, b.inner, f.table)
+    vectors = pool((inner,), optimizer if f.table is not None else None)  # (N, D)
+    return Feature(b.spec, vectors, backend_of(b.spec, vectors), b, None)
 
 
 def _pooled_runner(features: Sequence[Feature]) -> Callable[[], tuple[Tensor, list[BagAux]]] | None:

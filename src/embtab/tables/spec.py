@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .. import _checks
-from ..ids.policies import IdStage, policy
+from ..ids.policies import IdSpace, IdStage, policy
 from ..ops import registry
 
 LAYOUTS = ("dense",)
@@ -40,7 +40,8 @@ class TableSpec:
         oov, num_oov_buckets: the out-of-vocabulary policy and its hash rows.
         backend: ``"auto"`` or a backend name (``ops/registry.py``).
         layout: how rows are stored (``"dense"``: a float weight of ``num_rows`` rows).
-        ids: the ids-to-rows stage (from ``oov``).
+        ids: the ids-to-rows stage (from ``oov``, or built from ``id_space``).
+        id_space: ``ids=`` of the table (``embtab.ids.Hashed`` / ``Dynamic``), or None.
     """
 
     num_embeddings: int
@@ -57,6 +58,7 @@ class TableSpec:
     backend: str = "auto"
     layout: str = "dense"
     ids: IdStage = dataclasses.field(default=None, compare=False, repr=False)  # type: ignore[assignment]
+    id_space: IdSpace | None = None
 
     @classmethod
     def make(cls, where: str, num_embeddings: Any, embedding_dim: Any, **options: Any) -> "TableSpec":
@@ -81,15 +83,23 @@ class TableSpec:
         layout = options.get("layout", "dense")
         if layout not in LAYOUTS:
             raise _checks.BadArgumentError(f"{where}: unknown layout {layout!r}; choose one of {LAYOUTS}")
+        id_space = options.get("id_space")
+        if id_space is None:
+            stage = policy(oov, padding_idx, buckets)
+        else:  # an unbounded id space: its stage (kept by replace(), it may hold state)
+            _checks.check_id_space(id_space, oov, buckets, padding_idx, bool(scale), where)
+            stage = options.get("_stage") or id_space.stage(num_embeddings, embedding_dim, where)
         return cls(
             num_embeddings, embedding_dim, padding_idx, None if max_norm is None else float(max_norm),
             float(norm_type), bool(scale), bool(sparse), mode, bool(last), oov, buckets, backend, layout,
-            policy(oov, padding_idx, buckets),
+            stage, id_space,
         )
 
     def replace(self, where: str, **changes: Any) -> "TableSpec":
         """A checked copy with some options changed (a module's ``emb.max_norm = 1.0``)."""
         fields = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "ids"}
+        if self.id_space is not None:
+            fields["_stage"] = self.ids
         fields.update(changes)
         return TableSpec.make(where, **fields)
 
