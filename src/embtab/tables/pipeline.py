@@ -113,7 +113,8 @@ class Feature(NamedTuple):
 
 
 def backend_of(spec: TableSpec, weight: Tensor) -> registry.Backend:
-    return registry.select(spec.backend, weight.device, weight.dtype, weight.is_contiguous())
+    return registry.select(spec.backend, weight.device, weight.dtype, weight.is_contiguous(), spec.layout,
+                           spec.embedding_dim)
 
 
 def _needs_grad(weight: Tensor, psw: Tensor | None = None) -> bool:
@@ -227,7 +228,8 @@ def prepare_bags(
         ids, psw = input.reshape(-1), None if per_sample_weights is None else per_sample_weights.reshape(-1)
         offsets, include_last_offset = None, False
     if per_sample_weights is not None:
-        _checks.check_per_sample_weights(per_sample_weights, input, weight, cast(str, spec.mode), where)
+        _checks.check_per_sample_weights(per_sample_weights, input, weight, cast(str, spec.mode), where,
+                                         backend.values_dtype)
     bags = Bags(ids, offsets, include_last_offset, psw, input.shape, True, spec, where, deferred=True, counter=counter)
     if _kernel_resolves(backend, spec):
         return bags

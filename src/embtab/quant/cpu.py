@@ -1,0 +1,292 @@
+"""The CPU fast path of quantized lookups: numba kernels (imported only if numba is).
+
+One kernel per layout family reads the stored bytes directly, never a dequantized
+table: ``int8`` (codes, float32 scale and bias), ``nbit`` (int4/int2 codes unpacked
+from their bytes, float16 scale and bias), ``float16`` and ``bfloat16`` rows. Each
+pools a range of bags (sum, mean, max; per-sample weights; SKIP and padding ids left
+out) into float32 output rows, the same results as the reference
+(``quant/reference.py``) up to float32 rounding: for sum and mean a bag is
+``sum_j w_j scale_j code_j + sum_j w_j bias_j``, the scale and bias applied once per
+row rather than once per value.
+
+A lookup is memory-bound (a random row per id, far outside the caches), so the
+kernels prefetch the row ``PREFETCH_AHEAD`` ids ahead, as FBGEMM's kernels do, and
+run on the pool of plain threads of the fused update (``ops/numba/_pool.py``: idle
+threads block, they never spin against torch's). An unpooled lookup is bags of one id.
+Scale, bias and 16-bit values are read with unaligned loads (a row of ``D + 8`` bytes
+puts them anywhere), through tiny LLVM intrinsics.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from llvmlite import ir
+from numba import njit, types
+from numba.extending import intrinsic
+from torch import Tensor
+
+from ..ops.numba._pool import POOL
+from ..ops.numba.kernels import FASTMATH, PREFETCH_AHEAD, prefetch_read
+from .layouts import Layout
+
+name = "numba"
+
+SUM, MEAN, MAX = 0, 1, 2
+_MODES = {"sum": SUM, "mean": MEAN, "max": MAX}
+
+
+@intrinsic
+def _load_f32(typingctx, arr, index):  # type: ignore[no-untyped-def]
+    """The float32 at byte ``index`` of a uint8 array (any alignment)."""
+    sig = types.float32(arr, index)
+
+    def codegen(context, builder, signature, args):  # type: ignore[no-untyped-def]
+        array = context.make_array(signature.args[0])(context, builder, args[0])
+        ptr = builder.bitcast(builder.gep(array.data, [args[1]]), ir.FloatType().as_pointer())
+        return builder.load(ptr, align=1)
+
+    return sig, codegen
+
+
+@intrinsic
+def _load_f16(typingctx, arr, index):  # type: ignore[no-untyped-def]
+    """The float16 at byte ``index`` of a uint8 array, as a float32 (exact)."""
+    sig = types.float32(arr, index)
+
+    def codegen(context, builder, signature, args):  # type: ignore[no-untyped-def]
+        array = context.make_array(signature.args[0])(context, builder, args[0])
+        ptr = builder.bitcast(builder.gep(array.data, [args[1]]), ir.HalfType().as_pointer())
+        return builder.fpext(builder.load(ptr, align=1), ir.FloatType())
+
+    return sig, codegen
+
+
+@intrinsic
+def _load_bf16(typingctx, arr, index):  # type: ignore[no-untyped-def]
+    """The bfloat16 at byte ``index`` of a uint8 array, as a float32 (exact: its high half)."""
+    sig = types.float32(arr, index)
+
+    def codegen(context, builder, signature, args):  # type: ignore[no-untyped-def]
+        array = context.make_array(signature.args[0])(context, builder, args[0])
+        i16, i32 = ir.IntType(16), ir.IntType(32)
+        ptr = builder.bitcast(builder.gep(array.data, [args[1]]), i16.as_pointer())
+        bits = builder.shl(builder.zext(builder.load(ptr, align=1), i32), ir.Constant(i32, 16))
+        return builder.bitcast(bits, ir.FloatType())
+
+    return sig, codegen
+
+
+# --- the kernels: bags [lo, hi) of one table --------------------------------------------
+# Arguments shared by all: flat (R * rb,) uint8 storage, rb bytes per row, ids (N,) int64
+# rows or SKIP (< 0), ends (B + 1,) int64 canonical offsets, psw (N,) float32 (used when
+# has_psw), mode (0 sum, 1 mean, 2 max), pad (-1: none), dim, acc (a scratch row of at
+# least the row's padded width), out (B, dim) float32.
+
+
+@njit(nogil=True, cache=True, fastmath=FASTMATH, boundscheck=False)
+def _bags_int8(flat, rb, ids, ends, psw, has_psw, mode, pad, dim, acc, out, lo, hi):  # type: ignore[no-untyped-def]
+    last = ends[hi]
+    for b in range(lo, hi):
+        start, end = ends[b], ends[b + 1]
+        for d in range(dim):
+            acc[d] = -np.inf if mode == MAX else np.float32(0.0)
+        bias_sum = np.float32(0.0)
+        count = 0
+        for j in range(start, end):
+            ahead = j + PREFETCH_AHEAD
+            if ahead < last and ids[ahead] >= 0:
+                at = ids[ahead] * rb
+                prefetch_read(flat, at)
+                prefetch_read(flat, at + rb - 1)
+            r = ids[j]
+            if r < 0 or r == pad:
+                continue
+            count += 1
+            base = r * rb
+            scale = _load_f32(flat, base + dim)
+            bias = _load_f32(flat, base + dim + 4)
+            if mode == MAX:
+                for d in range(dim):
+                    v = scale * np.float32(flat[base + d]) + bias
+                    if v > acc[d]:
+                        acc[d] = v
+            else:
+                if has_psw:
+                    scale *= psw[j]
+                    bias *= psw[j]
+                bias_sum += bias
+                for d in range(dim):
+                    acc[d] += scale * np.float32(flat[base + d])
+        row = out[b]
+        if mode == MAX:
+            for d in range(dim):
+                row[d] = acc[d] if count > 0 else np.float32(0.0)
+        else:
+            inv = np.float32(1.0) / np.float32(count) if mode == MEAN and count > 0 else np.float32(1.0)
+            for d in range(dim):
+                row[d] = (acc[d] + bias_sum) * inv
+
+
+@njit(nogil=True, cache=True, fastmath=FASTMATH, boundscheck=False)
+def _bags_nbit(flat, rb, ids, ends, psw, has_psw, mode, pad, dim, bits, acc, out, lo, hi):  # type: ignore[no-untyped-def]
+    per = 8 // bits
+    mask = (1 << bits) - 1
+    nb = (dim + per - 1) // per
+    width = nb * per
+    last = ends[hi]
+    for b in range(lo, hi):
+        start, end = ends[b], ends[b + 1]
+        for d in range(width):
+            acc[d] = -np.inf if mode == MAX else np.float32(0.0)
+        bias_sum = np.float32(0.0)
+        count = 0
+        for j in range(start, end):
+            ahead = j + PREFETCH_AHEAD
+            if ahead < last and ids[ahead] >= 0:
+                at = ids[ahead] * rb
+                prefetch_read(flat, at)
+                prefetch_read(flat, at + rb - 1)
+            r = ids[j]
+            if r < 0 or r == pad:
+                continue
+            count += 1
+            base = r * rb
+            scale = _load_f16(flat, base + nb)
+            bias = _load_f16(flat, base + nb + 2)
+            if mode == MAX:
+                for k in range(nb):
+                    byte = np.int32(flat[base + k])
+                    for s in range(per):
+                        v = scale * np.float32((byte >> (s * bits)) & mask) + bias
+                        if v > acc[k * per + s]:
+                            acc[k * per + s] = v
+            else:
+                if has_psw:
+                    scale *= psw[j]
+                    bias *= psw[j]
+                bias_sum += bias
+                if bits == 4:
+                    for k in range(nb):
+                        byte = np.int32(flat[base + k])
+                        acc[2 * k] += scale * np.float32(byte & 15)
+                        acc[2 * k + 1] += scale * np.float32(byte >> 4)
+                else:
+                    for k in range(nb):
+                        byte = np.int32(flat[base + k])
+                        for s in range(per):
+                            acc[k * per + s] += scale * np.float32((byte >> (s * bits)) & mask)
+        row = out[b]
+        if mode == MAX:
+            for d in range(dim):
+                row[d] = acc[d] if count > 0 else np.float32(0.0)
+        else:
+            inv = np.float32(1.0) / np.float32(count) if mode == MEAN and count > 0 else np.float32(1.0)
+            for d in range(dim):
+                row[d] = (acc[d] + bias_sum) * inv
+
+
+@njit(nogil=True, cache=True, fastmath=FASTMATH, boundscheck=False)
+def _bags_half(flat, rb, ids, ends, psw, has_psw, mode, pad, dim, brain, acc, out, lo, hi):  # type: ignore[no-untyped-def]
+    last = ends[hi]
+    for b in range(lo, hi):
+        start, end = ends[b], ends[b + 1]
+        for d in range(dim):
+            acc[d] = -np.inf if mode == MAX else np.float32(0.0)
+        count = 0
+        for j in range(start, end):
+            ahead = j + PREFETCH_AHEAD
+            if ahead < last and ids[ahead] >= 0:
+                at = ids[ahead] * rb
+                prefetch_read(flat, at)
+                prefetch_read(flat, at + rb - 1)
+            r = ids[j]
+            if r < 0 or r == pad:
+                continue
+            count += 1
+            base = r * rb
+            w = psw[j] if has_psw else np.float32(1.0)
+            for d in range(dim):
+                v = _load_bf16(flat, base + 2 * d) if brain else _load_f16(flat, base + 2 * d)
+                if mode == MAX:
+                    if v > acc[d]:
+                        acc[d] = v
+                else:
+                    acc[d] += w * v
+        row = out[b]
+        if mode == MAX:
+            for d in range(dim):
+                row[d] = acc[d] if count > 0 else np.float32(0.0)
+        else:
+            inv = np.float32(1.0) / np.float32(count) if mode == MEAN and count > 0 else np.float32(1.0)
+            for d in range(dim):
+                row[d] = acc[d] * inv
+
+
+# --- launchers ---------------------------------------------------------------------------
+
+# Ids per work item: enough to amortise a kernel call, few enough to share a lookup
+# among the threads.
+_IDS_PER_ITEM = 8192
+_EMPTY_F32 = np.zeros(1, np.float32)
+
+
+def _i64(t: Tensor) -> np.ndarray:
+    return t.reshape(-1).to(torch.int64).contiguous().numpy()
+
+
+def _bounds(ends: np.ndarray, pieces: int) -> list[int]:
+    """``pieces + 1`` bag boundaries splitting the ids about evenly."""
+    num_bags = ends.shape[0] - 1
+    if pieces <= 1 or num_bags <= 1:
+        return [0, num_bags]
+    targets = np.linspace(0, ends[-1], pieces + 1)[1:-1]
+    cuts = np.searchsorted(ends, targets).tolist()
+    return sorted({0, num_bags, *[min(max(c, 0), num_bags) for c in cuts]})
+
+
+def _run(layout: Layout, data: Tensor, ids: np.ndarray, ends: np.ndarray, psw: Tensor | None, mode: int,
+         pad: int | None, dim: int, out: np.ndarray) -> None:
+    flat = data.reshape(-1).numpy() if data.is_contiguous() else data.contiguous().reshape(-1).numpy()
+    rb = data.shape[1]
+    has_psw = psw is not None
+    w = psw.detach().reshape(-1).to(torch.float32).contiguous().numpy() if has_psw else _EMPTY_F32
+    p = -1 if pad is None else pad
+    width = layout.data_bytes(dim) * layout.per_byte if layout.integer else dim
+    bounds = _bounds(ends, min(64, max(1, int(ends[-1]) // _IDS_PER_ITEM)))
+
+    def item(i: int) -> None:
+        lo, hi = bounds[i], bounds[i + 1]
+        if hi <= lo:
+            return
+        acc = np.empty(max(width, 1), np.float32)
+        if layout.bits == 8:
+            _bags_int8(flat, rb, ids, ends, w, has_psw, mode, p, dim, acc, out, lo, hi)
+        elif layout.integer:
+            _bags_nbit(flat, rb, ids, ends, w, has_psw, mode, p, dim, layout.bits, acc, out, lo, hi)
+        else:
+            _bags_half(flat, rb, ids, ends, w, has_psw, mode, p, dim, layout.name == "bfloat16", acc, out, lo, hi)
+
+    POOL.run(item, len(bounds) - 1, max(1, torch.get_num_threads()))
+
+
+def embedding_bag_inference(
+    data: Tensor, ids: Tensor, offsets: Tensor, mode: str, per_sample_weights: Tensor | None,
+    padding_idx: int | None, layout: Layout, dim: int,
+) -> Tensor:
+    """``(B, dim)`` float32, as :func:`embtab.quant.reference.embedding_bag_inference`."""
+    ends = _i64(offsets)
+    out = torch.empty(ends.shape[0] - 1, dim, dtype=torch.float32)
+    if out.numel():
+        _run(layout, data, _i64(ids), ends, per_sample_weights, _MODES[mode], padding_idx, dim, out.numpy())
+    return out
+
+
+def embedding_forward(data: Tensor, ids: Tensor, layout: Layout, dim: int) -> Tensor:
+    """``(*ids.shape, dim)`` float32 rows (SKIP ids give zeros): bags of one id each."""
+    flat = _i64(ids)
+    out = torch.empty(flat.shape[0], dim, dtype=torch.float32)
+    if out.numel():
+        ends = np.arange(flat.shape[0] + 1, dtype=np.int64)
+        _run(layout, data, flat, ends, None, SUM, None, dim, out.numpy())
+    return out.reshape(*ids.shape, dim)
