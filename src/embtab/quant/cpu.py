@@ -91,7 +91,6 @@ def _bags_int8(flat, rb, ids, ends, psw, has_psw, mode, pad, dim, acc, out, lo, 
         start, end = ends[b], ends[b + 1]
         for d in range(dim):
             acc[d] = -np.inf if mode == MAX else np.float32(0.0)
-        bias_sum = np.float32(0.0)
         count = 0
         for j in range(start, end):
             ahead = j + PREFETCH_AHEAD
@@ -115,9 +114,8 @@ def _bags_int8(flat, rb, ids, ends, psw, has_psw, mode, pad, dim, acc, out, lo, 
                 if has_psw:
                     scale *= psw[j]
                     bias *= psw[j]
-                bias_sum += bias
                 for d in range(dim):
-                    acc[d] += scale * np.float32(flat[base + d])
+                    acc[d] += scale * np.float32(flat[base + d]) + bias
         row = out[b]
         if mode == MAX:
             for d in range(dim):
@@ -125,7 +123,7 @@ def _bags_int8(flat, rb, ids, ends, psw, has_psw, mode, pad, dim, acc, out, lo, 
         else:
             inv = np.float32(1.0) / np.float32(count) if mode == MEAN and count > 0 else np.float32(1.0)
             for d in range(dim):
-                row[d] = (acc[d] + bias_sum) * inv
+                row[d] = acc[d] * inv
 
 
 @njit(nogil=True, cache=True, fastmath=FASTMATH, boundscheck=False)
@@ -139,7 +137,6 @@ def _bags_nbit(flat, rb, ids, ends, psw, has_psw, mode, pad, dim, bits, acc, out
         start, end = ends[b], ends[b + 1]
         for d in range(width):
             acc[d] = -np.inf if mode == MAX else np.float32(0.0)
-        bias_sum = np.float32(0.0)
         count = 0
         for j in range(start, end):
             ahead = j + PREFETCH_AHEAD
@@ -165,17 +162,16 @@ def _bags_nbit(flat, rb, ids, ends, psw, has_psw, mode, pad, dim, bits, acc, out
                 if has_psw:
                     scale *= psw[j]
                     bias *= psw[j]
-                bias_sum += bias
                 if bits == 4:
                     for k in range(nb):
                         byte = np.int32(flat[base + k])
-                        acc[2 * k] += scale * np.float32(byte & 15)
-                        acc[2 * k + 1] += scale * np.float32(byte >> 4)
+                        acc[2 * k] += scale * np.float32(byte & 15) + bias
+                        acc[2 * k + 1] += scale * np.float32(byte >> 4) + bias
                 else:
                     for k in range(nb):
                         byte = np.int32(flat[base + k])
                         for s in range(per):
-                            acc[k * per + s] += scale * np.float32((byte >> (s * bits)) & mask)
+                            acc[k * per + s] += scale * np.float32((byte >> (s * bits)) & mask) + bias
         row = out[b]
         if mode == MAX:
             for d in range(dim):
@@ -183,7 +179,7 @@ def _bags_nbit(flat, rb, ids, ends, psw, has_psw, mode, pad, dim, bits, acc, out
         else:
             inv = np.float32(1.0) / np.float32(count) if mode == MEAN and count > 0 else np.float32(1.0)
             for d in range(dim):
-                row[d] = (acc[d] + bias_sum) * inv
+                row[d] = acc[d] * inv
 
 
 @njit(nogil=True, cache=True, fastmath=FASTMATH, boundscheck=False)

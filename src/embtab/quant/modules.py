@@ -496,8 +496,9 @@ def _structure(model: Module, tables: dict[str, dict[str, Any]], where: str) -> 
         m = tables[name]
         q = _quantized_table(t, LAYOUTS[m["dtype"]], "minmax", f"{where}: table {name!r}", compute=False)  # type: ignore[arg-type]
         if q.spec.num_rows != t.spec.num_rows or q.spec.embedding_dim != m["embedding_dim"]:  # type: ignore[attr-defined]
-            raise ValueError(f"{where}: table {name!r} has {t.spec.num_rows} x {t.spec.embedding_dim} rows in the "  # type: ignore[attr-defined]
-                             f"model, the file's has {m['num_embeddings']} x {m['embedding_dim']}")
+            raise ValueError(f"{where}: table {name!r} is {t.spec.num_rows} rows x {t.spec.embedding_dim} in the "  # type: ignore[attr-defined]
+                             f"model, {m['num_embeddings'] + m['num_oov_buckets']} x {m['embedding_dim']} in the file; "
+                             f"pass a model built with the options the file's model was built with")
         new[name] = q
     return _replaced(model, new)
 

@@ -10,7 +10,8 @@ byte for byte (the tests hold them to ``torch.ops.fbgemm``'s own quantize ops):
 - ``int4``/``int2``: the bias is ``min`` rounded to float16 first, ``scale =
   float16(range / qmax)`` (1 when the range is 0 or its inverse overflows), ``code =
   clamp(round((x - bias) / scale), 0, qmax)`` through ``inv = 1 / scale``;
-- ``float16``/``bfloat16``: the values, rounded to nearest even.
+- ``float16``: the values rounded to nearest (ties to even); ``bfloat16``: the high half
+  of the float32 bits after adding half a unit (FBGEMM's rounding: ties away from zero).
 
 ``round`` is round-half-to-even (C's ``lrintf``). A value is read back as ``scale *
 code + bias`` in float32.
@@ -55,6 +56,12 @@ def quantize_rows(weight: Tensor, layout: Layout, method: str = "minmax") -> Ten
     """
     rows, dim = weight.shape
     x = weight.detach()
+    if layout.name == "bfloat16":
+        # FBGEMM's rounding: add half a unit of the kept bits and truncate (ties away from
+        # zero; torch's x.bfloat16() rounds ties to even).
+        bits = x.to(torch.float32).contiguous().view(torch.int32).to(torch.int64) & 0xFFFFFFFF
+        high = ((bits + 0x8000) >> 16).to(torch.int32).to(torch.int16)  # (the low 16 bits of the int32)
+        return high.view(torch.uint8).reshape(rows, 2 * dim)
     if not layout.integer:
         return x.to(layout.values_dtype).contiguous().view(torch.uint8).reshape(rows, 2 * dim)
     out = torch.empty(rows, layout.row_bytes(dim), dtype=torch.uint8, device=x.device)
@@ -124,7 +131,7 @@ def unpack(data: Tensor, layout: Layout, dim: int) -> Tensor:
         return data[:, :dim].to(torch.int32)
     shifts = torch.arange(per, device=data.device, dtype=torch.int32) * layout.bits  # (per,)
     codes = (data.to(torch.int32).unsqueeze(-1) >> shifts) & layout.qmax  # (r, nb, per)
-    return codes.reshape(data.shape[0], -1)[:, :dim]
+    return codes.reshape(data.shape[0], data.shape[1] * per)[:, :dim]
 
 
 # --- greedy range search ----------------------------------------------------------------
@@ -186,17 +193,23 @@ def greedy_range(x: Tensor, xmin: Tensor, xmax: Tensor, layout: Layout) -> tuple
 def dequantize_rows(data: Tensor, layout: Layout, dim: int) -> Tensor:
     """``(R, row_bytes)`` uint8 -> ``(R, dim)`` float32: ``scale * code + bias``."""
     if not layout.integer:
+        if data.storage_offset() % 2:
+            data = data.clone()
         return data.contiguous().view(layout.values_dtype).to(torch.float32)
     nb = layout.data_bytes(dim)
     codes = unpack(data[:, :nb], layout, dim)
-    params = data[:, nb:].contiguous().view(layout.params_dtype).to(torch.float32)  # (R, 2)
+    params = _params_view(data[:, nb:], layout)  # (R, 2)
     return codes.to(torch.float32) * params[:, :1] + params[:, 1:]
 
 
 def params_of(data: Tensor, layout: Layout, dim: int) -> Tensor:
     """``(R, 2)`` float32 scale and bias of each row (integer layouts)."""
-    nb = layout.data_bytes(dim)
-    return data[:, nb:].contiguous().view(layout.params_dtype).to(torch.float32)
+    return _params_view(data[:, layout.data_bytes(dim):], layout)
+
+
+def _params_view(raw: Tensor, layout: Layout) -> Tensor:
+    # A fresh buffer: a slice of one row may start at any byte, and a view as float needs alignment.
+    return raw.clone(memory_format=torch.contiguous_format).view(layout.params_dtype).to(torch.float32)
 
 
 # --- lookups (the reference twin of the kernels) ----------------------------------------
