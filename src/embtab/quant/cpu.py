@@ -78,112 +78,184 @@ def _load_bf16(typingctx, arr, index):  # type: ignore[no-untyped-def]
 
 
 # --- the kernels: bags [lo, hi) of one table --------------------------------------------
-# Arguments shared by all: flat (R * rb,) uint8 storage, rb bytes per row, ids (N,) int64
+# Arguments shared by all: data (R, rb) uint8 rows (C-contiguous), ids (N,) int64
 # rows or SKIP (< 0), ends (B + 1,) int64 canonical offsets, psw (N,) float32 (used when
-# has_psw), mode (0 sum, 1 mean, 2 max), pad (-1: none), dim, acc (a scratch row of at
-# least the row's padded width), out (B, dim) float32.
+# has_psw), mode (0 sum, 1 mean, 2 max), pad (-1: none), dim, acc (a scratch row of dim
+# float32), out (B, dim) float32. Sum and mean take four rows a step when none of the four
+# is skipped or padding: four multiply-adds per load and store of an accumulator.
 
 
 @njit(nogil=True, cache=True, fastmath=FASTMATH, boundscheck=False)
-def _bags_int8(flat, rb, ids, ends, psw, has_psw, mode, pad, dim, acc, out, lo, hi):  # type: ignore[no-untyped-def]
+def _bags_int8(data, ids, ends, psw, has_psw, mode, pad, dim, acc, out, lo, hi):  # type: ignore[no-untyped-def]
     last = ends[hi]
+    rb = data.shape[1]
+    one = np.float32(1.0)
     for b in range(lo, hi):
         start, end = ends[b], ends[b + 1]
         for d in range(dim):
             acc[d] = -np.inf if mode == MAX else np.float32(0.0)
         count = 0
-        for j in range(start, end):
+        j = start
+        while j < end:
+            if mode != MAX and j + 4 <= end:
+                i0, i1, i2, i3 = ids[j], ids[j + 1], ids[j + 2], ids[j + 3]
+                if min(min(i0, i1), min(i2, i3)) >= 0 and i0 != pad and i1 != pad and i2 != pad and i3 != pad:
+                    # Four rows a step: four multiply-adds per accumulator load and store.
+                    for a in range(4):
+                        ahead = j + a + PREFETCH_AHEAD
+                        if ahead < last:
+                            at = ids[ahead] * rb
+                            prefetch_read(data, at)
+                            prefetch_read(data, at + rb - 1)
+                    r0, r1, r2, r3 = data[i0], data[i1], data[i2], data[i3]
+                    if has_psw:
+                        w0, w1, w2, w3 = psw[j], psw[j + 1], psw[j + 2], psw[j + 3]
+                    else:
+                        w0 = w1 = w2 = w3 = one
+                    s0, s1 = _load_f32(r0, dim) * w0, _load_f32(r1, dim) * w1
+                    s2, s3 = _load_f32(r2, dim) * w2, _load_f32(r3, dim) * w3
+                    bias = ((_load_f32(r0, dim + 4) * w0 + _load_f32(r1, dim + 4) * w1)
+                            + (_load_f32(r2, dim + 4) * w2 + _load_f32(r3, dim + 4) * w3))
+                    for d in range(dim):
+                        acc[d] += ((s0 * np.float32(r0[d]) + s1 * np.float32(r1[d]))
+                                   + (s2 * np.float32(r2[d]) + s3 * np.float32(r3[d]))) + bias
+                    count += 4
+                    j += 4
+                    continue
             ahead = j + PREFETCH_AHEAD
             if ahead < last and ids[ahead] >= 0:
                 at = ids[ahead] * rb
-                prefetch_read(flat, at)
-                prefetch_read(flat, at + rb - 1)
+                prefetch_read(data, at)
+                prefetch_read(data, at + rb - 1)
             r = ids[j]
+            j += 1
             if r < 0 or r == pad:
                 continue
             count += 1
-            base = r * rb
-            scale = _load_f32(flat, base + dim)
-            bias = _load_f32(flat, base + dim + 4)
+            row = data[r]  # a 1-D view: indexing it with a loop counter vectorises
+            scale = _load_f32(row, dim)
+            bias = _load_f32(row, dim + 4)
             if mode == MAX:
                 for d in range(dim):
-                    v = scale * np.float32(flat[base + d]) + bias
+                    v = scale * np.float32(row[d]) + bias
                     if v > acc[d]:
                         acc[d] = v
             else:
                 if has_psw:
-                    scale *= psw[j]
-                    bias *= psw[j]
+                    scale *= psw[j - 1]
+                    bias *= psw[j - 1]
                 for d in range(dim):
-                    acc[d] += scale * np.float32(flat[base + d]) + bias
-        row = out[b]
+                    acc[d] += scale * np.float32(row[d]) + bias
+        dst = out[b]
         if mode == MAX:
             for d in range(dim):
-                row[d] = acc[d] if count > 0 else np.float32(0.0)
+                dst[d] = acc[d] if count > 0 else np.float32(0.0)
         else:
             inv = np.float32(1.0) / np.float32(count) if mode == MEAN and count > 0 else np.float32(1.0)
             for d in range(dim):
-                row[d] = acc[d] * inv
+                dst[d] = acc[d] * inv
 
 
 @njit(nogil=True, cache=True, fastmath=FASTMATH, boundscheck=False)
-def _bags_nbit(flat, rb, ids, ends, psw, has_psw, mode, pad, dim, bits, acc, out, lo, hi):  # type: ignore[no-untyped-def]
+def _bags_nbit(data, ids, ends, psw, has_psw, mode, pad, dim, bits, planes, out, lo, hi):  # type: ignore[no-untyped-def]
+    # planes (per, nb): plane s accumulates the values in bit position s of each byte (values
+    # k * per + s), so that every loop over a row's bytes runs at unit stride and vectorises.
+    rb = data.shape[1]
     per = 8 // bits
     mask = (1 << bits) - 1
     nb = (dim + per - 1) // per
-    width = nb * per
     last = ends[hi]
+    one = np.float32(1.0)
     for b in range(lo, hi):
         start, end = ends[b], ends[b + 1]
-        for d in range(width):
-            acc[d] = -np.inf if mode == MAX else np.float32(0.0)
+        for s in range(per):
+            plane = planes[s]
+            for k in range(nb):
+                plane[k] = -np.inf if mode == MAX else np.float32(0.0)
         count = 0
-        for j in range(start, end):
+        j = start
+        while j < end:
+            if mode != MAX and j + 4 <= end:
+                i0, i1, i2, i3 = ids[j], ids[j + 1], ids[j + 2], ids[j + 3]
+                if min(min(i0, i1), min(i2, i3)) >= 0 and i0 != pad and i1 != pad and i2 != pad and i3 != pad:
+                    for a in range(4):
+                        ahead = j + a + PREFETCH_AHEAD
+                        if ahead < last:
+                            at = ids[ahead] * rb
+                            prefetch_read(data, at)
+                            prefetch_read(data, at + rb - 1)
+                    r0, r1, r2, r3 = data[i0], data[i1], data[i2], data[i3]
+                    if has_psw:
+                        w0, w1, w2, w3 = psw[j], psw[j + 1], psw[j + 2], psw[j + 3]
+                    else:
+                        w0 = w1 = w2 = w3 = one
+                    s0, s1 = _load_f16(r0, nb) * w0, _load_f16(r1, nb) * w1
+                    s2, s3 = _load_f16(r2, nb) * w2, _load_f16(r3, nb) * w3
+                    bias = ((_load_f16(r0, nb + 2) * w0 + _load_f16(r1, nb + 2) * w1)
+                            + (_load_f16(r2, nb + 2) * w2 + _load_f16(r3, nb + 2) * w3))
+                    if bits == 4:  # (constant shifts: the common case, spelled out)
+                        low, high = planes[0], planes[1]
+                        for k in range(nb):
+                            x0, x1, x2, x3 = np.int32(r0[k]), np.int32(r1[k]), np.int32(r2[k]), np.int32(r3[k])
+                            low[k] += ((s0 * np.float32(x0 & 15) + s1 * np.float32(x1 & 15))
+                                       + (s2 * np.float32(x2 & 15) + s3 * np.float32(x3 & 15))) + bias
+                            high[k] += ((s0 * np.float32(x0 >> 4) + s1 * np.float32(x1 >> 4))
+                                        + (s2 * np.float32(x2 >> 4) + s3 * np.float32(x3 >> 4))) + bias
+                    else:
+                        for s in range(per):
+                            plane = planes[s]
+                            shift = s * bits
+                            for k in range(nb):
+                                plane[k] += ((s0 * np.float32((np.int32(r0[k]) >> shift) & mask)
+                                              + s1 * np.float32((np.int32(r1[k]) >> shift) & mask))
+                                             + (s2 * np.float32((np.int32(r2[k]) >> shift) & mask)
+                                                + s3 * np.float32((np.int32(r3[k]) >> shift) & mask))) + bias
+                    count += 4
+                    j += 4
+                    continue
             ahead = j + PREFETCH_AHEAD
             if ahead < last and ids[ahead] >= 0:
                 at = ids[ahead] * rb
-                prefetch_read(flat, at)
-                prefetch_read(flat, at + rb - 1)
+                prefetch_read(data, at)
+                prefetch_read(data, at + rb - 1)
             r = ids[j]
+            j += 1
             if r < 0 or r == pad:
                 continue
             count += 1
-            base = r * rb
-            scale = _load_f16(flat, base + nb)
-            bias = _load_f16(flat, base + nb + 2)
-            if mode == MAX:
-                for k in range(nb):
-                    byte = np.int32(flat[base + k])
-                    for s in range(per):
-                        v = scale * np.float32((byte >> (s * bits)) & mask) + bias
-                        if v > acc[k * per + s]:
-                            acc[k * per + s] = v
-            else:
-                if has_psw:
-                    scale *= psw[j]
-                    bias *= psw[j]
-                if bits == 4:
+            row = data[r]  # a 1-D view: indexing it with a loop counter vectorises
+            scale = _load_f16(row, nb)
+            bias = _load_f16(row, nb + 2)
+            if mode != MAX and has_psw:
+                scale *= psw[j - 1]
+                bias *= psw[j - 1]
+            for s in range(per):
+                plane = planes[s]
+                shift = s * bits
+                if mode == MAX:
                     for k in range(nb):
-                        byte = np.int32(flat[base + k])
-                        acc[2 * k] += scale * np.float32(byte & 15) + bias
-                        acc[2 * k + 1] += scale * np.float32(byte >> 4) + bias
+                        v = scale * np.float32((np.int32(row[k]) >> shift) & mask) + bias
+                        if v > plane[k]:
+                            plane[k] = v
                 else:
                     for k in range(nb):
-                        byte = np.int32(flat[base + k])
-                        for s in range(per):
-                            acc[k * per + s] += scale * np.float32((byte >> (s * bits)) & mask) + bias
-        row = out[b]
-        if mode == MAX:
-            for d in range(dim):
-                row[d] = acc[d] if count > 0 else np.float32(0.0)
-        else:
-            inv = np.float32(1.0) / np.float32(count) if mode == MEAN and count > 0 else np.float32(1.0)
-            for d in range(dim):
-                row[d] = acc[d] * inv
+                        plane[k] += scale * np.float32((np.int32(row[k]) >> shift) & mask) + bias
+        dst = out[b]
+        inv = np.float32(1.0) / np.float32(count) if mode == MEAN and count > 0 else np.float32(1.0)
+        for s in range(per):
+            plane = planes[s]
+            for k in range(nb):
+                d = k * per + s
+                if d < dim:
+                    if mode == MAX:
+                        dst[d] = plane[k] if count > 0 else np.float32(0.0)
+                    else:
+                        dst[d] = plane[k] * inv
 
 
 @njit(nogil=True, cache=True, fastmath=FASTMATH, boundscheck=False)
-def _bags_half(flat, rb, ids, ends, psw, has_psw, mode, pad, dim, brain, acc, out, lo, hi):  # type: ignore[no-untyped-def]
+def _bags_half(data, ids, ends, psw, has_psw, mode, pad, dim, brain, acc, out, lo, hi):  # type: ignore[no-untyped-def]
+    rb = data.shape[1]
     last = ends[hi]
     for b in range(lo, hi):
         start, end = ends[b], ends[b + 1]
@@ -194,36 +266,35 @@ def _bags_half(flat, rb, ids, ends, psw, has_psw, mode, pad, dim, brain, acc, ou
             ahead = j + PREFETCH_AHEAD
             if ahead < last and ids[ahead] >= 0:
                 at = ids[ahead] * rb
-                prefetch_read(flat, at)
-                prefetch_read(flat, at + rb - 1)
+                prefetch_read(data, at)
+                prefetch_read(data, at + rb - 1)
             r = ids[j]
             if r < 0 or r == pad:
                 continue
             count += 1
-            base = r * rb
+            row = data[r]  # a 1-D view: indexing it with a loop counter vectorises
             w = psw[j] if has_psw else np.float32(1.0)
             for d in range(dim):
-                v = _load_bf16(flat, base + 2 * d) if brain else _load_f16(flat, base + 2 * d)
+                v = _load_bf16(row, 2 * d) if brain else _load_f16(row, 2 * d)
                 if mode == MAX:
                     if v > acc[d]:
                         acc[d] = v
                 else:
                     acc[d] += w * v
-        row = out[b]
+        dst = out[b]
         if mode == MAX:
             for d in range(dim):
-                row[d] = acc[d] if count > 0 else np.float32(0.0)
+                dst[d] = acc[d] if count > 0 else np.float32(0.0)
         else:
             inv = np.float32(1.0) / np.float32(count) if mode == MEAN and count > 0 else np.float32(1.0)
             for d in range(dim):
-                row[d] = acc[d] * inv
+                dst[d] = acc[d] * inv
 
 
 # --- launchers ---------------------------------------------------------------------------
 
-# Ids per work item: enough to amortise a kernel call, few enough to share a lookup
-# among the threads.
-_IDS_PER_ITEM = 8192
+# Ids per work item at least: enough to amortise a kernel call.
+_IDS_PER_ITEM = 4096
 _EMPTY_F32 = np.zeros(1, np.float32)
 
 
@@ -243,27 +314,29 @@ def _bounds(ends: np.ndarray, pieces: int) -> list[int]:
 
 def _run(layout: Layout, data: Tensor, ids: np.ndarray, ends: np.ndarray, psw: Tensor | None, mode: int,
          pad: int | None, dim: int, out: np.ndarray) -> None:
-    flat = data.reshape(-1).numpy() if data.is_contiguous() else data.contiguous().reshape(-1).numpy()
-    rb = data.shape[1]
+    rows = data.contiguous().numpy()
     has_psw = psw is not None
     w = psw.detach().reshape(-1).to(torch.float32).contiguous().numpy() if has_psw else _EMPTY_F32
     p = -1 if pad is None else pad
-    width = layout.data_bytes(dim) * layout.per_byte if layout.integer else dim
-    bounds = _bounds(ends, min(64, max(1, int(ends[-1]) // _IDS_PER_ITEM)))
+    threads = max(1, torch.get_num_threads())
+    # Two items per thread (a late thread's share is taken by the others), no more than the
+    # ids justify: each kernel call costs some microseconds of dispatch.
+    bounds = _bounds(ends, min(2 * threads if threads > 1 else 1, max(1, int(ends[-1]) // _IDS_PER_ITEM)))
 
     def item(i: int) -> None:
         lo, hi = bounds[i], bounds[i + 1]
         if hi <= lo:
             return
-        acc = np.empty(max(width, 1), np.float32)
+        acc = np.empty(max(dim, 1), np.float32)
         if layout.bits == 8:
-            _bags_int8(flat, rb, ids, ends, w, has_psw, mode, p, dim, acc, out, lo, hi)
+            _bags_int8(rows, ids, ends, w, has_psw, mode, p, dim, acc, out, lo, hi)
         elif layout.integer:
-            _bags_nbit(flat, rb, ids, ends, w, has_psw, mode, p, dim, layout.bits, acc, out, lo, hi)
+            planes = np.empty((layout.per_byte, max(layout.data_bytes(dim), 1)), np.float32)
+            _bags_nbit(rows, ids, ends, w, has_psw, mode, p, dim, layout.bits, planes, out, lo, hi)
         else:
-            _bags_half(flat, rb, ids, ends, w, has_psw, mode, p, dim, layout.name == "bfloat16", acc, out, lo, hi)
+            _bags_half(rows, ids, ends, w, has_psw, mode, p, dim, layout.name == "bfloat16", acc, out, lo, hi)
 
-    POOL.run(item, len(bounds) - 1, max(1, torch.get_num_threads()))
+    POOL.run(item, len(bounds) - 1, threads)
 
 
 def embedding_bag_inference(

@@ -34,7 +34,7 @@ import torch
 from torch import Tensor
 from torch.nn import Module
 
-from .. import _checks
+from .. import _checks, _memory
 from .._io import SAFETENSORS_DTYPES, write_safetensors
 from ..configs import TableConfig
 from ..nn.collection import EmbeddingBagCollection
@@ -76,8 +76,8 @@ class QuantizedTable(Module):
     def _setup(self, spec: TableSpec, data: Tensor | None, device: Any, where: str) -> None:
         self.spec = spec
         shape = (spec.num_rows, self.layout.row_bytes(spec.embedding_dim))
-        if data is None:
-            data = torch.zeros(shape, dtype=torch.uint8, device=device)
+        if data is None:  # (huge pages for a large CPU table, as the float tables)
+            data = _memory.empty(shape, dtype=torch.uint8, device=device).zero_()
         elif data.dtype != torch.uint8 or tuple(data.shape) != shape:
             raise _checks.WeightShapeError(
                 f"{where}: a {spec.layout} table of {spec.num_rows} rows of {spec.embedding_dim} values stores a "

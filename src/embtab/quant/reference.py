@@ -33,6 +33,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from .. import _memory
 from ..ops import reference as dense_reference
 from ..ops.common import SKIP, kept_mask
 from .layouts import Layout
@@ -56,15 +57,16 @@ def quantize_rows(weight: Tensor, layout: Layout, method: str = "minmax") -> Ten
     """
     rows, dim = weight.shape
     x = weight.detach()
+    # Large CPU tables on huge pages (a lookup touches rows all over them; see _memory).
+    out = _memory.empty((rows, layout.row_bytes(dim)), dtype=torch.uint8, device=x.device)
     if layout.name == "bfloat16":
         # FBGEMM's rounding: add half a unit of the kept bits and truncate (ties away from
         # zero; torch's x.bfloat16() rounds ties to even).
         bits = x.to(torch.float32).contiguous().view(torch.int32).to(torch.int64) & 0xFFFFFFFF
         high = ((bits + 0x8000) >> 16).to(torch.int32).to(torch.int16)  # (the low 16 bits of the int32)
-        return high.view(torch.uint8).reshape(rows, 2 * dim)
+        return out.copy_(high.view(torch.uint8).reshape(rows, 2 * dim))
     if not layout.integer:
-        return x.to(layout.values_dtype).contiguous().view(torch.uint8).reshape(rows, 2 * dim)
-    out = torch.empty(rows, layout.row_bytes(dim), dtype=torch.uint8, device=x.device)
+        return out.copy_(x.to(layout.values_dtype).contiguous().view(torch.uint8).reshape(rows, 2 * dim))
     step = max(1, _CHUNK_ELEMENTS // max(dim, 1))
     nb = layout.data_bytes(dim)
     for start in range(0, rows, step):
