@@ -63,7 +63,11 @@ class RecsysConfig:
     reg: float = 0.08  #: L2 on the user and item vectors, per rating
     bias_reg: float = 0.05  #: L2 on the biases, per rating
     feature_reg: float = 0.01  #: L2 on the item-feature vectors, per rating
+    implicit: bool = True  #: SVD++: add the pooled bag of the movies the user rated (implicit feedback)
+    implicit_max: int = 128  #: at most this many of a user's rated movies in the bag (a fixed random subset)
+    implicit_reg: float = 0.05  #: L2 on the user's pooled implicit vector, per rating
     batch_size: int = 256
+    lr_decay: float = 0.9  #: the learning rate is multiplied by this after every epoch
     epochs: int = 40
     patience: int = 4  #: stop after this many epochs without a better validation RMSE
     optimizer: str = "fused"  #: "fused" (embtab.optim.SGD in backward) or "dense" (torch.optim.SGD, dense gradients)
@@ -77,7 +81,7 @@ class RecsysConfig:
     def check(self) -> None:
         if self.optimizer not in self.OPTIMIZERS:
             raise AppError(f"--optimizer must be 'fused' or 'dense', got {self.optimizer!r}")
-        for name in ("dim", "batch_size", "epochs"):
+        for name in ("dim", "batch_size", "epochs", "implicit_max"):
             if getattr(self, name) < 1:
                 raise AppError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
         if self.patience < 0:
@@ -86,7 +90,7 @@ class RecsysConfig:
             raise AppError("--test-fraction and --val-fraction must be between 0 and 1")
         if not self.lr > 0:
             raise AppError(f"--lr must be positive, got {self.lr}")
-        for name in ("reg", "bias_reg", "feature_reg", "init_std"):
+        for name in ("reg", "bias_reg", "feature_reg", "implicit_reg", "init_std"):
             if getattr(self, name) < 0:
                 raise AppError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(self, name)}")
 
@@ -101,6 +105,15 @@ class RecsysConfig:
 
 
 # --- the model ------------------------------------------------------------------------
+
+
+def _normal_init(std: float) -> Any:
+    def init(weight: Tensor) -> None:
+        with torch.no_grad():
+            nn.init.normal_(weight, 0.0, std)
+
+    init.__name__ = f"normal(std={std:g})"
+    return init
 
 
 def _vector_and_bias_init(std: float) -> Any:
@@ -132,7 +145,7 @@ class BiasedMF(nn.Module):
 
     def __init__(
         self, num_users: int, num_items: int, num_features: int, dim: int, *, init_std: float,
-        optimizer: Any = None,
+        optimizer: Any = None, implicit: bool = False,
     ) -> None:
         super().__init__()
         self.dim = dim
@@ -146,19 +159,36 @@ class BiasedMF(nn.Module):
         if num_features:
             tables.append(embtab.TableConfig("item_features", num_features, dim + 1, pooling="mean",
                                              init=init, oov="zero"))
+        if implicit:
+            # SVD++'s y_j: one vector per movie, summed over the movies a user rated with
+            # weights |N(u)|^-1/2 (per-sample weights of a sum bag).
+            tables.append(embtab.TableConfig("implicit", num_items, dim, feature_names=["history"],
+                                             init=_normal_init(init_std), oov="zero"))
         self.tables = embtab.EmbeddingBagCollection(tables, optimizer=optimizer)
         self.has_features = bool(num_features)
+        self.has_implicit = bool(implicit)
         self.register_buffer("global_mean", torch.zeros(()))
+        # Epochs trained (checkpointed with the weights): the learning rate of the next epoch.
+        self.register_buffer("epochs_done", torch.zeros((), dtype=torch.int64))
 
     def parts(self, users: Tensor, items: Tensor, feat_ids: Tensor | None = None,
-              feat_offsets: Tensor | None = None) -> dict[str, Tensor]:
-        """The prediction and the looked-up rows (for the regularisation terms)."""
+              feat_offsets: Tensor | None = None, history: tuple[Tensor, Tensor, Tensor] | None = None,
+              ) -> dict[str, Tensor]:
+        """The prediction and the looked-up rows (for the regularisation terms).
+
+        ``history``: the users' implicit-feedback bags ``(ids, offsets, weights)`` (models
+        built with ``implicit=True``).
+        """
         one_each = torch.arange(users.numel())  # bags of one id
-        inputs = {"user": (users, one_each), "item": (items, one_each)}
+        inputs: dict[str, Any] = {"user": (users, one_each), "item": (items, one_each)}
         if self.has_features:
             if feat_ids is None or feat_offsets is None:
                 raise ValueError("BiasedMF: this model has item features; pass feat_ids and feat_offsets")
             inputs["item_features"] = (feat_ids, feat_offsets)
+        if self.has_implicit:
+            if history is None:
+                raise ValueError("BiasedMF: this model has implicit feedback; pass history=(ids, offsets, weights)")
+            inputs["history"] = history
         out = self.tables(inputs)
         d = self.dim
         u, i = out["user"], out["item"]  # (B, D + 1)
@@ -170,12 +200,16 @@ class BiasedMF(nn.Module):
             parts["f"] = f
             q = q + f[:, :d]
             bi = bi + f[:, d]
+        if self.has_implicit:
+            y = out["history"]  # (B, D): |N(u)|^-1/2 sum of y_j
+            parts["y"] = y
+            p = p + y
         parts["pred"] = self.global_mean + bu + bi + (p * q).sum(-1)
         return parts
 
     def forward(self, users: Tensor, items: Tensor, feat_ids: Tensor | None = None,
-                feat_offsets: Tensor | None = None) -> Tensor:
-        return self.parts(users, items, feat_ids, feat_offsets)["pred"]
+                feat_offsets: Tensor | None = None, history: tuple[Tensor, Tensor, Tensor] | None = None) -> Tensor:
+        return self.parts(users, items, feat_ids, feat_offsets, history)["pred"]
 
     def table(self, name: str) -> Tensor:
         """The weight of table ``name`` (``user``, ``item``, ``item_features``), detached."""
@@ -206,6 +240,42 @@ class _Split:
         return self.ratings.numel()
 
 
+class History:
+    """Each user's implicit-feedback bag (SVD++'s N(u)): the movies the user rated in the
+    training split, at most ``cap`` of them (a fixed random subset, drawn with ``seed``),
+    each weighted ``|N(u)|^-1/2``. Bag ``num_users`` is empty: the bag of an unseen user (-1).
+    """
+
+    def __init__(self, bags: Bags) -> None:
+        self.bags = bags
+        self.num_users = len(bags) - 1
+        lengths = (bags.starts[1:] - bags.starts[:-1]).to(torch.float32)
+        self.weight = lengths.clamp_min(1).rsqrt()  # (U + 1,)
+
+    @classmethod
+    def build(cls, users: Tensor, items: Tensor, num_users: int, cap: int, seed: int) -> "History":
+        """From the training split's encoded ``users`` and ``items`` (``-1``: left out)."""
+        keep = (users >= 0) & (items >= 0)
+        pairs = np.unique(np.stack([users[keep].numpy(), items[keep].numpy()], 1), axis=0)  # sorted by user
+        bounds = np.searchsorted(pairs[:, 0], np.arange(num_users + 1))
+        rng = np.random.default_rng(seed)
+        lists: list[list[int]] = []
+        for u in range(num_users):
+            rated = pairs[bounds[u]:bounds[u + 1], 1]
+            if rated.size > cap:
+                rated = np.sort(rng.choice(rated, cap, replace=False))
+            lists.append(rated.tolist())
+        lists.append([])
+        return cls(Bags.from_lists(lists))
+
+    def take(self, users: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """``(ids, offsets, per_sample_weights)`` of the users' bags (one bag per entry of ``users``)."""
+        idx = torch.where(users >= 0, users, torch.full_like(users, self.num_users))
+        ids, offsets = self.bags.take(idx)
+        lengths = self.bags.starts[idx + 1] - self.bags.starts[idx]
+        return ids, offsets, self.weight[idx].repeat_interleave(lengths, output_size=ids.numel())
+
+
 def _index_of(vocab: embtab.Vocab) -> dict[str, int]:
     return {t: i for i, t in enumerate(vocab.tokens)}
 
@@ -217,10 +287,11 @@ def _encode(ids: np.ndarray, index: dict[str, int]) -> Tensor:
 
 class _RecsysTask:
     def __init__(self, model: BiasedMF, cfg: RecsysConfig, train: _Split, val: _Split,
-                 feature_bags: Bags | None, clamp: tuple[float, float]) -> None:
+                 feature_bags: Bags | None, clamp: tuple[float, float], history: History | None = None) -> None:
         self.model, self.cfg = model, cfg
         self.train, self.val = train, val
         self.feature_bags = feature_bags
+        self.history = history
         self.clamp = clamp
         self.num_train = len(train)
         self.batch_size = cfg.batch_size
@@ -234,18 +305,31 @@ class _RecsysTask:
             return None, None
         return self.feature_bags.take(catalog)
 
+    def _history(self, users: Tensor) -> tuple[Tensor, Tensor, Tensor] | None:
+        if not self.model.has_implicit or self.history is None:
+            return None
+        return self.history.take(users)
+
     def train_batches(self, order: Tensor) -> Iterator[tuple[Any, int]]:
         t = self.train
+        done = int(self.model.epochs_done)
+        lr = self.cfg.lr * self.cfg.lr_decay ** done
+        for opt in [*self.optimizers.values(), *([self.model.tables.optimizer] if self.model.tables.optimizer else [])]:
+            for group in opt.param_groups:
+                group["lr"] = lr
+        self.model.epochs_done += 1
         for s in range(0, self.num_train, self.batch_size):
             idx = order[s:s + self.batch_size]
-            yield (t.users[idx], t.items[idx], *self._features(t.catalog[idx]), t.ratings[idx]), idx.numel()
+            users = t.users[idx]
+            yield (users, t.items[idx], *self._features(t.catalog[idx]), self._history(users), t.ratings[idx]), \
+                idx.numel()
 
     def train_step(self, batch: Any) -> float:
-        users, items, fids, foffs, r = batch
+        users, items, fids, foffs, hist, r = batch
         cfg = self.cfg
         for opt in self.optimizers.values():
             opt.zero_grad(set_to_none=True)
-        out = self.model.parts(users, items, fids, foffs)
+        out = self.model.parts(users, items, fids, foffs, hist)
         # Summed over the batch (not averaged): per-rating SGD steps, as Funk's SVD, so
         # the learning rate does not depend on the batch size.
         loss = (out["pred"] - r).pow(2).sum()
@@ -253,6 +337,8 @@ class _RecsysTask:
         loss = loss + cfg.bias_reg * (out["bu"].pow(2).sum() + out["bi"].pow(2).sum())
         if "f" in out:
             loss = loss + cfg.feature_reg * out["f"].pow(2).sum()
+        if "y" in out:
+            loss = loss + cfg.implicit_reg * out["y"].pow(2).sum()
         loss.backward()  # fused optimizers update the looked-up rows here
         for opt in self.optimizers.values():
             opt.step()
@@ -265,7 +351,8 @@ class _RecsysTask:
             for s in range(0, len(split), batch):
                 sl = slice(s, s + batch)
                 fids, foffs = self._features(split.catalog[sl])
-                out.append(self.model(split.users[sl], split.items[sl], fids, foffs))
+                users = split.users[sl]
+                out.append(self.model(users, split.items[sl], fids, foffs, self._history(users)))
         pred = torch.cat(out) if out else torch.zeros(0)
         return pred.clamp(*self.clamp)
 
@@ -491,14 +578,15 @@ def train(cfg: RecsysConfig, *, resume: str | Resume | None = None) -> dict[str,
     torch.manual_seed(cfg.seed)
     spec = embtab.optim.SGD(lr=cfg.lr) if cfg.optimizer == "fused" else None
     model = BiasedMF(len(users), len(items), len(features) if features is not None else 0, cfg.dim,
-                     init_std=cfg.init_std, optimizer=spec)
+                     init_std=cfg.init_std, optimizer=spec, implicit=cfg.implicit)
     model.global_mean.fill_(mu)
     log(f"model: biased MF, dim {cfg.dim}, {len(users):,} users x {len(items):,} movies"
         + (f", {len(features):,} item features (genres, years)" if features is not None else "")
         + f"; optimizer: {'embtab.optim.SGD fused into the collection backward' if spec else 'torch.optim.SGD on dense gradients'}",
         quiet=quiet)
 
-    task = _RecsysTask(model, cfg, train, val, feature_bags, clamp)
+    history = History.build(train.users, train.items, len(users), cfg.implicit_max, cfg.seed) if cfg.implicit else None
+    task = _RecsysTask(model, cfg, train, val, feature_bags, clamp, history)
     loop = LoopConfig(epochs=cfg.epochs, patience=cfg.patience, monitor="rmse", mode="min", seed=cfg.seed, quiet=quiet)
     result = fit(task, loop, run_dir, resume=resume)
 
