@@ -81,6 +81,10 @@ _RECSYS_HELP = {
     "reg": "L2 penalty on user and movie vectors, per rating",
     "bias_reg": "L2 penalty on the biases, per rating",
     "feature_reg": "L2 penalty on the item-feature vectors, per rating",
+    "implicit": "SVD++: add to each user's vector the pooled vectors of the movies they rated (implicit feedback)",
+    "implicit_max": "at most this many of a user's rated movies in that bag (a fixed random subset)",
+    "implicit_reg": "L2 penalty on the user's pooled implicit vector, per rating",
+    "lr_decay": "the learning rate is multiplied by this after every epoch",
     "batch_size": "ratings per step",
     "epochs": "most epochs",
     "patience": "stop after this many epochs without a better validation RMSE (0: never)",
@@ -200,8 +204,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.set_defaults(app_parser=t)
     r = tsub.add_parser(
         "recsys", formatter_class=_Formatter, help="movie recommender: biased matrix factorisation",
-        description="Movie recommender: user and movie embtab.Embedding tables, biases and item "
-                    "features, trained with a fused sparse optimizer; global-mean and user+item-bias "
+        description="Movie recommender: user and movie embtab.Embedding tables, biases, item "
+                    "features and each user's bag of rated movies (SVD++), trained with a fused sparse "
+                    "optimizer; global-mean and user+item-bias "
                     "baselines on the same split; nearest neighbours of well-known movies.",
         epilog="examples:\n"
                "  embtab train recsys                                # dslabs::movielens\n"
