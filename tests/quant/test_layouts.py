@@ -66,8 +66,14 @@ def test_bfloat16_bytes_are_fbgemms(dim):
 @pytest.mark.parametrize("bits", [4, 2])
 @pytest.mark.parametrize("dim", [8, 12, 64])
 @pytest.mark.parametrize("scale", [1e-3, 1.0])
-def test_greedy_codes_are_torchs_optimized_qparams(bits, dim, scale):
-    """method='greedy' is torch.ops.quantized's optimized qparams search, to the byte."""
+@pytest.mark.parametrize("path", ["numba", "torch"])
+def test_greedy_codes_are_torchs_optimized_qparams(bits, dim, scale, path, monkeypatch):
+    """method='greedy' is torch.ops.quantized's optimized qparams search, to the byte: the
+    numba fast path (CPU) and the torch-ops reference alike."""
+    if path == "torch":
+        monkeypatch.setattr(R, "_fast_greedy", lambda: None)
+    else:
+        pytest.importorskip("numba")
     w = _rows(400, dim, scale, 7 * dim + bits)
     prepack = torch.ops.quantized.embedding_bag_4bit_prepack if bits == 4 else torch.ops.quantized.embedding_bag_2bit_prepack
     theirs = prepack(w, optimized_qparams=True)
@@ -77,6 +83,17 @@ def test_greedy_codes_are_torchs_optimized_qparams(bits, dim, scale):
 
 def _sse(w: torch.Tensor, data: torch.Tensor, name: str) -> torch.Tensor:
     return (R.dequantize_rows(data, LAYOUTS[name], w.shape[1]).double() - w.double()).pow(2).sum(1)
+
+
+@pytest.mark.parametrize("name", INTEGER)
+def test_greedy_fast_path_equals_the_reference(name):
+    pytest.importorskip("numba")
+    from embtab.quant import cpu
+
+    w = torch.randn(300, 40) * torch.rand(300, 1) * 10
+    ours = cpu.greedy_range(w, LAYOUTS[name])
+    reference = R.greedy_range(w, w.amin(1), w.amax(1), LAYOUTS[name])
+    assert torch.equal(ours[0], reference[0]) and torch.equal(ours[1], reference[1])
 
 
 @pytest.mark.parametrize("name", INTEGER)

@@ -359,3 +359,84 @@ def embedding_forward(data: Tensor, ids: Tensor, layout: Layout, dim: int) -> Te
         ends = np.arange(flat.shape[0] + 1, dtype=np.int64)
         _run(layout, data, flat, ends, None, SUM, None, dim, out.numpy())
     return out.reshape(*ids.shape, dim)
+
+
+# --- the greedy range search ----------------------------------------------------------------
+
+
+@intrinsic
+def _round_f16(typingctx, x):  # type: ignore[no-untyped-def]
+    """The float16 nearest ``x`` (ties to even; overflow to inf), as a float32."""
+    sig = types.float32(x)
+
+    def codegen(context, builder, signature, args):  # type: ignore[no-untyped-def]
+        return builder.fpext(builder.fptrunc(args[0], ir.HalfType()), ir.FloatType())
+
+    return sig, codegen
+
+
+@njit(nogil=True, cache=True)  # no fastmath: float32 operation for operation, as torch's C++
+def _greedy_loss(row, xmin, xmax, qmax, half):  # type: ignore[no-untyped-def]
+    if half:
+        bias = _round_f16(xmin)
+        rng = xmax - bias
+        scale = np.float32(1.0) if rng == 0 else _round_f16(rng / qmax)
+        inv = np.float32(1.0) if scale == 0 else np.float32(1.0) / scale
+    else:  # int8: float32 scale and bias (as quant/reference.py's _params)
+        bias = xmin
+        rng = xmax - xmin
+        scale = rng / np.float32(255.0)
+        inv = np.float32(255.0) / (rng + np.float32(1e-8))
+    norm = np.float32(0.0)
+    for d in range(row.shape[0]):
+        q = min(max(np.rint((row[d] - bias) * inv), np.float32(0.0)), qmax)
+        err = row[d] - (q * scale + bias)
+        norm += err * err
+    return np.sqrt(norm)
+
+
+@njit(nogil=True, cache=True)
+def _greedy_rows(x, qmax, half, lo_out, hi_out, start, stop):  # type: ignore[no-untyped-def]
+    n_bins = np.float32(200.0)
+    min_bins = np.float32(168.0)  # float(200 * (1 - 0.16)), as torch rounds it
+    for r in range(start, stop):
+        row = x[r]
+        xmin = row[0]
+        xmax = row[0]
+        for d in range(1, row.shape[0]):
+            xmin = min(xmin, row[d])
+            xmax = max(xmax, row[d])
+        stepsize = (xmax - xmin) / n_bins
+        thr = min_bins * stepsize
+        loss = _greedy_loss(row, xmin, xmax, qmax, half)
+        best, best_min, best_max = loss, xmin, xmax
+        cur_min, cur_max, cur = xmin, xmax, loss
+        while cur_min + thr < cur_max:
+            loss1 = _greedy_loss(row, cur_min + stepsize, cur_max, qmax, half)
+            loss2 = _greedy_loss(row, cur_min, cur_max - stepsize, qmax, half)
+            if cur < loss1 and cur < loss2 and cur < best:
+                best, best_min, best_max = cur, cur_min, cur_max
+            if loss1 < loss2:
+                cur_min = cur_min + stepsize
+                cur = loss1
+            else:
+                cur_max = cur_max - stepsize
+                cur = loss2
+        lo_out[r] = best_min
+        hi_out[r] = best_max
+
+
+def greedy_range(x: Tensor, layout: Layout) -> tuple[Tensor, Tensor]:
+    """:func:`embtab.quant.reference.greedy_range` of float32 rows ``x`` (r, D), row by row in
+    numba on the update pool's threads (the same ranges, to the bit)."""
+    rows = x.contiguous().numpy()
+    lo, hi = np.empty(rows.shape[0], np.float32), np.empty(rows.shape[0], np.float32)
+    threads = max(1, torch.get_num_threads())
+    step = max(1, -(-rows.shape[0] // (4 * threads)))
+    qmax, half = np.float32(layout.qmax), layout.bits < 8
+
+    def item(i: int) -> None:
+        _greedy_rows(rows, qmax, half, lo, hi, i * step, min((i + 1) * step, rows.shape[0]))
+
+    POOL.run(item, -(-rows.shape[0] // step), threads)
+    return torch.from_numpy(lo), torch.from_numpy(hi)
