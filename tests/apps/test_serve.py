@@ -9,7 +9,6 @@ import pytest
 import torch
 
 import embtab
-from embtab.apps.common import Bags
 from embtab.apps.recsys import BiasedMF, History
 from embtab.cli import main
 

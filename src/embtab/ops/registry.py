@@ -69,6 +69,9 @@ class Backend:
     # The dtype of the looked-up values when it is not the weight's (a quantized table's
     # uint8 rows read as float32), or None.
     values_dtype: "torch.dtype | None" = field(init=False)
+    # No-gradient bag lookups of many features in one call (``pipeline._inference``), or None:
+    # ``inference_many([(lookup, weight, ids, ends, mode, psw, padding_idx), ...]) -> (B, sum of D)``.
+    inference_many: "Callable[..., Any] | None" = field(init=False)
 
     def __post_init__(self) -> None:
         set_ = object.__setattr__
@@ -77,6 +80,7 @@ class Backend:
         set_(self, "native_autograd", self.lookup is native)
         set_(self, "pooled", getattr(self.lookup, "pooled_forward", None))
         set_(self, "values_dtype", getattr(self.lookup, "values_dtype", None))
+        set_(self, "inference_many", getattr(self.lookup, "inference_many", None))
 
     def updater(self) -> ModuleType:
         """``update``, after the one-time warning of a fallback."""

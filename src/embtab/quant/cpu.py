@@ -312,31 +312,72 @@ def _bounds(ends: np.ndarray, pieces: int) -> list[int]:
     return sorted({0, num_bags, *[min(max(c, 0), num_bags) for c in cuts]})
 
 
-def _run(layout: Layout, data: Tensor, ids: np.ndarray, ends: np.ndarray, psw: Tensor | None, mode: int,
-         pad: int | None, dim: int, out: np.ndarray) -> None:
-    rows = data.contiguous().numpy()
-    has_psw = psw is not None
-    w = psw.detach().reshape(-1).to(torch.float32).contiguous().numpy() if has_psw else _EMPTY_F32
-    p = -1 if pad is None else pad
-    threads = max(1, torch.get_num_threads())
-    # Two items per thread (a late thread's share is taken by the others), no more than the
-    # ids justify: each kernel call costs some microseconds of dispatch.
-    bounds = _bounds(ends, min(2 * threads if threads > 1 else 1, max(1, int(ends[-1]) // _IDS_PER_ITEM)))
+class _Job:
+    """One table's bags as work items: ``run(lo, hi)`` pools bags ``lo .. hi - 1`` into ``out``."""
 
-    def item(i: int) -> None:
-        lo, hi = bounds[i], bounds[i + 1]
-        if hi <= lo:
-            return
-        acc = np.empty(max(dim, 1), np.float32)
+    def __init__(self, layout: Layout, data: Tensor, ids: np.ndarray, ends: np.ndarray, psw: Tensor | None,
+                 mode: int, pad: int | None, dim: int, out: np.ndarray) -> None:
+        self.layout, self.dim, self.out, self.ids, self.ends, self.mode = layout, dim, out, ids, ends, mode
+        self.rows = data.contiguous().numpy()
+        self.has_psw = psw is not None
+        self.psw = psw.detach().reshape(-1).to(torch.float32).contiguous().numpy() if self.has_psw else _EMPTY_F32
+        self.pad = -1 if pad is None else pad
+
+    def run(self, lo: int, hi: int) -> None:
+        layout, dim, out = self.layout, self.dim, self.out
+        args = (self.rows, self.ids, self.ends, self.psw, self.has_psw, self.mode, self.pad, dim)
         if layout.bits == 8:
-            _bags_int8(rows, ids, ends, w, has_psw, mode, p, dim, acc, out, lo, hi)
+            _bags_int8(*args, np.empty(max(dim, 1), np.float32), out, lo, hi)
         elif layout.integer:
             planes = np.empty((layout.per_byte, max(layout.data_bytes(dim), 1)), np.float32)
-            _bags_nbit(rows, ids, ends, w, has_psw, mode, p, dim, layout.bits, planes, out, lo, hi)
+            _bags_nbit(*args, layout.bits, planes, out, lo, hi)
         else:
-            _bags_half(rows, ids, ends, w, has_psw, mode, p, dim, layout.name == "bfloat16", acc, out, lo, hi)
+            _bags_half(*args, layout.name == "bfloat16", np.empty(max(dim, 1), np.float32), out, lo, hi)
 
-    POOL.run(item, len(bounds) - 1, threads)
+
+def _run_jobs(jobs: list[_Job]) -> None:
+    """Every job's bags, as work items of about equal ids, on the pool (one parallel pass)."""
+    threads = max(1, torch.get_num_threads())
+    total = sum(int(j.ends[-1]) for j in jobs)
+    # Two items per thread (a late thread's share is taken by the others), no more than the
+    # ids justify: each kernel call costs some microseconds of dispatch.
+    pieces = min(2 * threads if threads > 1 else 1, max(1, total // _IDS_PER_ITEM))
+    items: list[tuple[_Job, int, int]] = []
+    for job in jobs:
+        share = max(1, round(pieces * int(job.ends[-1]) / max(total, 1)))
+        bounds = _bounds(job.ends, share)
+        items += [(job, lo, hi) for lo, hi in zip(bounds[:-1], bounds[1:]) if hi > lo]
+
+    def item(i: int) -> None:
+        job, lo, hi = items[i]
+        job.run(lo, hi)
+
+    POOL.run(item, len(items), threads)
+
+
+def _run(layout: Layout, data: Tensor, ids: np.ndarray, ends: np.ndarray, psw: Tensor | None, mode: int,
+         pad: int | None, dim: int, out: np.ndarray) -> None:
+    _run_jobs([_Job(layout, data, ids, ends, psw, mode, pad, dim, out)])
+
+
+def inference_many(features: list[tuple]) -> Tensor:  # type: ignore[type-arg]
+    """``(B, sum of D)``: the bags of several tables, side by side, in one parallel pass
+    (``[(lookup, data, ids, ends, mode, psw, padding_idx), ...]``, as ``pipeline._inference`` gives)."""
+    ends_all = [_i64(f[3]) for f in features]
+    num_bags = ends_all[0].shape[0] - 1
+    total = sum(f[0].dim for f in features)
+    out = torch.empty(num_bags, total, dtype=torch.float32)
+    view = out.numpy()
+    jobs, col = [], 0
+    for (lookup, data, ids, _, mode, psw, pad), ends in zip(features, ends_all):
+        dim = lookup.dim
+        if num_bags and dim:
+            jobs.append(_Job(lookup.layout, data, _i64(ids), ends, psw, _MODES[mode], pad, dim,
+                             view[:, col:col + dim]))
+        col += dim
+    if jobs:
+        _run_jobs(jobs)
+    return out
 
 
 def embedding_bag_inference(

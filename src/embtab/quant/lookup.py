@@ -53,6 +53,9 @@ class QuantLookup:
         self.dim = dim
         self.kernels = kernels
         self.name = f"{kernels.name}:{layout}"
+        # Every feature of a collection in one call, where the kernels can (the same function
+        # for all layouts and dims of a kernel family, so a collection's tables batch together).
+        self.inference_many = getattr(kernels, "inference_many", None)
 
     def embedding_forward(self, weight: Tensor, ids: Tensor) -> Tensor:
         return self.kernels.embedding_forward(weight, ids, self.layout, self.dim)

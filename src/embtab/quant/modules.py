@@ -28,7 +28,7 @@ import copy
 import json
 import os
 from pathlib import Path
-from typing import Any, Iterator, Mapping
+from typing import Any, Mapping
 
 import torch
 from torch import Tensor
@@ -540,8 +540,3 @@ def load_quantized(path: str | os.PathLike[str], model: Module | None = None) ->
         raise ValueError(f"{where}: {str(f.path)!r} does not fit the model ({str(exc).strip().splitlines()[-1]})") from None
     module.quantized_info = f.info  # type: ignore[assignment]
     return module
-
-
-def iter_quantized(model: Module) -> Iterator[tuple[str, QuantizedTable]]:
-    """The quantized tables of a model, by module name."""
-    yield from _tables(model, QuantizedTable)  # type: ignore[misc]

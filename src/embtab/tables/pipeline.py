@@ -392,6 +392,11 @@ def _aten_bag_ok(f: Feature) -> bool:
 
 def _inference(features: Sequence[Feature]) -> Tensor:
     """The pooled outputs when no gradient will be asked for (no autograd node)."""
+    many = features[0].backend.inference_many
+    if many is not None and len(features) > 1 and all(f.backend.inference_many is many for f in features):
+        # One call for every feature (a backend that runs them all in one parallel pass).
+        return many([(f.backend.lookup, f.weight, f.bags.ids, f.bags.ends, f.spec.mode, f.bags.psw,
+                      f.spec.padding_idx) for f in features])
     outs = []
     for f in features:
         b = f.bags
