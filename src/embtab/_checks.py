@@ -242,8 +242,8 @@ def check_per_sample_weights(
     expected = weight.dtype if dtype is None else dtype
     if per_sample_weights.dtype != expected:
         raise PerSampleWeightsDtypeError(
-            f"{where}: per_sample_weights must have the {'weight' if dtype is None else 'values'}' dtype {expected}, "
-            f"got {per_sample_weights.dtype}; convert with per_sample_weights.to({str(expected)!r}) "
+            f"{where}: per_sample_weights must have the {'weight' if dtype is None else 'table value'}'s dtype {expected}, "
+            f"got {per_sample_weights.dtype}; convert with per_sample_weights.to({'weight.dtype' if dtype is None else expected}) "
             f"(Expected tensor for argument #1 'weight' to have the same type as tensor for "
             f"argument #1 'per_sample_weights')"
         )

@@ -148,7 +148,7 @@ def test_out_of_range_ids_are_named():
         q(torch.tensor([1, 12, 3]), torch.tensor([0, 2]))
     with pytest.raises(ValueError, match="offsets must start at 0"):
         q(torch.tensor([1, 2, 3]), torch.tensor([1, 2]))
-    with pytest.raises(TypeError, match=r"per_sample_weights must have the values' dtype torch.float32"):
+    with pytest.raises(TypeError, match=r"per_sample_weights must have the table value's dtype torch.float32"):
         q(torch.tensor([1, 2]), torch.tensor([0]), torch.rand(2, dtype=torch.float64))
 
 
