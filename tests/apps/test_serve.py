@@ -24,13 +24,21 @@ def _keep_threads():
     torch.set_num_threads(n)
 
 
+def _train(argv: list[str]) -> None:
+    n = torch.get_num_threads()  # (--threads 1 sets torch's threads: put them back for the other tests)
+    try:
+        assert main(argv) == 0
+    finally:
+        torch.set_num_threads(n)
+
+
 @pytest.fixture(scope="module")
 def text_run(tmp_path_factory):
     from tests.apps.conftest import write_text_csv
 
     folder = tmp_path_factory.mktemp("text")
     data = write_text_csv(folder / "texts.csv")
-    assert main(["train", "text", "--data", str(data), "--out", str(folder / "run"), *TEXT]) == 0
+    _train(["train", "text", "--data", str(data), "--out", str(folder / "run"), *TEXT])
     return folder / "run"
 
 
@@ -40,7 +48,7 @@ def recsys_run(tmp_path_factory):
 
     folder = tmp_path_factory.mktemp("recsys")
     ratings = write_ratings(folder / "ml")
-    assert main(["train", "recsys", "--ratings", str(ratings), "--out", str(folder / "run"), *RECSYS]) == 0
+    _train(["train", "recsys", "--ratings", str(ratings), "--out", str(folder / "run"), *RECSYS])
     return folder / "run"
 
 
