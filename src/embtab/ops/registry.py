@@ -17,6 +17,10 @@ Triton kernels (ATen and torch ops when Triton is missing); elsewhere ATen and t
 ops. Under ``torch.compile`` lookups take a backend made of torch ops (``torch`` for
 ``auto``), which the compiler can trace; updates run outside the graph anyway.
 
+A table whose ``TableSpec.layout`` is quantized (``embtab/quant``) gets that layout's
+lookups instead (``quant/lookup.py``: the torch reference, numba on CPU, Triton on CUDA,
+by the same names) and no updates: quantized tables are inference only.
+
 ``$EMBTAB_BACKEND`` replaces ``"auto"`` everywhere (read at import; :func:`refresh`
 reads it again). A backend asked for by name that cannot run raises; when ``auto``
 cannot use a fast path it falls back once, with a one-time warning that says why
