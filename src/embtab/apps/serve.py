@@ -332,6 +332,32 @@ class RecsysRun(_Run):
             out += self._scores(*self._rows(pairs[s:s + batch])).tolist()
         return out
 
+    def _user_scores(self, row: int) -> Tensor:
+        """``(num_items,)`` predicted ratings of user ``row`` for every movie of the training data:
+        the model's ``pred`` with the user's side (vector, implicit bag, bias) computed once."""
+        m, n, d = self.model, len(self.items), self.model.dim
+        none = torch.full((n,), -1, dtype=torch.int64)  # oov="zero": no user part on the item side
+        with torch.no_grad():
+            fids = foffs = None
+            if m.has_features:
+                fids, foffs = self.feature_bags.take(self._item_catalog)
+            no_history = None
+            if self.history is not None:
+                no_history = (torch.zeros(0, dtype=torch.int64), torch.zeros(n, dtype=torch.int64),
+                              torch.zeros(0, dtype=torch.float32))
+            side = m.parts(none, torch.arange(n), fids, foffs, no_history)  # (n, ...) the movies' parts
+            q, bi = side["q"], side["bi"]
+            if "f" in side:
+                q, bi = q + side["f"][:, :d], bi + side["f"][:, d]
+            me = torch.tensor([row])
+            fids1 = foffs1 = None
+            if m.has_features:
+                fids1, foffs1 = self.feature_bags.take(torch.tensor([len(self.catalog)]))  # (an empty bag)
+            user = m.parts(me, torch.tensor([-1]), fids1, foffs1,
+                           self.history.take(me) if self.history is not None else None)
+            p = user["p"] + user["y"] if "y" in user else user["p"]  # (1, D)
+            return (m.global_mean + user["bu"] + bi + (q * p).sum(-1)).clamp(*self.clamp)
+
     def rated(self, user: Any) -> list[str]:
         """The movies ``user`` rated in the run's training data."""
         row = self.user_index.get(_key(user))
@@ -351,7 +377,7 @@ class RecsysRun(_Run):
                            f"recommend() ranks movies for a known user")
         row = self.user_index[u]
         n = len(self.items)
-        scores = self._scores(torch.full((n,), row, dtype=torch.int64), torch.arange(n), self._item_catalog)
+        scores = self._user_scores(row)
         lo, hi = self._rated_bounds[row], self._rated_bounds[row + 1]
         scores[torch.from_numpy(self.train_pairs[lo:hi, 1])] = -math.inf
         top = torch.topk(scores, min(k, n - (hi - lo))).indices.tolist()
