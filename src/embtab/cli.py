@@ -704,7 +704,12 @@ def _silence_output() -> None:
 def _main(argv: Sequence[str] | None) -> int:
     parser = build_parser()
     try:
-        args = parser.parse_args(argv)
+        args, extra = parser.parse_known_args(argv)
+        if extra and getattr(args, "command", None) == "predict" and not any(
+                e.startswith("-") and e != "-" for e in extra):
+            args.texts += extra  # texts after an option (`predict RUN --json TEXT`): argparse leaves them over
+        elif extra:
+            args = parser.parse_args(argv)  # argparse's own error for what it did not recognise
     except SystemExit as exc:  # --help, --version, or a usage error argparse has reported
         return int(exc.code) if isinstance(exc.code, int) else EXIT_BAD_INPUT
     from .apps.common import AppError

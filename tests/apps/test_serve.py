@@ -75,7 +75,7 @@ def test_text_predict_and_the_model_file(text_run, tmp_path, capsys):
     assert (served.probabilities(texts) - run.probabilities(texts)).abs().max() < 5e-3
     assert [r["label"] for r in served.predict(texts)] == [r["label"] for r in got]
 
-    assert main(["predict", str(path), *texts, "--json"]) == 0
+    assert main(["predict", str(path), "--json", *texts]) == 0  # texts after an option too
     printed = json.loads(capsys.readouterr().out)
     assert [p["label"] for p in printed] == [r["label"] for r in served.predict(texts)] and printed[0]["text"] == texts[0]
     assert main(["predict", str(text_run), texts[0]]) == 0
