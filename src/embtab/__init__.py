@@ -15,8 +15,22 @@ from .nn import EmbeddingBagCollection as EmbeddingBagCollection
 from . import optim as optim
 from .vocab import Vocab as Vocab
 from . import vectors as vectors
+from .quant.modules import (
+    QuantizedEmbedding as QuantizedEmbedding, QuantizedEmbeddingBag as QuantizedEmbeddingBag,
+    dequantize as dequantize, load_quantized as load_quantized, quantize as quantize, save_quantized as save_quantized,
+)
+
+
+def load_run(path, **kwargs):  # type: ignore[no-untyped-def]
+    """A trained run (a run folder, or a model file written by ``embtab export``), ready to
+    ``predict``; see :func:`embtab.apps.serve.load_run`."""
+    from .apps.serve import load_run as _load_run
+
+    return _load_run(path, **kwargs)
+
 
 __version__ = "0.1.0"
 
 __all__ = ["Embedding", "EmbeddingBag", "functional", "hash_bucket", "Vocab", "vectors", "__version__",
-           "TableConfig", "EmbeddingBagCollection", "optim", "ids", "backends"]
+           "TableConfig", "EmbeddingBagCollection", "optim", "ids", "backends", "quantize", "dequantize",
+           "save_quantized", "load_quantized", "load_run", "QuantizedEmbedding", "QuantizedEmbeddingBag"]

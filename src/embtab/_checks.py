@@ -218,8 +218,11 @@ def check_bag_mode(mode: Any, scale_grad_by_freq: bool, sparse: bool, where: str
 
 
 def check_per_sample_weights(
-    per_sample_weights: Any, input: torch.Tensor, weight: torch.Tensor, mode: str, where: str
+    per_sample_weights: Any, input: torch.Tensor, weight: torch.Tensor, mode: str, where: str,
+    dtype: torch.dtype | None = None,
 ) -> None:
+    """``dtype``: the dtype of the table's values when it is not the weight's (a quantized
+    table's bytes are read as float32)."""
     if per_sample_weights is None:
         return
     if not isinstance(per_sample_weights, torch.Tensor):
@@ -236,10 +239,11 @@ def check_per_sample_weights(
             f"{where}: per_sample_weights must have the same shape as the input "
             f"{tuple(input.shape)}, got {tuple(per_sample_weights.shape)}"
         )
-    if per_sample_weights.dtype != weight.dtype:
+    expected = weight.dtype if dtype is None else dtype
+    if per_sample_weights.dtype != expected:
         raise PerSampleWeightsDtypeError(
-            f"{where}: per_sample_weights must have the weight's dtype {weight.dtype}, "
-            f"got {per_sample_weights.dtype}; convert with per_sample_weights.to(weight.dtype) "
+            f"{where}: per_sample_weights must have the {'weight' if dtype is None else 'table value'}'s dtype {expected}, "
+            f"got {per_sample_weights.dtype}; convert with per_sample_weights.to({'weight.dtype' if dtype is None else expected}) "
             f"(Expected tensor for argument #1 'weight' to have the same type as tensor for "
             f"argument #1 'per_sample_weights')"
         )
@@ -494,3 +498,44 @@ def check_dynamic_state(values: dict[str, torch.Tensor], capacity: int, prefix: 
     if pids.numel() and int(pcounts.min()) < 1:
         raise bad("pending_counts", "must be >= 1")
     return {**values, "step": step.reshape(())}
+
+
+# --- quantized tables --------------------------------------------------------------------
+
+
+class QuantizedBackwardError(RuntimeError):
+    """A gradient asked of a quantized (inference-only) table."""
+
+
+def refuse_quantized_backward(layout: str, what: str = "a lookup") -> None:
+    """Raise the error of a backward through a quantized table (it has no gradient)."""
+    raise QuantizedBackwardError(
+        f"embtab: {what} of a quantized table ({layout}) has no gradient: quantized tables are inference only. "
+        f"To train, call dequantize() on the model (or the table) for float tables, train them, then quantize "
+        f"again; to fine-tune only the layers after the table, leave per_sample_weights without requires_grad"
+    )
+
+
+def check_quantizable(weight: torch.Tensor, where: str) -> None:
+    """A float table whose values are all finite (a NaN or inf has no scale and bias)."""
+    if not isinstance(weight, torch.Tensor) or weight.dim() != 2 or not weight.is_floating_point():
+        raise TypeError(
+            f"{where}: only floating-point tables are quantized, got "
+            f"{type(weight).__name__ if not isinstance(weight, torch.Tensor) else f'a {weight.dtype} tensor of shape {tuple(weight.shape)}'}"
+        )
+    finite = torch.isfinite(weight.detach()).all(1)
+    if not bool(finite.all()):
+        row = int((~finite).nonzero()[0, 0])
+        count = int((~finite).sum())
+        raise ValueError(
+            f"{where}: row {row} holds a non-finite value ({count} of {weight.shape[0]} rows do); a row with "
+            f"NaN or inf cannot be quantized. Fix or reset those rows first (e.g. weight[rows] = 0)"
+        )
+
+
+def check_quantize_method(method: Any, where: str) -> None:
+    if method not in ("minmax", "greedy"):
+        raise BadArgumentError(
+            f"{where}: method must be 'minmax' (each row's own min and max) or 'greedy' (the range that "
+            f"minimises the row's squared error), got method={method!r}"
+        )

@@ -6,6 +6,8 @@ Commands::
     embtab train text                text classifier (EmbeddingBag + MLP)
     embtab train recsys              movie recommender (biased matrix factorisation)
     embtab vectors info|convert|neighbors|evaluate   pretrained word vectors
+    embtab predict RUN ...           predict with a trained run or model file
+    embtab export RUN --out FILE     a run's model as one quantized model file
 
 Results go to stdout, progress to stderr. Exit status 0 on success, 2 with a one-line
 reason on bad input (missing file, unknown column, ...), 130 when interrupted (with the
@@ -79,6 +81,10 @@ _RECSYS_HELP = {
     "reg": "L2 penalty on user and movie vectors, per rating",
     "bias_reg": "L2 penalty on the biases, per rating",
     "feature_reg": "L2 penalty on the item-feature vectors, per rating",
+    "implicit": "SVD++: add to each user's vector the pooled vectors of the movies they rated (implicit feedback)",
+    "implicit_max": "at most this many of a user's rated movies in that bag (a fixed random subset)",
+    "implicit_reg": "L2 penalty on the user's pooled implicit vector, per rating",
+    "lr_decay": "the learning rate is multiplied by this after every epoch",
     "batch_size": "ratings per step",
     "epochs": "most epochs",
     "patience": "stop after this many epochs without a better validation RMSE (0: never)",
@@ -204,8 +210,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.set_defaults(app_parser=t)
     r = tsub.add_parser(
         "recsys", formatter_class=_Formatter, help="movie recommender: biased matrix factorisation",
-        description="Movie recommender: user and movie embtab.Embedding tables, biases and item "
-                    "features, trained with a fused sparse optimizer; global-mean and user+item-bias "
+        description="Movie recommender: user and movie embtab.Embedding tables, biases, item "
+                    "features and each user's bag of rated movies (SVD++), trained with a fused sparse "
+                    "optimizer; global-mean and user+item-bias "
                     "baselines on the same split; nearest neighbours of well-known movies.",
         epilog="examples:\n"
                "  embtab train recsys                                # dslabs::movielens\n"
@@ -217,6 +224,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_run_options(r)
     _add_config_options(r, RecsysConfig, _RECSYS_HELP)
     r.set_defaults(app_parser=r)
+
+    _add_serving_commands(sub)
 
     v = sub.add_parser("vectors", help="pretrained word vectors: info, convert, neighbors, evaluate",
                        formatter_class=_Formatter,
@@ -262,6 +271,53 @@ def build_parser() -> argparse.ArgumentParser:
             a.add_argument("--restrict-vocab", type=int, default=300000,
                            help="analogies search the first N words, as gensim does")
     return parser
+
+
+def _add_serving_commands(sub: Any) -> None:
+    """``embtab predict`` and ``embtab export``: using a trained run."""
+    from .quant.layouts import DTYPES
+
+    p = sub.add_parser(
+        "predict", formatter_class=_Formatter, help="predict with a trained run or model file",
+        description="Predict with a trained run (a run folder of embtab train, or a model file of embtab "
+                    "export). Text runs: the label of each TEXT (- reads one text per line from stdin). "
+                    "Recommender runs: the rating of --user/--movie or of each pair in --pairs, or the top "
+                    "-k movies for --recommend USER. A table by default, JSON with --json.",
+        epilog="examples:\n"
+               "  embtab predict runs/text-20250101-120000 \"Thank you Ohio!\" \"Join me live\"\n"
+               "  cat tweets.txt | embtab predict model.safetensors -\n"
+               "  embtab predict runs/recsys-20250101-120000 --user 1 --movie 31\n"
+               "  embtab predict model.safetensors --pairs pairs.csv --json    # userId,movieId\n"
+               "  embtab predict model.safetensors --recommend 1 -k 10\n",
+    )
+    p.add_argument("run", metavar="RUN", help="a run folder or a model file (embtab export)")
+    p.add_argument("texts", metavar="TEXT", nargs="*", help="texts to classify (text runs); - reads lines from stdin")
+    p.add_argument("--user", help="user id (recommender runs; with --movie)")
+    p.add_argument("--movie", help="movie id (recommender runs; with --user)")
+    p.add_argument("--pairs", metavar="CSV", help="a CSV file of userId,movieId pairs (recommender runs)")
+    p.add_argument("--recommend", metavar="USER", help="the best movies for this user (recommender runs)")
+    p.add_argument("-k", type=int, default=10, help="how many movies --recommend lists (default: 10)")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+
+    e = sub.add_parser(
+        "export", formatter_class=_Formatter, help="write a run's model as one quantized model file",
+        description="Write the trained model of a run folder as one file: its tables quantized, its dense "
+                    "layers as they are, and everything predict needs (config, vocabularies, labels, ids, "
+                    "titles). embtab predict and embtab.load_run accept it in place of the run folder.",
+        epilog="examples:\n"
+               "  embtab export runs/text-20250101-120000 --quantize int8 --out text.safetensors\n"
+               "  embtab export runs/recsys-20250101-120000 --quantize int4 --method greedy --out recsys.safetensors\n"
+               "  embtab export RUN --quantize int8 --per-table item=int4 --out model.safetensors\n",
+    )
+    e.add_argument("run", metavar="RUN", help="a run folder")
+    e.add_argument("--out", required=True, metavar="FILE", help="the model file to write (atomically)")
+    e.add_argument("--quantize", choices=DTYPES, default="int8", help="dtype of the tables (default: int8)")
+    e.add_argument("--method", choices=("minmax", "greedy"), default="minmax",
+                   help="how each row's range is chosen: its min and max, or the range of least squared "
+                        "error (better at 4 and 2 bits; default: minmax)")
+    e.add_argument("--per-table", action="append", default=[], metavar="TABLE=DTYPE",
+                   help="another dtype for one table (e.g. item=int4); repeatable")
 
 
 # --- commands -------------------------------------------------------------------------
@@ -501,6 +557,126 @@ def _vectors(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _predict(args: argparse.Namespace) -> int:
+    from .apps.common import AppError, set_threads
+    from .apps.serve import load_run
+
+    set_threads(args.threads)
+    run = load_run(args.run)
+    recsys_opts = [f for f, v in (("--user", args.user), ("--movie", args.movie), ("--pairs", args.pairs),
+                                  ("--recommend", args.recommend)) if v is not None]
+    if run.app == "text":
+        if recsys_opts:
+            raise AppError(f"{args.run!r} is a text classifier: {', '.join(recsys_opts)} are for recommender runs; "
+                           f"give the texts to classify")
+        texts = list(args.texts)
+        if texts == ["-"]:
+            texts = [line.rstrip("\n") for line in sys.stdin]
+        elif "-" in texts:
+            raise AppError("- (texts from stdin) goes alone, without other texts")
+        if not texts:
+            raise AppError("nothing to classify: give one or more TEXTs, or - to read lines from stdin")
+        results = run.predict(texts)
+        if args.json:
+            print(json.dumps([{"text": t, **r} for t, r in zip(texts, results)], ensure_ascii=False))
+        else:
+            print(f"{'label':24s} {'p':>6s}  text")
+            for t, r in zip(texts, results):
+                print(f"{r['label']:24s} {r['probabilities'][r['label']]:6.3f}  {' '.join(t.split())[:80]}")
+        return EXIT_OK
+    if args.texts:
+        raise AppError(f"{args.run!r} is a movie recommender: give --user U --movie M, --pairs FILE or "
+                       f"--recommend U, not texts")
+    if args.recommend is not None:
+        if args.user is not None or args.movie is not None or args.pairs is not None:
+            raise AppError("--recommend goes alone (with -k)")
+        try:
+            results = run.recommend(args.recommend, args.k)
+        except KeyError as exc:
+            raise AppError(_one_line(exc)) from None
+        if args.json:
+            print(json.dumps({"user": args.recommend, "recommendations": results}, ensure_ascii=False))
+        else:
+            print(f"top {len(results)} movies for user {args.recommend} (not rated in training):")
+            print(f"{'rank':>4s}  {'movie':>8s}  {'rating':>6s}  title")
+            for i, r in enumerate(results, 1):
+                print(f"{i:4d}  {r['movie']:>8s}  {r['rating']:6.3f}  {r['title']}")
+        return EXIT_OK
+    if args.pairs is not None:
+        if args.user is not None or args.movie is not None:
+            raise AppError("--pairs goes without --user/--movie")
+        pairs = _read_pairs(args.pairs)
+    elif args.user is not None and args.movie is not None:
+        pairs = [(args.user, args.movie)]
+    else:
+        raise AppError("a recommender run predicts --user U --movie M, --pairs FILE (userId,movieId) or "
+                       "--recommend U")
+    ratings = run.predict(pairs)
+    if args.json:
+        print(json.dumps([{"user": u, "movie": m, "rating": r} for (u, m), r in zip(pairs, ratings)],
+                         ensure_ascii=False))
+    else:
+        print(f"{'user':>8s}  {'movie':>8s}  {'rating':>6s}  title")
+        for (u, m), r in zip(pairs, ratings):
+            print(f"{u:>8s}  {m:>8s}  {r:6.3f}  {run.titles.get(m, '')}")
+    return EXIT_OK
+
+
+def _read_pairs(path: str) -> list[tuple[str, str]]:
+    """``(userId, movieId)`` pairs of a CSV file with that header (other columns ignored)."""
+    import csv
+
+    from .apps.common import AppError
+
+    with open(path, newline="", encoding="utf-8") as f:
+        reader = csv.reader(f)
+        header = next(reader, None)
+        if header is None or "userId" not in header or "movieId" not in header:
+            raise AppError(f"--pairs {path!r} must be a CSV file with a header naming userId and movieId, "
+                           f"got {header!r}")
+        u, m = header.index("userId"), header.index("movieId")
+        pairs = []
+        for line, row in enumerate(reader, 2):
+            if not row:
+                continue
+            if len(row) <= max(u, m):
+                raise AppError(f"--pairs {path!r}, line {line}: expected userId,movieId, got {','.join(row)!r}")
+            pairs.append((row[u].strip(), row[m].strip()))
+    return pairs
+
+
+def _export(args: argparse.Namespace) -> int:
+    from .apps.common import AppError
+    from .apps.serve import load_run
+
+    if not Path(args.run).is_dir():
+        raise AppError(f"{args.run!r} is not a run folder (export reads the run a model file is made from)")
+    out = Path(args.out)
+    if out.is_dir():
+        raise AppError(f"--out {args.out!r} is a folder; name the file to write")
+    if out.exists():
+        from .quant.modules import read_quantized
+
+        try:
+            read_quantized(out)
+        except ValueError:
+            raise AppError(f"--out {args.out!r} exists and is not a model file; refusing to replace it: "
+                           f"choose another path") from None
+    per_table = {}
+    for item in args.per_table:
+        name, sep, dtype = item.partition("=")
+        if not sep or not name or not dtype:
+            raise AppError(f"--per-table takes TABLE=DTYPE (e.g. item=int4), got {item!r}")
+        per_table[name] = dtype
+    run = load_run(args.run)
+    run.export(out, args.quantize, method=args.method, per_table=per_table or None)
+    size = out.stat().st_size
+    print(f"wrote {out}: the {run.app} model of {args.run}, tables {args.quantize}"
+          + (f" ({', '.join(f'{k}={v}' for k, v in per_table.items())})" if per_table else "")
+          + f" ({args.method}), {size / 2**20:.1f} MiB")
+    return EXIT_OK
+
+
 def _one_line(exc: BaseException) -> str:
     msg = exc.args[0] if isinstance(exc, KeyError) and exc.args else str(exc)
     msg = str(msg).strip() or type(exc).__name__
@@ -537,7 +713,12 @@ def _silence_output() -> None:
 def _main(argv: Sequence[str] | None) -> int:
     parser = build_parser()
     try:
-        args = parser.parse_args(argv)
+        args, extra = parser.parse_known_args(argv)
+        if extra and getattr(args, "command", None) == "predict" and not any(
+                e.startswith("-") and e != "-" for e in extra):
+            args.texts += extra  # texts after an option (`predict RUN --json TEXT`): argparse leaves them over
+        elif extra:
+            args = parser.parse_args(argv)  # argparse's own error for what it did not recognise
     except SystemExit as exc:  # --help, --version, or a usage error argparse has reported
         return int(exc.code) if isinstance(exc.code, int) else EXIT_BAD_INPUT
     from .apps.common import AppError
@@ -547,6 +728,10 @@ def _main(argv: Sequence[str] | None) -> int:
             return _demo(args)
         if args.command == "train":
             return _train(args, args.app_parser)
+        if args.command == "predict":
+            return _predict(args)
+        if args.command == "export":
+            return _export(args)
         return _vectors(args)
     except KeyboardInterrupt:
         print("embtab: interrupted", file=sys.stderr)

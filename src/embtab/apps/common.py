@@ -254,6 +254,9 @@ def load_run_config(run_dir: Path, app: str, cls: type) -> tuple[Any, dict[str, 
     if not isinstance(values, dict):
         raise AppError(f"{str(path)!r}: \"config\" must be an object of options, got {json.dumps(values)}")
     text = path.read_text(encoding="utf-8")
+    # Options added since a run was written: the behaviour the run was trained with.
+    for key, before in getattr(cls, "ABSENT", {}).items():
+        values.setdefault(key, before)
     known = {f.name: f for f in fields(cls)}
     for key, value in values.items():
         f = known.get(key)

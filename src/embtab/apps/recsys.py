@@ -1,14 +1,18 @@
-"""The movie recommender: biased matrix factorisation on explicit ratings.
+"""The movie recommender: biased matrix factorisation with implicit feedback (SVD++) on explicit ratings.
 
-``rating(u, i) = mean + b_u + b_i + p_u . q_i``, with the user and item vectors ``p``,
-``q`` and their biases ``b`` in the tables of an ``embtab.EmbeddingBagCollection`` (each
-row: the vector, then the bias). When the data has item metadata (the default MovieLens
+``rating(u, i) = mean + b_u + b_i + (p_u + |N(u)|^-1/2 sum_{j in N(u)} y_j) . q_i``, with
+the user and item vectors ``p``, ``q`` and their biases ``b`` in the tables of an
+``embtab.EmbeddingBagCollection`` (each row: the vector, then the bias). ``N(u)`` is the
+bag of movies the user rated in the training split (its implicit feedback: *which*
+movies, not how they were rated; at most ``implicit_max`` of them, a fixed random
+subset), pooled from a fourth table ``y`` by a sum bag with per-sample weights
+``|N(u)|^-1/2`` (Koren's SVD++). When the data has item metadata (the default MovieLens
 data has genres and years), each item also gets the mean of its features' rows, from a
-third, mean-pooled table (``q_i + f_i``, ``b_i + f_i^b``), which helps movies with few
-ratings most. Trained by SGD on the per-rating regularised squared error (Funk's SVD
-objective) with the library's fastest sparse path: ``embtab.optim.SGD`` fused into the
-collection's backward, which updates only the rows a batch looked up, all tables in one
-pass, and never builds a gradient.
+mean-pooled table (``q_i + f_i``, ``b_i + f_i^b``), which helps movies with few ratings
+most. Trained by SGD on the per-rating regularised squared error (Funk's SVD objective),
+the learning rate decaying by ``lr_decay`` each epoch, with the library's fastest sparse
+path: ``embtab.optim.SGD`` fused into the collection's backward, which updates only the
+rows a batch looked up, all tables in one pass, and never builds a gradient.
 
 Ids are remapped through ``embtab.Vocab`` s built from the training split. A user or
 movie seen only in the test split gets id ``-1``, and the tables' ``oov="zero"`` policy
@@ -65,7 +69,11 @@ class RecsysConfig:
     reg: float = 0.08  #: L2 on the user and item vectors, per rating
     bias_reg: float = 0.05  #: L2 on the biases, per rating
     feature_reg: float = 0.01  #: L2 on the item-feature vectors, per rating
+    implicit: bool = True  #: SVD++: add the pooled bag of the movies the user rated (implicit feedback)
+    implicit_max: int = 128  #: at most this many of a user's rated movies in the bag (a fixed random subset)
+    implicit_reg: float = 0.05  #: L2 on the user's pooled implicit vector, per rating
     batch_size: int = 256
+    lr_decay: float = 0.9  #: the learning rate is multiplied by this after every epoch
     epochs: int = 40
     patience: int = 4  #: stop after this many epochs without a better validation RMSE
     optimizer: str = "fused"  #: "fused" (embtab.optim.SGD in backward) or "dense" (torch.optim.SGD, dense gradients)
@@ -74,6 +82,8 @@ class RecsysConfig:
     ids: str = "full"  #: id space of the user and movie tables (see ID_SPACES)
     rows: int = 1024  #: rows of the user table and of the movie table, for --ids other than full
     ID_SPACES = ("full", "hashing", "hashed", "dynamic")
+    # A run written before these options existed was trained without them (load_run_config).
+    ABSENT = {"implicit": False, "lr_decay": 1.0}
     INPUT_FILES = ("ratings", "movies")  # fields naming files: saved with their sha256, movable on resume
     neighbors: list[str] = field(default_factory=lambda: list(DEFAULT_NEIGHBOR_QUERIES))
     neighbor_min_ratings: int = 50  #: only movies with this many training ratings are shown as neighbours
@@ -87,7 +97,7 @@ class RecsysConfig:
             raise AppError(f"--ids must be one of {', '.join(self.ID_SPACES)}, got {self.ids!r}")
         if self.rows < 4:
             raise AppError(f"--rows must be at least 4, got {self.rows}")
-        for name in ("dim", "batch_size", "epochs", "nproc"):
+        for name in ("dim", "batch_size", "epochs", "nproc", "implicit_max"):
             if getattr(self, name) < 1:
                 raise AppError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
         if self.nproc > 1 and self.optimizer != "fused":
@@ -98,7 +108,7 @@ class RecsysConfig:
             raise AppError("--test-fraction and --val-fraction must be between 0 and 1")
         if not self.lr > 0:
             raise AppError(f"--lr must be positive, got {self.lr}")
-        for name in ("reg", "bias_reg", "feature_reg", "init_std"):
+        for name in ("reg", "bias_reg", "feature_reg", "implicit_reg", "init_std"):
             if getattr(self, name) < 0:
                 raise AppError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(self, name)}")
 
@@ -113,6 +123,15 @@ class RecsysConfig:
 
 
 # --- the model ------------------------------------------------------------------------
+
+
+def _normal_init(std: float) -> Any:
+    def init(weight: Tensor) -> None:
+        with torch.no_grad():
+            nn.init.normal_(weight, 0.0, std)
+
+    init.__name__ = f"normal(std={std:g})"
+    return init
 
 
 def _vector_and_bias_init(std: float) -> Any:
@@ -144,7 +163,7 @@ class BiasedMF(nn.Module):
 
     def __init__(
         self, num_users: int, num_items: int, num_features: int, dim: int, *, init_std: float,
-        optimizer: Any = None, ids: str = "full", rows: int = 1024, min_count: int = 2,
+        optimizer: Any = None, ids: str = "full", rows: int = 1024, min_count: int = 2, implicit: bool = False,
     ) -> None:
         super().__init__()
         self.dim = dim
@@ -164,19 +183,49 @@ class BiasedMF(nn.Module):
         if num_features:
             tables.append(embtab.TableConfig("item_features", num_features, dim + 1, pooling="mean",
                                              init=init, oov="zero"))
+        if implicit:
+            # SVD++'s y_j: one vector per movie, summed over the movies a user rated with
+            # weights |N(u)|^-1/2 (per-sample weights of a sum bag).
+            # With --ids other than full, the bag holds the movies' raw keys and this table
+            # has the movie table's kind of id space (its own seed).
+            if ids == "full":
+                tables.append(embtab.TableConfig("implicit", num_items, dim, feature_names=["history"],
+                                                 init=_normal_init(init_std), oov="zero"))
+            else:
+                tables.append(embtab.TableConfig("implicit", capacity, dim, feature_names=["history"],
+                                                 init=_normal_init(init_std),
+                                                 ids=id_space(ids, rows, init_std, 2, min_count, bias=False)))
         self.tables = embtab.EmbeddingBagCollection(tables, optimizer=optimizer)
         self.has_features = bool(num_features)
+        self.has_implicit = bool(implicit)
         self.register_buffer("global_mean", torch.zeros(()))
+        # Epochs trained (checkpointed with the weights): the learning rate of the next epoch.
+        self.register_buffer("epochs_done", torch.zeros((), dtype=torch.int64))
+
+    def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str, *args: Any) -> None:
+        # A checkpoint from before the learning-rate decay has no epoch count: its runs had
+        # no decay (RecsysConfig.ABSENT), so the count does not matter; start it at zero.
+        state_dict.setdefault(prefix + "epochs_done", torch.zeros((), dtype=torch.int64))
+        super()._load_from_state_dict(state_dict, prefix, *args)
 
     def parts(self, users: Tensor, items: Tensor, feat_ids: Tensor | None = None,
-              feat_offsets: Tensor | None = None) -> dict[str, Tensor]:
-        """The prediction and the looked-up rows (for the regularisation terms)."""
+              feat_offsets: Tensor | None = None, history: tuple[Tensor, Tensor, Tensor] | None = None,
+              ) -> dict[str, Tensor]:
+        """The prediction and the looked-up rows (for the regularisation terms).
+
+        ``history``: the users' implicit-feedback bags ``(ids, offsets, weights)`` (models
+        built with ``implicit=True``).
+        """
         one_each = torch.arange(users.numel())  # bags of one id
-        inputs = {"user": (users, one_each), "item": (items, one_each)}
+        inputs: dict[str, Any] = {"user": (users, one_each), "item": (items, one_each)}
         if self.has_features:
             if feat_ids is None or feat_offsets is None:
                 raise ValueError("BiasedMF: this model has item features; pass feat_ids and feat_offsets")
             inputs["item_features"] = (feat_ids, feat_offsets)
+        if self.has_implicit:
+            if history is None:
+                raise ValueError("BiasedMF: this model has implicit feedback; pass history=(ids, offsets, weights)")
+            inputs["history"] = history
         out = self.tables(inputs)
         d = self.dim
         u, i = out["user"], out["item"]  # (B, D + 1)
@@ -188,12 +237,16 @@ class BiasedMF(nn.Module):
             parts["f"] = f
             q = q + f[:, :d]
             bi = bi + f[:, d]
+        if self.has_implicit:
+            y = out["history"]  # (B, D): |N(u)|^-1/2 sum of y_j
+            parts["y"] = y
+            p = p + y
         parts["pred"] = self.global_mean + bu + bi + (p * q).sum(-1)
         return parts
 
     def forward(self, users: Tensor, items: Tensor, feat_ids: Tensor | None = None,
-                feat_offsets: Tensor | None = None) -> Tensor:
-        return self.parts(users, items, feat_ids, feat_offsets)["pred"]
+                feat_offsets: Tensor | None = None, history: tuple[Tensor, Tensor, Tensor] | None = None) -> Tensor:
+        return self.parts(users, items, feat_ids, feat_offsets, history)["pred"]
 
     def table(self, name: str) -> Tensor:
         """The weight of table ``name`` (``user``, ``item``, ``item_features``), detached."""
@@ -257,8 +310,10 @@ def scramble(tokens: np.ndarray) -> Tensor:
     return torch.tensor(out, dtype=torch.int64)
 
 
-def id_space(kind: str, rows: int, init_std: float, seed: int, min_count: int = 2) -> embtab.ids.IdSpace:
-    """The user or movie table's id space for ``--ids kind``, ``rows`` rows in all."""
+def id_space(kind: str, rows: int, init_std: float, seed: int, min_count: int = 2,
+             bias: bool = True) -> embtab.ids.IdSpace:
+    """The user or movie table's id space for ``--ids kind``, ``rows`` rows in all (``bias``:
+    the rows end with a bias column, which a dynamic table starts at zero)."""
     if kind == "hashing":
         return embtab.ids.Hashed(1, importance=False, seed=seed)
     if kind == "hashed":
@@ -266,13 +321,14 @@ def id_space(kind: str, rows: int, init_std: float, seed: int, min_count: int = 
     # Frequent ids own rows (LFU keeps them); the rest share a quarter of the rows by hash.
     return embtab.ids.Dynamic(admit=embtab.ids.MinCount(min_count), evict=embtab.ids.LFU(), fallback="hash",
                               fallback_buckets=dynamic_fallback_rows(rows), seed=seed,
-                              init=functools.partial(_dynamic_row_init, std=init_std))
+                              init=functools.partial(_dynamic_row_init, std=init_std, bias=bias))
 
 
-def _dynamic_row_init(ids: Tensor, seed: int, dim: int, *, std: float) -> Tensor:
+def _dynamic_row_init(ids: Tensor, seed: int, dim: int, *, std: float, bias: bool = True) -> Tensor:
     """A fresh row of a dynamic table: N(0, std^2) per id (as the full table's init), zero bias."""
     rows = embtab.ids.normal_rows(ids, seed, dim, std)
-    rows[:, -1] = 0.0
+    if bias:
+        rows[:, -1] = 0.0
     return rows
 
 
@@ -319,6 +375,47 @@ class _Split:
         return self.ratings.numel()
 
 
+class History:
+    """Each user's implicit-feedback bag (SVD++'s N(u)): the movies the user rated in the
+    training split, at most ``cap`` of them (a fixed random subset, drawn with ``seed``),
+    each weighted ``|N(u)|^-1/2``. Bag ``num_users`` is empty: the bag of an unseen user (-1).
+    """
+
+    def __init__(self, bags: Bags) -> None:
+        self.bags = bags
+        self.num_users = len(bags) - 1
+        lengths = (bags.starts[1:] - bags.starts[:-1]).to(torch.float32)
+        self.weight = lengths.clamp_min(1).rsqrt()  # (U + 1,)
+
+    @classmethod
+    def build(cls, users: Tensor, items: Tensor, num_users: int, cap: int, seed: int,
+              keys: Tensor | None = None) -> "History":
+        """From the training split's encoded ``users`` and ``items`` (``-1``: left out);
+        ``keys[i]``: what the bag holds for item ``i`` (default: ``i``, its row)."""
+        keep = (users >= 0) & (items >= 0)
+        pairs = np.unique(np.stack([users[keep].numpy(), items[keep].numpy()], 1), axis=0)  # sorted by user
+        bounds = np.searchsorted(pairs[:, 0], np.arange(num_users + 1))
+        rng = np.random.default_rng(seed)
+        lists: list[list[int]] = []
+        for u in range(num_users):
+            rated = pairs[bounds[u]:bounds[u + 1], 1]
+            if rated.size > cap:
+                rated = np.sort(rng.choice(rated, cap, replace=False))
+            lists.append(rated.tolist())
+        lists.append([])
+        if keys is not None:
+            key_of = keys.tolist()
+            lists = [[key_of[i] for i in rated] for rated in lists]
+        return cls(Bags.from_lists(lists))
+
+    def take(self, users: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """``(ids, offsets, per_sample_weights)`` of the users' bags (one bag per entry of ``users``)."""
+        idx = torch.where(users >= 0, users, torch.full_like(users, self.num_users))
+        ids, offsets = self.bags.take(idx)
+        lengths = self.bags.starts[idx + 1] - self.bags.starts[idx]
+        return ids, offsets, self.weight[idx].repeat_interleave(lengths, output_size=ids.numel())
+
+
 def _index_of(vocab: embtab.Vocab) -> dict[str, int]:
     return {t: i for i, t in enumerate(vocab.tokens)}
 
@@ -330,7 +427,8 @@ def _encode(ids: np.ndarray, index: dict[str, int]) -> Tensor:
 
 class _RecsysTask:
     def __init__(self, model: BiasedMF, cfg: RecsysConfig, train: _Split, val: _Split,
-                 feature_bags: Bags | None, clamp: tuple[float, float], *, rank: int = 0, world: int = 1) -> None:
+                 feature_bags: Bags | None, clamp: tuple[float, float], history: History | None = None, *,
+                 rank: int = 0, world: int = 1) -> None:
         # With several processes (world > 1) `model`'s tables are sharded: the loop sees it
         # through GatheredModel (plain checkpoints); each rank trains on its share of every batch.
         self.mf, self.cfg = model, cfg
@@ -343,6 +441,7 @@ class _RecsysTask:
             self.model = model
         self.train, self.val = train, val
         self.feature_bags = feature_bags
+        self.history = history
         self.clamp = clamp
         self.num_train = len(train)
         self.batch_size = cfg.batch_size
@@ -356,21 +455,33 @@ class _RecsysTask:
             return None, None
         return self.feature_bags.take(catalog)
 
+    def _history(self, users: Tensor) -> tuple[Tensor, Tensor, Tensor] | None:
+        if not self.mf.has_implicit or self.history is None:
+            return None
+        return self.history.take(users)
+
     def train_batches(self, order: Tensor) -> Iterator[tuple[Any, int]]:
         t = self.train
+        done = int(self.mf.epochs_done)
+        lr = self.cfg.lr * self.cfg.lr_decay ** done
+        fused = self.mf.tables.optimizer
+        for opt in [*self.optimizers.values(), *([fused] if fused is not None else [])]:
+            for group in opt.param_groups:
+                group["lr"] = lr
+        self.mf.epochs_done += 1
         for s in range(0, self.num_train, self.batch_size):
             idx = order[s:s + self.batch_size]
             size = idx.numel()
             if self.world > 1:
                 idx = torch.tensor_split(idx, self.world)[self.rank]  # this rank's share of the batch
-            yield (*t.keys(idx), *self._features(t.catalog[idx]), t.ratings[idx]), size
+            yield (*t.keys(idx), *self._features(t.catalog[idx]), self._history(t.users[idx]), t.ratings[idx]), size
 
     def train_step(self, batch: Any) -> float:
-        users, items, fids, foffs, r = batch
+        users, items, fids, foffs, hist, r = batch
         cfg = self.cfg
         for opt in self.optimizers.values():
             opt.zero_grad(set_to_none=True)
-        out = self.mf.parts(users, items, fids, foffs)
+        out = self.mf.parts(users, items, fids, foffs, hist)
         # Summed over the batch (not averaged): per-rating SGD steps, as Funk's SVD, so
         # the learning rate does not depend on the batch size.
         loss = (out["pred"] - r).pow(2).sum()
@@ -378,6 +489,8 @@ class _RecsysTask:
         loss = loss + cfg.bias_reg * (out["bu"].pow(2).sum() + out["bi"].pow(2).sum())
         if "f" in out:
             loss = loss + cfg.feature_reg * out["f"].pow(2).sum()
+        if "y" in out:
+            loss = loss + cfg.implicit_reg * out["y"].pow(2).sum()
         if self.world > 1:
             # The sharded optimizers train on (sum of the ranks' losses) / W, DDP's mean: times W,
             # the step is one process's on the whole batch, whatever the number of processes.
@@ -398,7 +511,7 @@ class _RecsysTask:
             for s in range(0, len(split), batch):
                 sl = slice(s, s + batch)
                 fids, foffs = self._features(split.catalog[sl])
-                out.append(self.mf(*split.keys(sl), fids, foffs))  # every rank: the whole split
+                out.append(self.mf(*split.keys(sl), fids, foffs, self._history(split.users[sl])))  # every rank: the whole split
         pred = torch.cat(out) if out else torch.zeros(0)
         return pred.clamp(*self.clamp)
 
@@ -659,16 +772,21 @@ def train(cfg: RecsysConfig, *, resume: str | Resume | None = None) -> dict[str,
     spec = embtab.optim.SGD(lr=cfg.lr) if cfg.optimizer == "fused" else None
     min_count = dynamic_min_count(len(train), cfg.rows)
     model = BiasedMF(len(users), len(items), len(features) if features is not None else 0, cfg.dim,
-                     init_std=cfg.init_std, optimizer=spec, ids=cfg.ids, rows=cfg.rows, min_count=min_count)
+                     init_std=cfg.init_std, optimizer=spec, ids=cfg.ids, rows=cfg.rows, min_count=min_count,
+                     implicit=cfg.implicit)
     model.global_mean.fill_(mu)
     if raw_keys:
         log(f"ids: user and movie ids scrambled into [0, 2^62); {cfg.ids} tables of {cfg.rows:,} rows each "
             f"({id_space_text(cfg.ids, cfg.rows, min_count)})", quiet=quiet)
     log(f"model: biased MF, dim {cfg.dim}, {len(users):,} users x {len(items):,} movies"
         + (f", {len(features):,} item features (genres, years)" if features is not None else "")
+        + (f", implicit feedback (SVD++: up to {cfg.implicit_max} rated movies a user)" if cfg.implicit else "")
         + f"; optimizer: {'embtab.optim.SGD fused into the collection backward' if spec else 'torch.optim.SGD on dense gradients'}",
         quiet=quiet)
 
+    item_keys = scramble(np.array(list(items.tokens))) if raw_keys else None  # each movie's table input
+    history = History.build(train.users, train.items, len(users), cfg.implicit_max, cfg.seed,
+                            item_keys) if cfg.implicit else None
     sharding = None
     if world > 1:
         import embtab.distributed as ed
@@ -677,14 +795,24 @@ def train(cfg: RecsysConfig, *, resume: str | Resume | None = None) -> dict[str,
         sharding = plan.explain()
         log("tables sharded over the processes:\n  " + sharding.replace("\n", "\n  "), quiet=quiet)
         ed.DistributedModel(model, plan)  # model.tables becomes the sharded collection (no dense part: no DDP)
-    task = _RecsysTask(model, cfg, train, val, feature_bags, clamp, rank=rank, world=world)
+    task = _RecsysTask(model, cfg, train, val, feature_bags, clamp, history, rank=rank, world=world)
     loop = LoopConfig(epochs=cfg.epochs, patience=cfg.patience, monitor="rmse", mode="min", seed=cfg.seed, quiet=quiet)
-    result = fit(task, loop, run_dir, resume=resume)
+    # One thread unless --threads says otherwise: a step's ops are small, and on a busy
+    # 2-core machine each parallel region of torch's waits milliseconds for its second
+    # thread (measured: 1.1 s an epoch on one thread, 1.1 s on two when idle, 10-36 s on
+    # two when the cores were shared). The results do not depend on it.
+    threads = torch.get_num_threads()
+    if cfg.threads is None:
+        torch.set_num_threads(1)
+    try:
+        result = fit(task, loop, run_dir, resume=resume)
+    finally:
+        torch.set_num_threads(threads)
     if world > 1:
         # The best weights, whole, in a plain model on every rank; rank 0 evaluates and reports.
         whole = task.model.state_dict()
         model = BiasedMF(len(users), len(items), len(features) if features is not None else 0, cfg.dim,
-                         init_std=cfg.init_std)
+                         init_std=cfg.init_std, implicit=cfg.implicit)
         model.load_state_dict(whole, strict=False)
         task.mf = task.model = model
         if rank:
@@ -695,7 +823,6 @@ def train(cfg: RecsysConfig, *, resume: str | Resume | None = None) -> dict[str,
     counts = torch.zeros(len(items), dtype=torch.int64).index_add_(0, train.items, torch.ones_like(train.items))
     item_tokens = list(items.tokens)
     catalog_of_item = torch.tensor([catalog_index[t] for t in item_tokens], dtype=torch.int64)
-    item_keys = scramble(np.array(item_tokens)) if raw_keys else None
     vectors = model.item_vectors(feature_bags, catalog_of_item, item_keys)
     neighbors = nearest_neighbors(vectors, item_tokens, counts, data.item_titles, cfg.neighbors,
                                   min_ratings=cfg.neighbor_min_ratings) if data.item_titles else []
@@ -720,6 +847,7 @@ def train(cfg: RecsysConfig, *, resume: str | Resume | None = None) -> dict[str,
         "split": {"train": len(train), "val": len(val), "test": len(test), "seed": cfg.seed},
         "users": len(users), "movies": len(items),
         "item_features": len(features) if features is not None else 0,
+        "implicit": bool(cfg.implicit),
         "test": test_metrics,
         "baselines": baselines,
         "beats_bias_baseline": bool(test_metrics["rmse"] < bias_rmse),
@@ -753,7 +881,8 @@ def summary_lines(m: dict[str, Any]) -> list[str]:
     """The result of a recommender run, for stdout."""
     b = m["baselines"]
     rows = [
-        ("model: biased MF" + (" + item features" if m["item_features"] else ""), m["test"]),
+        ("model: biased MF" + (" + features" if m["item_features"] else "")
+         + (" + SVD++ bag" if m.get("implicit") else ""), m["test"]),
         ("baseline: user + item biases", b["user_item_bias"]["test"]),
         ("baseline: global mean", b["global_mean"]["test"]),
     ]

@@ -17,6 +17,10 @@ Triton kernels (ATen and torch ops when Triton is missing); elsewhere ATen and t
 ops. Under ``torch.compile`` lookups take a backend made of torch ops (``torch`` for
 ``auto``), which the compiler can trace; updates run outside the graph anyway.
 
+A table whose ``TableSpec.layout`` is quantized (``embtab/quant``) gets that layout's
+lookups instead (``quant/lookup.py``: the torch reference, numba on CPU, Triton on CUDA,
+by the same names) and no updates: quantized tables are inference only.
+
 ``$EMBTAB_BACKEND`` replaces ``"auto"`` everywhere (read at import; :func:`refresh`
 reads it again). A backend asked for by name that cannot run raises; when ``auto``
 cannot use a fast path it falls back once, with a one-time warning that says why
@@ -66,6 +70,12 @@ class Backend:
     # The table-batched bag forward, which also resolves the stateless policies and checks
     # the input in its kernel (``ops/triton/pooled.py``), or None.
     pooled: "Callable[..., Any] | None" = field(init=False)
+    # The dtype of the looked-up values when it is not the weight's (a quantized table's
+    # uint8 rows read as float32), or None.
+    values_dtype: "torch.dtype | None" = field(init=False)
+    # No-gradient bag lookups of many features in one call (``pipeline._inference``), or None:
+    # ``inference_many([(lookup, weight, ids, ends, mode, psw, padding_idx), ...]) -> (B, sum of D)``.
+    inference_many: "Callable[..., Any] | None" = field(init=False)
 
     def __post_init__(self) -> None:
         set_ = object.__setattr__
@@ -73,6 +83,8 @@ class Backend:
         set_(self, "checks_bounds", bool(getattr(self.lookup, "checks_bounds", False)))
         set_(self, "native_autograd", self.lookup is native)
         set_(self, "pooled", getattr(self.lookup, "pooled_forward", None))
+        set_(self, "values_dtype", getattr(self.lookup, "values_dtype", None))
+        set_(self, "inference_many", getattr(self.lookup, "inference_many", None))
 
     def updater(self) -> ModuleType:
         """``update``, after the one-time warning of a fallback."""
@@ -104,14 +116,22 @@ def refresh() -> None:
     global _env_default, _env_error
     value = os.environ.get(ENV_VAR, "") or "auto"
     _cache.clear()
+    _quantized_cache.clear()
     try:
         _env_default, _env_error = check_name(value, f"${ENV_VAR}"), None
     except ValueError as exc:
         _env_default, _env_error = "auto", exc
 
 
-def select(name: str, device: torch.device, dtype: torch.dtype, contiguous: bool = True) -> Backend:
-    """The backend that runs ``name`` (checked) for tables of ``dtype`` on ``device``."""
+def select(name: str, device: torch.device, dtype: torch.dtype, contiguous: bool = True, layout: str = "dense",
+           dim: int = 0) -> Backend:
+    """The backend that runs ``name`` (checked) for tables of ``dtype`` on ``device``.
+
+    ``layout``: how the table stores its rows (``TableSpec.layout``); a quantized layout
+    (``dim`` values a row) gets the lookups of ``embtab/quant``.
+    """
+    if layout != "dense":
+        return _quantized(name, device, layout, dim)
     if torch.compiler.is_compiling():
         return _traceable(name)
     key = (name, device, dtype, contiguous)  # the device itself: its .type costs more than the lookup
@@ -120,6 +140,26 @@ def select(name: str, device: torch.device, dtype: torch.dtype, contiguous: bool
         if _env_error is not None:
             raise _env_error
         backend = _cache[key] = _choose(name, device, dtype, contiguous)
+    return backend
+
+
+_quantized_cache: dict[tuple[str, torch.device, str, int, bool], Backend] = {}
+
+
+def _quantized(name: str, device: torch.device, layout: str, dim: int) -> Backend:
+    """The backend of a quantized table: its lookups (``embtab/quant/lookup.py``), no updates."""
+    compiling = torch.compiler.is_compiling()
+    key = (name, device, layout, dim, compiling)
+    backend = _quantized_cache.get(key)
+    if backend is None:
+        if _env_error is not None:
+            raise _env_error
+        from ..quant import lookup as quant_lookup  # (imports the quantization modules on first use)
+
+        chosen = _env_default if name == "auto" else name
+        kernels = quant_lookup.kernels_for("reference" if compiling else chosen, device)
+        lookup = quant_lookup.QuantLookup(layout, dim, kernels)
+        backend = _quantized_cache[key] = Backend(lookup, quant_lookup.NO_UPDATE)  # type: ignore[arg-type]
     return backend
 
 

@@ -156,7 +156,8 @@ class Feature(NamedTuple):
 
 
 def backend_of(spec: TableSpec, weight: Tensor) -> registry.Backend:
-    return registry.select(spec.backend, weight.device, weight.dtype, weight.is_contiguous())
+    return registry.select(spec.backend, weight.device, weight.dtype, weight.is_contiguous(), spec.layout,
+                           spec.embedding_dim)
 
 
 def _check_ids(input: object, weight: Tensor, where: str) -> None:
@@ -273,7 +274,8 @@ def prepare_bags(
         ids, psw = input.reshape(-1), None if per_sample_weights is None else per_sample_weights.reshape(-1)
         offsets, include_last_offset = None, False
     if per_sample_weights is not None:
-        _checks.check_per_sample_weights(per_sample_weights, input, weight, cast(str, spec.mode), where)
+        _checks.check_per_sample_weights(per_sample_weights, input, weight, cast(str, spec.mode), where,
+                                         backend.values_dtype)
     bags = Bags(ids, offsets, include_last_offset, psw, input.shape, True, spec, where, deferred=True, counter=counter)
     if _kernel_resolves(backend, spec):
         return bags
@@ -445,6 +447,11 @@ def _aten_bag_ok(f: Feature) -> bool:
 
 def _inference(features: Sequence[Feature]) -> Tensor:
     """The pooled outputs when no gradient will be asked for (no autograd node)."""
+    many = features[0].backend.inference_many
+    if many is not None and len(features) > 1 and all(f.backend.inference_many is many for f in features):
+        # One call for every feature (a backend that runs them all in one parallel pass).
+        return many([(f.backend.lookup, f.weight, f.bags.ids, f.bags.ends, f.spec.mode, f.bags.psw,
+                      f.spec.padding_idx) for f in features])
     outs = []
     for f in features:
         b, spec = f.bags, f.spec

@@ -19,8 +19,9 @@ from typing import Any
 from .. import _checks
 from ..ids.policies import IdSpace, IdStage, policy
 from ..ops import registry
+from ..quant import layouts as quant_layouts
 
-LAYOUTS = ("dense",)
+LAYOUTS = ("dense",) + quant_layouts.DTYPES  # dense float weights, or quantized rows (embtab.quant)
 
 
 @dataclass(frozen=True)
@@ -39,7 +40,9 @@ class TableSpec:
         include_last_offset: offsets hold B + 1 entries (bag lookups).
         oov, num_oov_buckets: the out-of-vocabulary policy and its hash rows.
         backend: ``"auto"`` or a backend name (``ops/registry.py``).
-        layout: how rows are stored (``"dense"``: a float weight of ``num_rows`` rows).
+        layout: how rows are stored: ``"dense"`` (a float weight of ``num_rows`` rows) or a
+            quantized layout (``"int8"``, ``"int4"``, ``"int2"``, ``"float16"``, ``"bfloat16"``:
+            a uint8 weight of ``num_rows`` rows of bytes, see ``embtab/quant/layouts.py``).
         ids: the ids-to-rows stage (from ``oov``, or built from ``id_space``).
         id_space: ``ids=`` of the table (``embtab.ids.Hashed`` / ``Dynamic``), or None.
     """

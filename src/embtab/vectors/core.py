@@ -204,6 +204,20 @@ class Vectors:
                 if f is not raw:
                     f.close()
 
+    def quantize(self, dtype: str = "int8", *, method: str = "minmax") -> "Vectors":
+        """The same vectors with their matrix stored quantized (``"int8"``, ``"int4"``,
+        ``"int2"``, ``"float16"``, ``"bfloat16"``; ``method`` as :func:`embtab.quantize`'s):
+        ``most_similar``, ``similarity`` and the evaluations work on it, reading rows back
+        block by block. See :class:`embtab.vectors.quantized.QuantizedVectors`.
+
+        Examples:
+            >>> q = v.quantize("int8")                        # doctest: +SKIP
+            >>> q.most_similar("king", topn=3)                # doctest: +SKIP
+        """
+        from .quantized import QuantizedVectors
+
+        return QuantizedVectors(self, dtype, method)
+
     # ------------------------------------------------------------------ evaluation
     def _norms_of(self) -> Tensor:
         """Row norms ``(n,)``, cached while the matrix is unchanged."""
