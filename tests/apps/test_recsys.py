@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 
@@ -153,3 +155,34 @@ def test_dynamic_recommender_resumes_exactly(tmp_path, ratings_csv, keep_threads
                        m["test"], m["ids"]["stats"])
     assert strip(full) == strip(resumed)
     assert full["ids"]["space"] == "dynamic" and full["ids"]["stats"]["item"]["evicted"] > 0
+
+
+def test_a_run_from_before_svdpp_resumes_and_is_served(tmp_path, ratings_csv, keep_threads):
+    """A run written before --implicit and --lr-decay existed (no such keys in config.json, no
+    epoch count in its checkpoints) resumes and serves as it was trained: without them."""
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    from embtab.apps import recsys
+    from embtab.apps.common import Resume
+
+    kw = dict(ratings=str(ratings_csv), patience=0, dim=6, threads=1, quiet=True, implicit=False, lr_decay=1.0)
+    full = recsys.train(recsys.RecsysConfig(out=str(tmp_path / "full"), epochs=3, **kw))
+    run = tmp_path / "old"
+    recsys.train(recsys.RecsysConfig(out=str(run), epochs=2, **kw))
+    doc = json.loads((run / "config.json").read_text())
+    for key in ("implicit", "implicit_max", "implicit_reg", "lr_decay"):
+        del doc["config"][key]
+    (run / "config.json").write_text(json.dumps(doc))
+    for path in run.glob("*.safetensors"):
+        with safe_open(str(path), "pt") as f:
+            meta, tensors = f.metadata(), {k: f.get_tensor(k) for k in f.keys()}
+        assert any(k.endswith("epochs_done") for k in tensors), list(tensors)
+        save_file({k: v for k, v in tensors.items() if not k.endswith("epochs_done")}, str(path), metadata=meta)
+
+    resumed = recsys.train(recsys.RecsysConfig(threads=1, quiet=True), resume=Resume(str(run), epochs=3))
+    strip = lambda m: [{k: v for k, v in h.items() if k not in ("seconds", "examples_per_s")} for h in m["history"]]
+    assert strip(full) == strip(resumed) and full["test"] == resumed["test"]
+    assert resumed["implicit"] is False
+    served = embtab.load_run(run)
+    assert served.history is None and len(served.predict([("1", "10")])) == 1

@@ -186,15 +186,8 @@ class BiasedMF(nn.Module):
         if implicit:
             # SVD++'s y_j: one vector per movie, summed over the movies a user rated with
             # weights |N(u)|^-1/2 (per-sample weights of a sum bag).
-            # With --ids other than full, the bag holds the movies' raw keys and this table
-            # has the movie table's kind of id space (its own seed).
-            if ids == "full":
-                tables.append(embtab.TableConfig("implicit", num_items, dim, feature_names=["history"],
-                                                 init=_normal_init(init_std), oov="zero"))
-            else:
-                tables.append(embtab.TableConfig("implicit", capacity, dim, feature_names=["history"],
-                                                 init=_normal_init(init_std),
-                                                 ids=id_space(ids, rows, init_std, 2, min_count, bias=False)))
+            tables.append(embtab.TableConfig("implicit", num_items, dim, feature_names=["history"],
+                                             init=_normal_init(init_std), oov="zero"))
         self.tables = embtab.EmbeddingBagCollection(tables, optimizer=optimizer)
         self.has_features = bool(num_features)
         self.has_implicit = bool(implicit)
@@ -310,10 +303,8 @@ def scramble(tokens: np.ndarray) -> Tensor:
     return torch.tensor(out, dtype=torch.int64)
 
 
-def id_space(kind: str, rows: int, init_std: float, seed: int, min_count: int = 2,
-             bias: bool = True) -> embtab.ids.IdSpace:
-    """The user or movie table's id space for ``--ids kind``, ``rows`` rows in all (``bias``:
-    the rows end with a bias column, which a dynamic table starts at zero)."""
+def id_space(kind: str, rows: int, init_std: float, seed: int, min_count: int = 2) -> embtab.ids.IdSpace:
+    """The user or movie table's id space for ``--ids kind``, ``rows`` rows in all."""
     if kind == "hashing":
         return embtab.ids.Hashed(1, importance=False, seed=seed)
     if kind == "hashed":
@@ -321,14 +312,13 @@ def id_space(kind: str, rows: int, init_std: float, seed: int, min_count: int = 
     # Frequent ids own rows (LFU keeps them); the rest share a quarter of the rows by hash.
     return embtab.ids.Dynamic(admit=embtab.ids.MinCount(min_count), evict=embtab.ids.LFU(), fallback="hash",
                               fallback_buckets=dynamic_fallback_rows(rows), seed=seed,
-                              init=functools.partial(_dynamic_row_init, std=init_std, bias=bias))
+                              init=functools.partial(_dynamic_row_init, std=init_std))
 
 
-def _dynamic_row_init(ids: Tensor, seed: int, dim: int, *, std: float, bias: bool = True) -> Tensor:
+def _dynamic_row_init(ids: Tensor, seed: int, dim: int, *, std: float) -> Tensor:
     """A fresh row of a dynamic table: N(0, std^2) per id (as the full table's init), zero bias."""
     rows = embtab.ids.normal_rows(ids, seed, dim, std)
-    if bias:
-        rows[:, -1] = 0.0
+    rows[:, -1] = 0.0
     return rows
 
 
@@ -388,10 +378,8 @@ class History:
         self.weight = lengths.clamp_min(1).rsqrt()  # (U + 1,)
 
     @classmethod
-    def build(cls, users: Tensor, items: Tensor, num_users: int, cap: int, seed: int,
-              keys: Tensor | None = None) -> "History":
-        """From the training split's encoded ``users`` and ``items`` (``-1``: left out);
-        ``keys[i]``: what the bag holds for item ``i`` (default: ``i``, its row)."""
+    def build(cls, users: Tensor, items: Tensor, num_users: int, cap: int, seed: int) -> "History":
+        """From the training split's encoded ``users`` and ``items`` (``-1``: left out)."""
         keep = (users >= 0) & (items >= 0)
         pairs = np.unique(np.stack([users[keep].numpy(), items[keep].numpy()], 1), axis=0)  # sorted by user
         bounds = np.searchsorted(pairs[:, 0], np.arange(num_users + 1))
@@ -403,9 +391,6 @@ class History:
                 rated = np.sort(rng.choice(rated, cap, replace=False))
             lists.append(rated.tolist())
         lists.append([])
-        if keys is not None:
-            key_of = keys.tolist()
-            lists = [[key_of[i] for i in rated] for rated in lists]
         return cls(Bags.from_lists(lists))
 
     def take(self, users: Tensor) -> tuple[Tensor, Tensor, Tensor]:
@@ -771,22 +756,26 @@ def train(cfg: RecsysConfig, *, resume: str | Resume | None = None) -> dict[str,
     torch.manual_seed(cfg.seed)
     spec = embtab.optim.SGD(lr=cfg.lr) if cfg.optimizer == "fused" else None
     min_count = dynamic_min_count(len(train), cfg.rows)
+    # The SVD++ bag is a vocabulary table of the movies (each user's rated movies); with
+    # --ids it stays off: its rows would be the movie table's few shared rows, summed over
+    # every user's history (tried: --ids hashed --rows 64 diverged in its first epoch).
+    implicit = cfg.implicit and not raw_keys
+    if cfg.implicit and raw_keys:
+        log(f"implicit feedback (SVD++) is off with --ids {cfg.ids}: it needs a row per movie", quiet=quiet)
     model = BiasedMF(len(users), len(items), len(features) if features is not None else 0, cfg.dim,
                      init_std=cfg.init_std, optimizer=spec, ids=cfg.ids, rows=cfg.rows, min_count=min_count,
-                     implicit=cfg.implicit)
+                     implicit=implicit)
     model.global_mean.fill_(mu)
     if raw_keys:
         log(f"ids: user and movie ids scrambled into [0, 2^62); {cfg.ids} tables of {cfg.rows:,} rows each "
             f"({id_space_text(cfg.ids, cfg.rows, min_count)})", quiet=quiet)
     log(f"model: biased MF, dim {cfg.dim}, {len(users):,} users x {len(items):,} movies"
         + (f", {len(features):,} item features (genres, years)" if features is not None else "")
-        + (f", implicit feedback (SVD++: up to {cfg.implicit_max} rated movies a user)" if cfg.implicit else "")
+        + (f", implicit feedback (SVD++: up to {cfg.implicit_max} rated movies a user)" if implicit else "")
         + f"; optimizer: {'embtab.optim.SGD fused into the collection backward' if spec else 'torch.optim.SGD on dense gradients'}",
         quiet=quiet)
 
-    item_keys = scramble(np.array(list(items.tokens))) if raw_keys else None  # each movie's table input
-    history = History.build(train.users, train.items, len(users), cfg.implicit_max, cfg.seed,
-                            item_keys) if cfg.implicit else None
+    history = History.build(train.users, train.items, len(users), cfg.implicit_max, cfg.seed) if implicit else None
     sharding = None
     if world > 1:
         import embtab.distributed as ed
@@ -812,7 +801,7 @@ def train(cfg: RecsysConfig, *, resume: str | Resume | None = None) -> dict[str,
         # The best weights, whole, in a plain model on every rank; rank 0 evaluates and reports.
         whole = task.model.state_dict()
         model = BiasedMF(len(users), len(items), len(features) if features is not None else 0, cfg.dim,
-                         init_std=cfg.init_std, implicit=cfg.implicit)
+                         init_std=cfg.init_std, implicit=implicit)
         model.load_state_dict(whole, strict=False)
         task.mf = task.model = model
         if rank:
@@ -822,6 +811,7 @@ def train(cfg: RecsysConfig, *, resume: str | Resume | None = None) -> dict[str,
     test_metrics = regression_metrics(task.predict(test), test.ratings)
     counts = torch.zeros(len(items), dtype=torch.int64).index_add_(0, train.items, torch.ones_like(train.items))
     item_tokens = list(items.tokens)
+    item_keys = scramble(np.array(item_tokens)) if raw_keys else None
     catalog_of_item = torch.tensor([catalog_index[t] for t in item_tokens], dtype=torch.int64)
     vectors = model.item_vectors(feature_bags, catalog_of_item, item_keys)
     neighbors = nearest_neighbors(vectors, item_tokens, counts, data.item_titles, cfg.neighbors,
@@ -847,7 +837,7 @@ def train(cfg: RecsysConfig, *, resume: str | Resume | None = None) -> dict[str,
         "split": {"train": len(train), "val": len(val), "test": len(test), "seed": cfg.seed},
         "users": len(users), "movies": len(items),
         "item_features": len(features) if features is not None else 0,
-        "implicit": bool(cfg.implicit),
+        "implicit": implicit,
         "test": test_metrics,
         "baselines": baselines,
         "beats_bias_baseline": bool(test_metrics["rmse"] < bias_rmse),
