@@ -24,6 +24,14 @@ settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
+@pytest.fixture(autouse=True)
+def _keep_torch_threads() -> Iterator[None]:
+    """Put torch's thread count back after each test: the apps set it (``--threads``)."""
+    n = torch.get_num_threads()
+    yield
+    torch.set_num_threads(n)
+
+
 # GPU-only tests: marked (``pytest -m cuda`` picks them all) and skipped without a device.
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 

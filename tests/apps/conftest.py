@@ -8,6 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from embtab.cli import main
+
 GENRES = ("Action", "Comedy", "Drama", "Sci-Fi")
 
 
@@ -70,3 +72,18 @@ def text_csv(tmp_path: Path) -> Path:
 @pytest.fixture
 def ratings_csv(tmp_path: Path) -> Path:
     return write_ratings(tmp_path / "ml")
+
+
+def run_cli(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
+    """``embtab ARGV`` in this process: (exit code, stdout, stderr)."""
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def error_line(err: str) -> str:
+    """The one error line (progress lines may come before it), last on stderr."""
+    errors = [ln for ln in err.splitlines() if ln.startswith("embtab: error: ")]
+    assert len(errors) == 1, err
+    assert err.rstrip().splitlines()[-1] == errors[0], err
+    return errors[0]

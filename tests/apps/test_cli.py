@@ -9,31 +9,11 @@ import pytest
 import torch
 
 from embtab.cli import main
+from tests.apps.conftest import error_line as _error_line
+from tests.apps.conftest import run_cli as _run
 
 TEXT_FAST = ["--epochs", "2", "--dim", "16", "--hidden", "16", "--buckets", "2048", "--threads", "1", "-q"]
 RECSYS_FAST = ["--epochs", "3", "--dim", "8", "--threads", "1", "-q"]
-
-
-@pytest.fixture(autouse=True)
-def _keep_threads():
-    # The commands set torch's thread count (--threads); put it back for other tests.
-    n = torch.get_num_threads()
-    yield
-    torch.set_num_threads(n)
-
-
-def _run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
-    code = main(list(argv))
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
-def _error_line(err: str) -> str:
-    """The one error line (progress lines may come before it)."""
-    errors = [ln for ln in err.splitlines() if ln.startswith("embtab: error: ")]
-    assert len(errors) == 1, err
-    assert err.rstrip().splitlines()[-1] == errors[0], err
-    return errors[0]
 
 
 # --- help -----------------------------------------------------------------------------

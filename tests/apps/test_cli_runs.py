@@ -13,29 +13,12 @@ import pytest
 import torch
 
 from embtab.cli import main
+from tests.apps.conftest import error_line as _error_line
+from tests.apps.conftest import run_cli as _run
 
 TEXT_FAST = ["--text-column", "message", "--label-column", "topic", "--epochs", "2", "--dim", "16", "--hidden", "16",
              "--buckets", "2048", "--threads", "1", "-q"]
 RECSYS_FAST = ["--epochs", "2", "--dim", "8", "--threads", "1", "-q"]
-
-
-@pytest.fixture(autouse=True)
-def _keep_threads():
-    n = torch.get_num_threads()
-    yield
-    torch.set_num_threads(n)
-
-
-def _run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
-    code = main(list(argv))
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
-def _error_line(err: str) -> str:
-    errors = [ln for ln in err.splitlines() if ln.startswith("embtab: error: ")]
-    assert len(errors) == 1, err
-    return errors[0]
 
 
 # --- 21: a reader that goes away ------------------------------------------------------

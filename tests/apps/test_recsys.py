@@ -134,14 +134,7 @@ def test_id_space_models_look_up_raw_keys(ids):
         assert stage.capacity == 12 and stage.extra_rows == 4
 
 
-@pytest.fixture
-def keep_threads():
-    n = torch.get_num_threads()  # a run sets torch's thread count (threads=1)
-    yield
-    torch.set_num_threads(n)
-
-
-def test_dynamic_recommender_resumes_exactly(tmp_path, ratings_csv, keep_threads):
+def test_dynamic_recommender_resumes_exactly(tmp_path, ratings_csv):
     """A dynamic table's map, counts and rows travel in the checkpoint: train 2 epochs, go on to 3,
     and the metrics are those of 3 epochs at once."""
     from embtab.apps import recsys
@@ -157,7 +150,7 @@ def test_dynamic_recommender_resumes_exactly(tmp_path, ratings_csv, keep_threads
     assert full["ids"]["space"] == "dynamic" and full["ids"]["stats"]["item"]["evicted"] > 0
 
 
-def test_a_run_from_before_svdpp_resumes_and_is_served(tmp_path, ratings_csv, keep_threads):
+def test_a_run_from_before_svdpp_resumes_and_is_served(tmp_path, ratings_csv):
     """A run written before --implicit and --lr-decay existed (no such keys in config.json, no
     epoch count in its checkpoints) resumes and serves as it was trained: without them."""
     from safetensors import safe_open

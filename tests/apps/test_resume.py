@@ -22,13 +22,6 @@ TEXT_KW = dict(text_column="message", label_column="topic", epochs=3, patience=0
 RECSYS_KW = dict(epochs=3, patience=0, dim=8, threads=1, quiet=True)
 
 
-@pytest.fixture(autouse=True)
-def _keep_threads():
-    n = torch.get_num_threads()
-    yield
-    torch.set_num_threads(n)
-
-
 def _outcome(metrics: dict) -> dict:
     """What must match between runs: everything but wall-clock times and paths."""
     history = [{k: v for k, v in h.items() if k not in ("seconds", "examples_per_s")} for h in metrics["history"]]

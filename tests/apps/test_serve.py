@@ -17,13 +17,6 @@ TEXT = ["--text-column", "message", "--label-column", "topic", "--epochs", "2", 
 RECSYS = ["--epochs", "3", "--dim", "8", "--threads", "1", "-q"]
 
 
-@pytest.fixture(autouse=True)
-def _keep_threads():
-    n = torch.get_num_threads()
-    yield
-    torch.set_num_threads(n)
-
-
 def _train(argv: list[str]) -> None:
     n = torch.get_num_threads()  # (--threads 1 sets torch's threads: put them back for the other tests)
     try:

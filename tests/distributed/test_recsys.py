@@ -13,13 +13,6 @@ from embtab.cli import main
 from tests.apps.conftest import write_ratings
 
 
-@pytest.fixture(autouse=True)
-def _keep_threads():
-    n = torch.get_num_threads()
-    yield
-    torch.set_num_threads(n)
-
-
 def test_two_processes_match_one(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     ratings = write_ratings(tmp_path / "ml")
     common = ["train", "recsys", "--ratings", str(ratings), "--epochs", "3", "--dim", "8", "--threads", "1", "-q"]
