@@ -186,3 +186,14 @@ def test_implicit_fused_sgd_matches_dense_sgd():
         torch.testing.assert_close(a.table(name), b.table(name), atol=1e-5, rtol=1e-5)
     with pytest.raises(ValueError, match="pass history="):
         a.parts(users, items)
+
+
+def test_a_recommender_trained_with_an_id_space_is_refused_by_name(tmp_path):
+    from tests.apps.conftest import write_ratings
+
+    ratings = write_ratings(tmp_path / "ml", users=40, items=30, n=800)
+    run = tmp_path / "run"
+    _train(["train", "recsys", "--ratings", str(ratings), "--out", str(run), "--epochs", "1", "--dim", "4",
+            "--ids", "hashed", "--rows", "32", "--threads", "1", "-q"])
+    with pytest.raises(embtab.apps.common.AppError, match=r"--ids hashed is not supported yet"):
+        embtab.load_run(run)

@@ -167,3 +167,10 @@ def test_a_float_state_dict_is_refused_by_a_quantized_table():
     q = embtab.quantize(embtab.EmbeddingBag(10, 4), "int8")
     with pytest.raises(RuntimeError, match=r"stores uint8 \(10, 12\), the state_dict holds torch.float32 \(10, 4\)"):
         q.load_state_dict(embtab.EmbeddingBag(10, 4).state_dict())
+
+
+@pytest.mark.parametrize("ids", [embtab.ids.Hashed(2), embtab.ids.Dynamic()], ids=["hashed", "dynamic"])
+def test_tables_with_an_id_space_are_refused_by_name(ids):
+    model = torch.nn.Sequential(embtab.EmbeddingBag(50, 4, mode="sum", ids=ids))
+    with pytest.raises(ValueError, match=r"table '0'.*ids=.*cannot be quantized yet"):
+        embtab.quantize(model, "int8")

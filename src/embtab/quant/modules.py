@@ -281,6 +281,14 @@ def _quantized_table(table: Table, layout: Layout, method: str, where: str, *,
     _checks.check_quantize_method(method, where)
     if not isinstance(table, Table):
         raise TypeError(f"{where}: expected an embtab.Embedding or EmbeddingBag, got {type(table).__name__}")
+    if table.spec.id_space is not None:
+        # Its id stage (a dynamic table's id -> row map, a hashed table's importance weights)
+        # is a module of the float table; a quantized copy would share it, and the model file
+        # has no place for it yet.
+        raise _checks.BadArgumentError(
+            f"{where}: tables with ids={table.spec.id_space!r} cannot be quantized yet (only tables with an oov "
+            f"policy); serve this model with float tables"
+        )
     spec = table.spec.replace(where, layout=layout.name, max_norm=None, sparse=False, scale_grad_by_freq=False)
     data = None
     if compute:
