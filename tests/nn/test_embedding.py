@@ -215,3 +215,14 @@ def test_second_derivative_through_a_bag_is_refused(backend: str) -> None:
     (grad,) = torch.autograd.grad(out.pow(3).sum(), w, create_graph=True)
     with pytest.raises(RuntimeError, match=r"derivative"):
         grad.pow(2).sum().backward()
+
+
+@pytest.mark.parametrize("cls", [embtab.Embedding, embtab.EmbeddingBag])
+def test_from_pretrained_names_a_non_finite_row_and_keeps_it_only_when_asked(cls) -> None:
+    w = torch.randn(5, 3, generator=torch.Generator().manual_seed(3))
+    w[2, 1] = float("nan")
+    with pytest.raises(ValueError, match=r"row 2 holds a non-finite value.*nonfinite='keep'"):
+        cls.from_pretrained(w)
+    m = cls.from_pretrained(w, nonfinite="keep", oov="hash", num_oov_buckets=3)
+    assert torch.equal(m.weight[:5].isnan(), w.isnan())  # kept as given
+    assert bool(torch.isfinite(m.weight[5:]).all())  # the hash rows' statistics skip the NaN row
