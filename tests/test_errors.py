@@ -8,8 +8,10 @@ from __future__ import annotations
 
 from typing import Callable
 
+import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings, strategies as st
 
 import embtab
 from embtab import functional as EF
@@ -183,11 +185,14 @@ def test_env_var_overrides_auto(set_backend) -> None:  # type: ignore[no-untyped
     assert registry.select("auto", cpu, torch.float32).lookup.name == "torch"
 
 
+@pytest.mark.parametrize("backend", ["auto", "torch"])  # the order check of numba / of numpy
 @pytest.mark.parametrize("threads", [1, 2])
 @pytest.mark.parametrize("grad", [False, True])
 @pytest.mark.parametrize("offsets", [[0, 3, 1], [0, 2, 2, 1], [0, 4, 2]])
-def test_decreasing_offsets_are_refused_on_every_path(offsets: list[int], grad: bool, threads: int) -> None:
+def test_decreasing_offsets_are_refused_on_every_path(offsets: list[int], grad: bool, threads: int, backend: str,
+                                                      set_backend) -> None:
     """ATen's one-thread CPU path reads decreasing offsets without a word: we check them."""
+    set_backend(backend)
     before = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
@@ -205,3 +210,14 @@ def test_ids_on_another_device_are_refused() -> None:
     meta_ids = torch.tensor([1, 2], device="meta")
     with pytest.raises(ValueError, match=r"input is on meta but weight is on cpu; move it with input.to\(weight.device\)"):
         EF.embedding(meta_ids, W)
+
+
+@given(st.lists(st.integers(-(2**31), 2**31 - 1), max_size=12), st.sampled_from([np.int32, np.int64]))
+@settings(max_examples=60, deadline=None)
+def test_the_numba_order_check_is_the_numpy_one(offsets: list[int], dtype: type) -> None:
+    numba_update = pytest.importorskip("embtab.ops.numba.update")
+    from embtab.ops.common import offsets_decrease
+
+    view = np.array(offsets, dtype=dtype)
+    assert numba_update.offsets_decrease(view) == offsets_decrease(view) == any(
+        b < a for a, b in zip(offsets, offsets[1:]))

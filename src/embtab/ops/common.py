@@ -27,6 +27,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -178,3 +179,8 @@ class TableJob:
 def cat(parts: list[Tensor]) -> Tensor:
     """``torch.cat``, without its copy for the usual single part."""
     return parts[0] if len(parts) == 1 else torch.cat(parts)
+
+
+def offsets_decrease(offsets: np.ndarray) -> bool:
+    """Whether any offset is below the one before it (numpy; ``ops/numba`` has a faster twin)."""
+    return offsets.size > 1 and bool((offsets[1:] < offsets[:-1]).any())

@@ -39,7 +39,7 @@ from typing import Any, Callable
 
 import torch
 
-from . import native, reference, update_reference, update_torch
+from . import common, native, reference, update_reference, update_torch
 
 NAMES = ("auto", "reference", "torch", "numba", "triton")
 ENV_VAR = "EMBTAB_BACKEND"
@@ -76,6 +76,9 @@ class Backend:
     # No-gradient bag lookups of many features in one call (``pipeline._inference``), or None:
     # ``inference_many([(lookup, weight, ids, ends, mode, psw, padding_idx), ...]) -> (B, sum of D)``.
     inference_many: "Callable[..., Any] | None" = field(init=False)
+    # ``offsets_decrease(numpy offsets) -> bool``: the order check of a caller's offsets
+    # handed to ATen on CPU (``pipeline.Bags.kernel_args``); numba's when it is loaded.
+    offsets_decrease: "Callable[[Any], bool]" = field(init=False)
 
     def __post_init__(self) -> None:
         set_ = object.__setattr__
@@ -85,6 +88,7 @@ class Backend:
         set_(self, "pooled", getattr(self.lookup, "pooled_forward", None))
         set_(self, "values_dtype", getattr(self.lookup, "values_dtype", None))
         set_(self, "inference_many", getattr(self.lookup, "inference_many", None))
+        set_(self, "offsets_decrease", getattr(self.update, "offsets_decrease", common.offsets_decrease))
 
     def updater(self) -> ModuleType:
         """``update``, after the one-time warning of a fallback."""

@@ -19,7 +19,7 @@ row gradients (``embtab.optim``); otherwise it returns dense or sparse weight gr
 from __future__ import annotations
 
 import dataclasses
-from typing import Callable, NamedTuple, Sequence, cast
+from typing import Any, Callable, NamedTuple, Sequence, cast
 
 import numpy as np
 import torch
@@ -29,7 +29,7 @@ from .. import _checks
 from ..ids.policies import POLICIES, ErrorPolicy, raise_out_of_range
 from ..ops import registry
 from ..ops.autograd import BagsFunction, BagsPlan, EmbeddingFunction, Fused
-from ..ops.common import MODE_CODES, SKIP, BagAux, bag_of
+from ..ops.common import MODE_CODES, SKIP, BagAux, bag_of, offsets_decrease
 from .spec import TableSpec
 
 _INDEX_DTYPES = _checks.INDEX_DTYPES
@@ -117,18 +117,17 @@ class Bags:
             self._ends = canonical_bags(self.ids, self.offsets, self.last, check, self.where, self.shape)
         return self._ends
 
-    def kernel_args(self) -> tuple[Tensor, Tensor, bool]:
+    def kernel_args(self, decrease: Callable[[Any], bool] = offsets_decrease) -> tuple[Tensor, Tensor, bool]:
         """``(ids, offsets, include_last_offset)`` for an ATen bag kernel: on CPU the caller's
         own offsets, checked only for order here (ATen's kernels refuse a first offset other
         than 0 and a last one past the input, but its one-thread path reads decreasing
         offsets without a word); else the canonical ones. Not with ``include_last_offset``:
         ATen's CPU kernels disagree among themselves about ids after the last offset (see
-        :func:`canonical_bags`)."""
+        :func:`canonical_bags`). ``decrease``: the order check (``Backend.offsets_decrease``)."""
         o = self.offsets
         if (self._ends is None and o is not None and not self.last and self.ids.is_cpu
                 and not torch.compiler.is_compiling()):  # in a graph our checks run first (ops/compiled.py)
-            view = o.numpy()
-            if view.size > 1 and (view[1:] < view[:-1]).any():
+            if decrease(o.numpy()):
                 self.name_error()
             return self.ids, o, False
         return self.ids, self.ends, True
@@ -371,7 +370,7 @@ def pool(features: Sequence[Feature], optimizer: object | None = None) -> Tensor
             return _inference(features)
         if len(features) == 1 and optimizer is None and _aten_bag_ok(features[0]):
             f = features[0]
-            ids, offsets, last = f.bags.kernel_args()
+            ids, offsets, last = f.bags.kernel_args(f.backend.offsets_decrease)
             return torch.embedding_bag(  # padding_idx None: no padding (-1 would be the last row here)
                 f.weight, ids, offsets, False, MODE_CODES[f.spec.mode], f.spec.sparse, f.bags.psw, last,  # type: ignore[index]
                 f.spec.padding_idx,
@@ -456,7 +455,7 @@ def _inference(features: Sequence[Feature]) -> Tensor:
     for f in features:
         b, spec = f.bags, f.spec
         if _aten_bag_ok(f):  # torch's own no-grad kernel, on the caller's offsets where it checks them
-            ids, offsets, last = b.kernel_args()
+            ids, offsets, last = b.kernel_args(f.backend.offsets_decrease)
             outs.append(torch._embedding_bag_forward_only(
                 f.weight, ids, offsets, False, MODE_CODES[spec.mode], False, b.psw, last,  # type: ignore[index]
                 -1 if spec.padding_idx is None else spec.padding_idx,

@@ -76,6 +76,16 @@ prefetch_write = _make_prefetch(1)
 
 
 @njit(nogil=True, cache=True)
+def offsets_decrease(offsets):  # type: ignore[no-untyped-def]
+    """``ops.common.offsets_decrease`` in one pass, without temporaries (a tenth of its time
+    on the offsets of a small batch)."""
+    for i in range(1, offsets.shape[0]):
+        if offsets[i] < offsets[i - 1]:
+            return True
+    return False
+
+
+@njit(nogil=True, cache=True)
 def radix_sort_rows(ids, lo, hi, pad, num_rows, keys, order, tmp_keys, tmp_order):  # type: ignore[no-untyped-def]
     """Sort the kept occurrences ``lo <= j < hi`` of one table by row (stably).
 

@@ -29,6 +29,8 @@ from ..common import KIND_CODES, Hyper, TableJob, state_slots
 from . import kernels as K
 from ._pool import POOL
 
+offsets_decrease = K.offsets_decrease  # (Backend.offsets_decrease: the check of a bag's offsets on CPU)
+
 name = "numba"
 
 
