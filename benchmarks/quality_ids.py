@@ -48,7 +48,7 @@ def main(argv: list[str] | None = None) -> int:
     results = json.loads(results_path.read_text()) if results_path.is_file() else {}  # a rerun skips what is done
     print(machine_info())
     print(f"embtab train recsys --dim {args.dim} --batch-size {args.batch_size} --epochs {args.epochs} "
-          f"--threads {args.threads} --ids KIND --rows N --seed S" + (f" --ratings {args.ratings}" if args.ratings else ""))
+          f"--threads {args.threads} --no-implicit --lr-decay 1 --ids KIND --rows N --seed S" + (f" --ratings {args.ratings}" if args.ratings else ""))
     for seed in args.seeds:
         for kind in KINDS:
             for rows in ([args.rows[-1]] if kind == "full" else args.rows):
@@ -58,7 +58,8 @@ def main(argv: list[str] | None = None) -> int:
                 t0 = time.perf_counter()
                 cfg = recsys.RecsysConfig(out=str(out / key.replace("/", "-")), ratings=args.ratings, seed=seed,
                                           dim=args.dim, batch_size=args.batch_size, epochs=args.epochs,
-                                          threads=args.threads, quiet=True, ids=kind, rows=rows, neighbors=[])
+                                          threads=args.threads, quiet=True, ids=kind, rows=rows, neighbors=[],
+                                          implicit=False, lr_decay=1.0)  # the same model for every kind
                 m = recsys.train(cfg)
                 results[key] = {"rmse": m["test"]["rmse"], "bytes": m["ids"]["model_bytes"],
                                 "epochs": m["epochs_run"], "bias_rmse": m["baselines"]["user_item_bias"]["test"]["rmse"]}
