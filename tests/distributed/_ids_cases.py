@@ -198,7 +198,8 @@ def dynamic_train(rank: int, world: int, spec: Any, dtype: torch.dtype = torch.f
         out = sharded(batches[rank]).concat()
         full = reference(concat_batches(batches)).concat()
         start = sum(sizes[:rank])
-        torch.testing.assert_close(out, full[start:start + sizes[rank]], **TOL[dtype], msg=lambda m: f"step {step}: {m}")
+        torch.testing.assert_close(out, full[start:start + sizes[rank]], **TOL[dtype],
+                                   msg=lambda m: f"step {step}: {m}")
         ((out - targets[rank]) ** 2).sum().backward()
         (((full - torch.cat(targets)) ** 2).sum() / world).backward()
     assert_state_equal(sharded, reference, dtype, rank, f"dynamic, {spec!r}")
