@@ -62,7 +62,7 @@ def test_automatic_plan_puts_dynamic_tables_row_wise_and_the_rest_by_size() -> N
               TableConfig("word", 50, 4, ids=Hashed(2)), TableConfig("big", 20_000, 32, ids=Hashed(2)),
               TableConfig("tag", 10, 4)]
     plan = ed.plan(tables, 3)
-    assert plan["user"] == ed.row_wise() and "owner_of(id, 3)" in plan.reasons["user"]
+    assert plan["user"] == ed.row_wise() and "owner_of(x, 3)" in plan.reasons["user"]
     assert plan["tiny"].kind == "table_wise"  # a capacity of 2 cannot give 3 ranks a row each
     assert plan["word"] == ed.data_parallel()  # small: copied (its importance weights too)
     assert plan["big"] == ed.row_wise()

@@ -362,9 +362,9 @@ def plan(tables: Sequence[TableConfig], world_size: int, memory_per_rank: int | 
     for t in tables:
         if t.ids is not None and not works(data_parallel(), t) and world_size > 1 and works(row_wise(), t):
             kinds[t.name] = row_wise()
-            reasons[t.name] = (f"ids={t.ids!r} keeps an id map per piece, which copies would not share: split by "
-                               f"a hash of the id (owner_of(id, {world_size})), each rank owning its ids and "
-                               f"1/{world_size} of the capacity")
+            reasons[t.name] = (f"ids={type(t.ids).__name__}(...) keeps an id map, which copies would not share: "
+                               f"split by a hash of the id, each rank owning the ids x with owner_of(x, {world_size}) "
+                               f"== rank and 1/{world_size} of the capacity")
             place(t, kinds[t.name])
     for t in tables:
         if t.name in kinds or not works(data_parallel(), t):
