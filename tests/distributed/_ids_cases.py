@@ -332,3 +332,48 @@ def ckpt_load(rank: int, world: int, folder: str, other: bool) -> None:
     fresh.load_state_dict(whole)  # a whole (plain) state_dict
     ebc.load_state_dict(whole)
     assert_state_equal(fresh, ebc, torch.float64, rank, "loaded from a whole state_dict")
+
+
+# --- communication volume -------------------------------------------------------------------------
+
+
+def comm_volume(rank: int, world: int) -> None:
+    """The bytes each rank sends equal ShardedEmbeddingBagCollection.step_bytes for hashed tables (rows
+    out, rows back), dynamic ones (raw ids to their owners; counts back with a mean; the fallback rows'
+    all-reduce) and a copied hashed table (its importance weights all-reduced too)."""
+    from ._cases import only_step_collectives
+
+    tables = [TableConfig("hr", 13, 4, ids=Hashed(2)), TableConfig("hm", 7, 3, pooling="max", ids=Hashed(3, seed=2)),
+              TableConfig("dh", 40, 3, ids=Dynamic(fallback="hash", fallback_buckets=3)),
+              TableConfig("dm", 40, 2, pooling="mean", ids=Dynamic(admit=MinCount(2))),
+              TableConfig("hd", 5, 2, ids=Hashed(2, seed=4))]
+    plan = {"hr": ed.row_wise(), "hm": ed.table_wise(rank=world - 1), "dh": ed.row_wise(), "dm": ed.row_wise(),
+            "hd": ed.data_parallel()}
+    ebc = _collection(tables, torch.float32, embtab.optim.SGD(lr=0.1))
+    sharded = ed.shard(ebc, plan)
+
+    def blocks(rows: torch.Tensor, n: int) -> list[int]:  # rows per row-wise block of n rows
+        return [int(((rows >= b[0]) & (rows <= b[-1])).sum()) for b in torch.tensor_split(torch.arange(n), world)]
+
+    gen = torch.Generator().manual_seed(4)
+    for step in range(3):
+        sizes = torch.randint(0, 5, (world,), generator=gen).tolist()
+        batches = [draw(tables, b, gen, psw=False, dtype=torch.float32) for b in sizes]
+        counts = []
+        for b in batches:
+            stage = ebc.embedding_bags["hr"].ids  # (the unsharded table's hashes)
+            x = b["hr"][0]
+            per = {"hr": blocks(stage.rows(x).reshape(-1), 13) + blocks(stage.importance_rows_of(x), 13)}
+            n = b["hm"][0].numel()
+            per["hm"] = [3 * n, n]  # the whole table on one rank: every row of every id, every importance row
+            for f in ("dh", "dm"):
+                per[f] = torch.bincount(embtab.ids._hash.owner_of(b[f][0], world), minlength=world).tolist()
+            counts.append(per)
+        sharded.comm_stats.reset()
+        with only_step_collectives():
+            sharded(batches[rank]).concat().sum().backward()
+        expected = sharded.step_bytes(sizes, counts)
+        got = dict(sharded.comm_stats.bytes)
+        assert set(got) == set(expected), (sorted(got), sorted(expected))
+        for k in expected:
+            assert abs(got[k] - expected[k]) < 1e-6, (rank, step, k, got[k], expected[k])

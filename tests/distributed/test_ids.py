@@ -62,3 +62,7 @@ def test_checkpoint_saved_at_two_ranks_loads_at_one_two_and_three(tmp_path: Path
         torch.testing.assert_close(v, whole[k], atol=0, rtol=0, msg=k)
     run(2, _ids_cases.ckpt_load, folder, False)
     run(3, _ids_cases.ckpt_load, folder, True)
+
+
+def test_bytes_sent_per_step_equal_the_formula() -> None:
+    run(3, _ids_cases.comm_volume)
