@@ -68,6 +68,9 @@ class _Owned(Sharding):
     space: Dynamic
     extra: int  # the fallback rows after each piece's share of the capacity
 
+    def for_table(self, table: TableConfig) -> Sharding:
+        return self  # (already the variant)
+
     def source_spec(self, spec: Any) -> Any:
         return dc_replace(spec, ids=AsIs(), id_space=None)
 

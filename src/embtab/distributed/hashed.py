@@ -60,6 +60,9 @@ class HashedSharding(Sharding):
     def routing(self) -> str:  # type: ignore[override]
         return self.base.routing
 
+    def for_table(self, table: TableConfig) -> Sharding:
+        return self  # (already the variant)
+
     def pieces(self, num_rows: int, dim: int, world_size: int) -> tuple[Piece, ...]:
         return self.base.pieces(num_rows, dim, world_size)
 
