@@ -359,6 +359,34 @@ def check_column_ranks(ranks: Any, dim: int | None, where: str) -> tuple[int, ..
     return tuple(int(r) for r in out)
 
 
+def refuse_id_space_kind(table: str, kind: str, ids: Any, reason: str | None) -> None:
+    """A sharding kind that cannot shard a table with ``ids=`` (``reason``: why, and what to use)."""
+    if reason is None:
+        reason = (f"no sharding of {type(ids).__name__} tables is registered for this kind; shard the table "
+                  f"ed.row_wise() or ed.table_wise(rank=...)")
+    raise UnsupportedArgumentError(f"ShardingPlan: table {table!r} ({kind}) has ids={ids!r}: {reason}")
+
+
+def check_capacity_per_rank(table: str, kind: str, capacity: int, world_size: int) -> None:
+    """A dynamic table split over ``world_size`` ranks gives each rank a share of its capacity."""
+    if capacity < world_size:
+        raise ValueError(
+            f"ShardingPlan: table {table!r} ({kind}): a dynamic table's capacity is split over the ranks, but "
+            f"num_embeddings={capacity} gives some of the {world_size} ranks no row; use ed.table_wise(rank=...), "
+            f"or num_embeddings >= {world_size}"
+        )
+
+
+def check_owned_capacity(table: str, rank: int, world_size: int, owned: int, capacity: int, prefix: str) -> None:
+    """A rank's piece of a sharded dynamic table holds the live ids it owns in a loaded state."""
+    if owned > capacity:
+        raise ValueError(
+            f"ShardedEmbeddingBagCollection.load_state_dict: {prefix}ids.ids holds {owned} live ids that rank {rank} "
+            f"of {world_size} owns (table {table!r}), more than its share of the capacity, {capacity} rows; build "
+            f"the table with a larger num_embeddings, or load it at another world size"
+        )
+
+
 def check_same_features(by_rank: list[tuple[list[str], int]], features: list[str], where: str) -> None:
     """Every rank's batch names the same features: ``by_rank[r]`` is (the collection's
     features rank r named, how many other names it gave)."""

@@ -38,3 +38,24 @@ def test_nproc_needs_the_fused_optimizer(tmp_path: Path, capsys: pytest.CaptureF
                  "--out", str(tmp_path / "run")])
     assert code == 2
     assert "--nproc above 1 trains the sharded tables with the fused optimizer" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("ids, dim", [("dynamic", 8), ("hashed", 40)])
+def test_two_processes_match_one_with_unbounded_id_spaces(tmp_path: Path, ids: str, dim: int) -> None:
+    # --rows 1024 holds every id of the small data set: the sharded dynamic tables never evict, and
+    # train as one process does (admission after 2 sightings: pending ids use the hashed fallback rows,
+    # whose copies the ranks keep equal). A hashed table of dim 40 is too large to copy: sharded.
+    ratings = write_ratings(tmp_path / "ml")
+    common = ["train", "recsys", "--ratings", str(ratings), "--epochs", "2", "--dim", str(dim), "--threads", "1",
+              "-q", "--ids", ids]
+    assert main(common + ["--out", str(tmp_path / "one")]) == 0
+    assert main(common + ["--out", str(tmp_path / "two"), "--nproc", "2"]) == 0
+    one = json.loads((tmp_path / "one" / "metrics.json").read_text())
+    two = json.loads((tmp_path / "two" / "metrics.json").read_text())
+    assert "data_parallel" not in two["sharding"].split("\n")[0]  # (the user table is sharded)
+    assert abs(one["test"]["rmse"] - two["test"]["rmse"]) < 1e-4
+    for a, b in zip(one["history"], two["history"]):  # the same training, to float32 rounding
+        assert a["val_rmse"] == pytest.approx(b["val_rmse"], abs=1e-5)
+    if ids == "dynamic":  # the ranks' statistics, summed
+        assert one["ids"]["stats"] == two["ids"]["stats"]
+        assert one["ids"]["stats"]["user"]["fallback_lookups"] > 0

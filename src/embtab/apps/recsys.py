@@ -801,7 +801,8 @@ def train(cfg: RecsysConfig, *, resume: str | Resume | None = None) -> dict[str,
         # The best weights, whole, in a plain model on every rank; rank 0 evaluates and reports.
         whole = task.model.state_dict()
         model = BiasedMF(len(users), len(items), len(features) if features is not None else 0, cfg.dim,
-                         init_std=cfg.init_std, implicit=implicit)
+                         init_std=cfg.init_std, ids=cfg.ids, rows=cfg.rows, min_count=min_count,
+                         implicit=implicit)
         model.load_state_dict(whole, strict=False)
         task.mf = task.model = model
         if rank:

@@ -10,16 +10,20 @@
     pooled = sharded(local_batch)                # this rank's batch -> PooledEmbeddings
     model = ed.DistributedModel(model, plan)     # collections sharded, the dense rest in DDP
     state = ed.gather_state_dict(sharded, rank=0)  # the plain collection's state_dict, whole, on rank 0
+    ed.load_checkpoint(sharded, "ckpt")          # a torch.distributed.checkpoint, at any world size and plan
 
 Runs on gloo (CPU) and NCCL (GPUs); per step only ``all_gather``, ``all_to_all_single``
 and ``all_reduce``. Checkpoints go through ``torch.distributed.checkpoint`` and load
 at any world size or plan (``checkpoint.py``). Layout: ``plan.py`` (plans, the kinds'
 interface, the automatic planner), one file per kind (``table_wise.py``,
-``row_wise.py``, ``column_wise.py``, ``data_parallel.py``), ``comm.py`` (collectives,
-byte counts), ``sharded.py`` (the sharded collection), ``model.py``, ``checkpoint.py``.
+``row_wise.py``, ``column_wise.py``, ``data_parallel.py``), one per id space
+(``hashed.py``, ``dynamic.py``: how tables with ``ids=`` shard under those kinds),
+``comm.py`` (collectives, byte counts), ``sharded.py`` (the sharded collection),
+``model.py``, ``checkpoint.py``.
 """
 
-from .checkpoint import gather_state_dict as gather_state_dict
+from . import dynamic as dynamic, hashed as hashed  # register how tables with ids= shard (plan.ID_KINDS)
+from .checkpoint import gather_state_dict as gather_state_dict, load_checkpoint as load_checkpoint
 from .column_wise import column_wise as column_wise
 from .comm import CommStats as CommStats
 from .data_parallel import data_parallel as data_parallel
@@ -31,6 +35,6 @@ from .table_wise import table_wise as table_wise
 
 __all__ = [
     "ShardingPlan", "plan", "row_wise", "table_wise", "column_wise", "data_parallel", "shard",
-    "ShardedEmbeddingBagCollection", "DistributedModel", "gather_state_dict", "CommStats", "Piece", "Sharding",
-    "RowBlock",
+    "ShardedEmbeddingBagCollection", "DistributedModel", "gather_state_dict", "load_checkpoint", "CommStats", "Piece",
+    "Sharding", "RowBlock",
 ]

@@ -11,6 +11,13 @@ to DCP, so it loads at any world size and plan, or into a plain
 ``EmbeddingBagCollection`` in one process (``dcp.load(ebc.state_dict(), checkpoint_id=...)``).
 
 :func:`gather_state_dict` puts the whole plain state_dict on one rank (for serving).
+
+Dynamic tables (``ids=embtab.ids.Dynamic``) save their live rows only: each rank its own
+ids (ascending) with their weight and optimizer rows, one rank after another, the fallback
+rows once (with the last rank's block), the pending ids and counts likewise, the step (the
+same on every rank) and the statistics summed over the ranks (``dynamic.py``). Their shapes
+follow the live ids, so :func:`load_checkpoint` reads them whole and each rank keeps the
+ids it owns at the new world size; loaded into one process they are a plain table's.
 """
 
 from __future__ import annotations
@@ -22,7 +29,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
-__all__ = ["gather_state_dict"]
+__all__ = ["gather_state_dict", "load_checkpoint"]
 
 # (offsets, sizes, ranks) of each piece of a tensor
 Pieces = Sequence[tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]]
@@ -97,16 +104,63 @@ def gather_state_dict(module: torch.nn.Module, rank: int | None = 0) -> "Ordered
     state = module.state_dict()
     out: OrderedDict[str, Tensor] = OrderedDict()
     tables = {name: m for name, m in module.named_modules() if isinstance(m, ShardTable)}
+    me = next(iter(tables.values())).comm.rank if tables else 0
     whole: dict[str, Tensor | None] = {}
     for prefix, table in tables.items():
-        for name, local, shape, pieces in table.entries():
-            whole[f"{prefix}.{name}" if prefix else name] = _gather(local, shape, pieces, table.comm, rank)
-    me = next(iter(tables.values())).comm.rank if tables else 0
+        parts = {name: local if pieces is None else _gather(local, shape, pieces, table.comm, rank)
+                 for name, local, shape, pieces in table.entries()}
+        if rank is None or me == rank:
+            table.kind.canonical(table, parts)  # type: ignore[arg-type]  (a dynamic table's ids in order)
+        for name, value in parts.items():
+            whole[f"{prefix}.{name}" if prefix else name] = value
     if rank is not None and me != rank:
         return None
     for key, value in state.items():
         out[key] = whole[key] if key in whole else value  # type: ignore[assignment]
     return out
+
+
+def load_checkpoint(module: torch.nn.Module, checkpoint_id: Any, **kwargs: Any) -> None:
+    """Load a ``torch.distributed.checkpoint`` into ``module`` (a collection, sharded or plain,
+    or a model holding some), whatever the world size and plan it was saved with.
+
+    ``dcp.load`` reads into tensors shaped as the checkpoint's; a dynamic table's entries
+    (``ids=embtab.ids.Dynamic``: its live rows, ids and pending counts) are shaped by the ids
+    live when it was saved, so they are read whole (every rank reads them all) and each rank
+    keeps the ids it owns (``ShardTable.load_state_dict``). The other tables load as with
+    ``dcp.load(module.state_dict(), ...)``, each rank reading its pieces. Every rank of a
+    sharded module calls it. Keyword arguments go to ``dcp.load`` (in one process without a
+    process group, ``no_dist=True`` is the default).
+
+    Example:
+        >>> ed.load_checkpoint(sharded, "ckpt/step-100")   # doctest: +SKIP
+    """
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.metadata import TensorStorageMetadata
+
+    from ..ids.dynamic import sort_by_id
+    from .sharded import ShardTable
+
+    state = module.state_dict()
+    reader = kwargs.pop("storage_reader", None) or dcp.FileSystemReader(checkpoint_id)
+    saved = reader.read_metadata().state_dict_metadata
+    whole = []
+    for name, m in module.named_modules():
+        spec = m.global_spec if isinstance(m, ShardTable) else getattr(m, "spec", None)
+        if spec is None or not getattr(spec.ids, "stateful", False):
+            continue
+        prefix = f"{name}." if name else ""
+        whole.append(prefix)
+        for key in state:
+            md = saved.get(key)
+            if key.startswith(prefix) and isinstance(md, TensorStorageMetadata):
+                state[key] = torch.empty(md.size, dtype=md.properties.dtype)  # read whole, as saved
+    if not (dist.is_available() and dist.is_initialized()):
+        kwargs.setdefault("no_dist", True)
+    dcp.load(state, checkpoint_id=checkpoint_id, storage_reader=reader, **kwargs)
+    for prefix in whole:
+        sort_by_id(state, prefix)  # the ranks' blocks of ids, one after another: in the plain table's order
+    module.load_state_dict(state)
 
 
 def _gather(local: Tensor, shape: tuple[int, ...], pieces: Pieces, comm: Any, dst: int | None) -> Tensor | None:

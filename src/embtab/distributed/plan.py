@@ -11,21 +11,23 @@ in the fused optimizer's row-gradient hook). :func:`plan` chooses kinds automati
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, ClassVar, Iterator, Mapping, Sequence
+from typing import Any, Callable, ClassVar, Iterator, Mapping, Sequence
 
 import torch
 from torch import Tensor
 
 from .. import _checks
 from ..configs import TableConfig
+from ..ids.policies import IdStage
 from ..ops.common import acc_dtype
 
-if TYPE_CHECKING:
-    from ..ids.policies import IdStage
-
-__all__ = ["Piece", "Sharding", "ShardingPlan", "plan", "KINDS"]
+__all__ = ["Piece", "Sharding", "ShardingPlan", "plan", "KINDS", "ID_KINDS", "AsIs"]
 
 KINDS: dict[str, type["Sharding"]] = {}  # kind name -> class; each kind's file registers itself
+# (kind name, id space class) -> what shards a table with ``ids=`` under that kind: a function
+# (kind, table config) -> the kind's variant for it, or a string, the reason it cannot be done.
+# Registered by the files of the id spaces' kinds (hashed.py, dynamic.py); see Sharding.for_table.
+ID_KINDS: dict[tuple[str, type], "Callable[[Sharding, TableConfig], Sharding] | str"] = {}
 
 
 @dataclass(frozen=True)
@@ -114,6 +116,74 @@ class Sharding:
         """Several ranks hold the same values (their checkpoint pieces are written once)."""
         return False
 
+    # --- tables with ids= (embtab.ids.Hashed, embtab.ids.Dynamic): hashed.py, dynamic.py ----------
+
+    #: The ids travel as the caller gave them (any int64 is an id: none is skipped or dropped
+    #: where it is looked up); the pieces' own ids stages resolve them.
+    raw: ClassVar[bool] = False
+    #: The pieces look up the rows of each id unpooled (a bag of one row each) and the looking-up
+    #: rank pools them (:meth:`split` routes them and assembles the output).
+    unpooled: ClassVar[bool] = False
+
+    def for_table(self, table: TableConfig) -> "Sharding":
+        """The kind that shards ``table``: this one, or for a table with ``ids=`` the variant
+        that :data:`ID_KINDS` registers for its id space; raises the error naming the table
+        when its id space cannot be sharded this way."""
+        if table.ids is None:
+            return self
+        entry = next((ID_KINDS[(self.kind, c)] for c in type(table.ids).__mro__ if (self.kind, c) in ID_KINDS), None)
+        if entry is None or isinstance(entry, str):
+            _checks.refuse_id_space_kind(table.name, repr(self), table.ids, entry)
+        return entry(self, table)  # type: ignore[operator,misc]
+
+    def piece_ids(self, table: TableConfig) -> Any:
+        """The ``ids=`` a piece's table is built with (its own stateful stage), or None."""
+        return None
+
+    def counts_back(self, mode: str) -> bool:
+        """A piece sends, with each bag's pooled part, how many ids it pooled (its ids stage
+        may drop some that the looking-up rank counted)."""
+        return False
+
+    def sub_tables(self, table: Any) -> list[Any]:
+        """Sharded tables a table's lookups read besides its own pieces (``ShardTable`` s)."""
+        return []
+
+    def build(self, table: Any, config: TableConfig, source: Any, make: Callable[..., Any]) -> None:
+        """After the piece's table is made: make (``make(name, config, kind, source)``) and
+        attach its sub-tables."""
+
+    def split(self, table: Any, ids: Tensor, ends: Tensor, psw: Tensor | None, where: str) -> Any:
+        """``unpooled``: a feature's ids -> what each piece of the table and of its sub-tables
+        looks up, and how the rows that come back make the output (a ``sharded._Routed``)."""
+        raise NotImplementedError
+
+    def state_entries(self, table: Any) -> list[Any] | None:
+        """The piece's ``(name, local, whole shape, pieces)`` state entries (``pieces`` None: a
+        plain tensor, the same on every rank); None: its weight and optimizer state cut as the
+        kind's pieces."""
+        return None
+
+    def load_state(self, table: Any, state_dict: dict[str, Any], prefix: str, error_msgs: list[str]) -> set[str] | None:
+        """Turn ``state_dict`` (whole tensors, or this module's own ``ShardedTensor`` s) into this
+        piece's own entries, in place; returns the keys the piece's table must not see (None:
+        the kind's pieces are cut out of the weight and optimizer state)."""
+        return None
+
+    def canonical(self, table: Any, whole: dict[str, Tensor]) -> None:
+        """Put a gathered whole state (entry name -> tensor) in the plain table's order, in place."""
+
+
+@dataclass(frozen=True)
+class AsIs(IdStage):
+    """The ids as given: what the looking-up rank applies when the pieces resolve the ids."""
+
+    name: ClassVar[str] = "as_is"
+
+    def resolve(self, ids: Tensor, num_embeddings: int, *, where: str, counter: Tensor | None = None,
+                shape: torch.Size | None = None) -> tuple[Tensor, bool]:
+        return ids, False
+
 
 @dataclass
 class ReduceContext:
@@ -170,7 +240,7 @@ class ShardingPlan(Mapping):  # Mapping[str, Sharding]
         names = [t.name for t in tables]
         _checks.check_plan_tables(names, list(self._kinds), unknown_ok)
         for t in tables:
-            self._kinds[t.name].check(t, world_size)
+            self._kinds[t.name].for_table(t).check(t, world_size)
         if memory_per_rank is not None:
             used = [0] * world_size
             for t in tables:
@@ -207,6 +277,7 @@ def table_bytes(table: TableConfig, kind: Sharding, world_size: int, optimizer: 
     """Bytes of weight and optimizer state each rank holds of ``table`` under ``kind``."""
     per_elem, per_row = state_bytes_per_row(table.embedding_dim, optimizer, dtype)
     out: dict[int, int] = {}
+    kind = kind.for_table(table)
     pieces = kind.pieces(table.num_rows, table.embedding_dim, world_size)
     for p in pieces:
         for r in p.ranks:
@@ -242,6 +313,9 @@ def plan(tables: Sequence[TableConfig], world_size: int, memory_per_rank: int | 
 
     The rules, in order (``plan.reasons`` says which one placed each table):
 
+    0. A table that cannot be copied to every rank (``ids=embtab.ids.Dynamic``: each rank's
+       piece keeps its own id map) is ``row_wise`` when every rank gets a share of its
+       capacity: each id is owned by the rank ``owner_of(id, W)``; else it goes to rule 3.
     1. A table smaller than ``replicate_below`` is ``data_parallel``: a copy on every rank
        costs little, its ids never leave the rank, and its gradient is one all-reduce.
     2. A table that does not fit one rank, or that is larger than a rank's fair share of
@@ -278,7 +352,23 @@ def plan(tables: Sequence[TableConfig], world_size: int, memory_per_rank: int | 
             if memory_per_rank is not None:
                 _checks.check_fits(t.name, rank, nbytes, int(used[rank]), memory_per_rank)
 
+    def works(kind: Sharding, t: TableConfig) -> bool:
+        try:
+            kind.for_table(t).check(t, world_size)
+        except (ValueError, TypeError):
+            return False
+        return True
+
     for t in tables:
+        if t.ids is not None and not works(data_parallel(), t) and world_size > 1 and works(row_wise(), t):
+            kinds[t.name] = row_wise()
+            reasons[t.name] = (f"ids={type(t.ids).__name__}(...) keeps an id map, which copies would not share: "
+                               f"split by a hash of the id, each rank owning the ids x with owner_of(x, {world_size}) "
+                               f"== rank and 1/{world_size} of the capacity")
+            place(t, kinds[t.name])
+    for t in tables:
+        if t.name in kinds or not works(data_parallel(), t):
+            continue
         if size[t.name] < replicate_below and size[t.name] * 1.0 <= budget / 4:
             kinds[t.name] = data_parallel()
             reasons[t.name] = (f"{_mib(size[t.name])}, below replicate_below={_mib(replicate_below)}: a copy on every "
@@ -286,7 +376,7 @@ def plan(tables: Sequence[TableConfig], world_size: int, memory_per_rank: int | 
             place(t, kinds[t.name])
     fair = total_bytes / world_size
     for t in tables:
-        if t.name in kinds:
+        if t.name in kinds or not works(row_wise(), t):
             continue
         if size[t.name] > budget or (world_size > 1 and size[t.name] > fair):
             kinds[t.name] = row_wise()

@@ -8,9 +8,10 @@ bags, the ids it received (sum; ``max`` for max pooling) and sends the partial
 divided by the bag's count for ``mean``, or maxed over the blocks that pooled an id.
 
 The ids travel as global rows; the block's table turns them into its own rows with its
-ids stage, :class:`RowBlock` (global row -> ``row - row0``). That is the seam a hashed
-or dynamic table shards through: route each id by a hash to a rank, and give the
-rank's table an ids stage that maps ids to its own rows (``embtab.ids``).
+ids stage, :class:`RowBlock` (global row -> ``row - row0``). That is the seam tables with
+``ids=`` shard through: a dynamic table's ids go to their owner by a hash of the id and
+its piece's own ids stage maps them (``dynamic.py``); a hashed table's ids are hashed into
+rows where they are looked up, and the rows go to their blocks (``hashed.py``).
 """
 
 from __future__ import annotations

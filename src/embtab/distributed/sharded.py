@@ -17,6 +17,12 @@ vectors of that batch, as the plain collection would give them. One step:
 4. ``all_to_all_single`` of the pooled parts back to the ranks whose bags they are, and
    each kind combines its parts (column-wise: concatenated; row-wise: summed, or maxed).
 
+Tables with ``ids=`` plug in through their kinds (``hashed.py``, ``dynamic.py``): a dynamic
+table's ids travel raw to the rank that owns them, whose piece maps them with its own ids
+stage (one step over all the ids it received, per forward) and pools them; a hashed
+table's ids are hashed where they are looked up, the pieces look up each row unpooled and
+the looking-up rank pools the ids' vectors (``Sharding.unpooled``).
+
 Backward runs the exchanges the other way. Each rank's fused optimizer updates its own
 pieces: the gradients flowing back into the pooling are divided by the world size (so
 that training equals one process on the concatenated batch with loss
@@ -28,9 +34,10 @@ other tables keep the optimizer's one-pass update.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Mapping
 from dataclasses import dataclass, replace as dc_replace
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 from torch import Tensor
@@ -102,11 +109,14 @@ class ShardTable(EmbeddingBag):
         if kind.routing == "local":  # the whole table, with its own ids stage and padding
             super().__init__(config.num_embeddings, dim, mode=config.pooling, padding_idx=config.padding_idx,
                              _weight=weight, device=device, dtype=dtype, oov=config.oov,
-                             num_oov_buckets=config.num_oov_buckets, init=config.init, backend=backend)
+                             num_oov_buckets=config.num_oov_buckets, init=config.init, backend=backend,
+                             ids=config.ids)
         else:
             rows, cols = (self_piece.rows, self_piece.cols) if self_piece else (0, dim)
+            # A piece with an id space of its own (a dynamic table's) maps the ids it receives itself.
+            space = kind.piece_ids(config) if self_piece is not None else None
             super().__init__(rows, cols, mode=kind.piece_mode(config.pooling), _weight=weight, device=device,
-                             dtype=dtype, init=config.init, backend=backend)
+                             dtype=dtype, init=config.init, backend=backend, ids=space)
             stage = kind.stage(self_piece) if self_piece is not None else None
             if stage is not None:
                 self.spec = dc_replace(self.spec, ids=stage)
@@ -116,11 +126,19 @@ class ShardTable(EmbeddingBag):
         self.full_dim = dim
         self.global_spec = global_spec  # the unsharded table's spec: its ids stage and padding
         object.__setattr__(self, "comm", comm)  # not a module attribute (no state, not copied into children)
+        # A piece's ids stage with state (a dynamic table's) writes plain per-rank entries after
+        # this module's own: put this module's back over them.
+        self.__dict__["_written"] = {}
+        self.register_state_dict_post_hook(_rewrite_entries)
 
     # --- state ---------------------------------------------------------------------------
 
-    def entries(self) -> list[tuple[str, Tensor, tuple[int, ...], list[_PieceAt]]]:
-        """``(name, local tensor, whole shape, pieces)`` of the weight and each optimizer state."""
+    def entries(self) -> list[tuple[str, Tensor, tuple[int, ...], list[_PieceAt] | None]]:
+        """``(name, local tensor, whole shape, pieces)`` of the weight and each optimizer state
+        (and what the kind adds; ``pieces`` None: a plain tensor, the same on every rank)."""
+        custom = self.kind.state_entries(self)
+        if custom is not None:
+            return custom  # type: ignore[no-any-return]
         weight_pieces = [((p.row0, p.col0), (p.rows, p.cols), p.ranks) for p in self.pieces]
         row_pieces = [((p.row0,), (p.rows,), p.ranks) for p in self.row_pieces]
         out = [("weight", self.weight, self.full_shape, weight_pieces)]
@@ -134,12 +152,21 @@ class ShardTable(EmbeddingBag):
         return out  # type: ignore[return-value]
 
     def _save_to_state_dict(self, destination: dict[str, Any], prefix: str, keep_vars: bool) -> None:
+        written = self.__dict__["_written"]
+        written.clear()
         for name, local, shape, pieces in self.entries():
-            destination[prefix + name] = checkpoint.to_sharded_tensor(local, shape, pieces, self.comm.rank, self.comm)
+            value = local if pieces is None else checkpoint.to_sharded_tensor(local, shape, pieces, self.comm.rank,
+                                                                              self.comm)
+            destination[prefix + name] = written[prefix + name] = value
 
     def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str, *args: Any, **kwargs: Any) -> None:
-        local_state = dict(state_dict)
         error_msgs = args[-1] if args else kwargs.get("error_msgs", [])
+        hidden = self.kind.load_state(self, state_dict, prefix, error_msgs)
+        if hidden is not None:  # the kind made the piece's own entries (in place: the ids stage reads them too)
+            local_state = {k: v for k, v in state_dict.items() if k not in hidden} if hidden else state_dict
+            super()._load_from_state_dict(local_state, prefix, *args, **kwargs)
+            return
+        local_state = dict(state_dict)
         me = self.comm.rank
         for name, local, shape, pieces in self.entries():
             key = prefix + name
@@ -160,23 +187,36 @@ class ShardTable(EmbeddingBag):
         return f"{self.table_name!r}, {self.kind!r}, {piece} of {self.full_shape}"
 
 
+def _rewrite_entries(module: ShardTable, state_dict: dict[str, Any], prefix: str, local_metadata: Any) -> None:
+    written = module.__dict__["_written"]
+    state_dict.update(written)
+    written.clear()
+
+
 @dataclass(frozen=True)
 class _Unit:
-    """One piece's share of one feature: the ids of a feature that one piece pools."""
+    """One piece's share of one feature: the ids of a feature that one piece pools (or, for an
+    ``unpooled`` kind, looks up a row of each)."""
 
     feature: int  # index in feature_names
     table: str
-    piece: int  # index in the table's pieces
+    piece: int  # index in the feature's parts (the table's pieces, then its sub-tables')
     owner: int
-    cols: int
+    cols: int  # columns of the part it sends back (a count column included, see Sharding.counts_back)
+    module: Any = None  # the ShardTable holding the piece
+    pooled: bool = True  # bags of the looking-up rank's batch (else one row per id, no lengths sent)
+    counts: bool = False  # the part ends with a column of each bag's count of pooled ids
 
 
 class _Routed:
-    """A feature's bags on the rank that looks them up: per piece, the bag lengths, the
-    ids and the per-sample weights it sends there."""
+    """A feature's bags on the rank that looks them up: per part, the bag lengths (None for
+    unpooled parts), the ids and the per-sample weights it sends there; ``assemble``, for an
+    unpooled kind, makes the feature's output of the parts that come back."""
 
-    def __init__(self, kept: Tensor, counts: Tensor | None, parts: list[tuple[Tensor, Tensor, Tensor | None]]) -> None:
-        self.kept, self.counts, self.parts = kept, counts, parts
+    def __init__(self, kept: Tensor | None, counts: Tensor | None,
+                 parts: list[tuple[Tensor | None, Tensor, Tensor | None]],
+                 assemble: Callable[[list[Tensor]], Tensor] | None = None) -> None:
+        self.kept, self.counts, self.parts, self.assemble = kept, counts, parts, assemble
 
 
 class ShardedEmbeddingBagCollection(Module):
@@ -222,53 +262,86 @@ class ShardedEmbeddingBagCollection(Module):
         dtype = first.dtype
         spec = ebc.optimizer.spec if ebc.optimizer is not None else None
         modules = {}
-        for t in ebc.tables:
-            kind = plan[t.name]
-            pieces = kind.pieces(t.num_rows, t.embedding_dim, world)
-            source = bags[t.name]
+        copies: list[tuple[ShardTable, Module]] = []  # (piece table, source): optimizer state cut from the source's
+        loads: list[tuple[Module, Module]] = []  # (module, source): state loaded from the source's state_dict
+
+        def make(name: str, config: TableConfig, kind: Sharding, source: Module) -> ShardTable:
+            """This rank's piece of ``source`` (a table of ``config``) under ``kind``."""
+            pieces = kind.pieces(config.num_rows, config.embedding_dim, world)
             mine = next((p for p in pieces if me in p.ranks), None)
+            space = kind.piece_ids(config)
             weight = None
-            if not on_meta and mine is not None:
+            if mine is None:
+                weight = torch.empty(0, config.embedding_dim, dtype=dtype, device=device)
+            elif space is not None and not on_meta:  # its rows are its own ids stage's: loaded below
+                weight = torch.zeros(mine.rows + space.extra_rows, mine.cols, dtype=dtype, device=device)
+            elif not on_meta:
                 weight = source.weight.detach()[mine.row0:mine.row0 + mine.rows, mine.col0:mine.col0 + mine.cols]
                 weight = weight.to(device=device, copy=True)
-            elif mine is None:
-                weight = torch.empty(0, t.embedding_dim, dtype=dtype, device=device)
-            table = ShardTable(t.name, t, kind, pieces, comm, source.spec, weight=weight, device=device,
+            table = ShardTable(name, config, kind, pieces, comm, source.spec, weight=weight, device=device,
                                dtype=dtype, backend=source.spec.backend)
-            if spec is None:
-                table.weight.requires_grad_(False)  # sharded training goes through a fused optimizer
-            modules[t.name] = table
+            if space is not None and mine is not None:
+                table.ids.use_fans_of(config.num_rows)  # fresh rows drawn as the whole table draws them
+            if space is not None or kind.routing == "local" and table.spec.ids.tables():
+                loads.append((table, source))  # (a local table's own ids stage's tables too: Hashed importance)
+            else:
+                copies.append((table, source))
+            return table
+
+        for t in ebc.tables:
+            kind = plan[t.name].for_table(t)
+            modules[t.name] = make(t.name, t, kind, bags[t.name])
+            kind.build(modules[t.name], t, bags[t.name], make)
         self.embedding_bags = TableDict(modules)
+        # Every table a fused optimizer trains: (table name, module, its kind): the tables' pieces,
+        # their sub-tables' (Hashed importance weights), and the tables of a local table's ids stage.
+        self._trained: list[tuple[str, Module, Sharding]] = []
+        for t in ebc.tables:
+            table = modules[t.name]
+            self._trained.append((t.name, table, table.kind))
+            self._trained += [(t.name, sub, sub.kind) for sub in table.kind.sub_tables(table)]
+            self._trained += [(t.name, m, table.kind) for m in table.spec.ids.tables()]
         self.optimizer: FusedOptimizer | None = None
-        if spec is not None:
-            tables = [self.embedding_bags[t.name] for t in ebc.tables]
-            for t, table in zip(ebc.tables, tables):
-                table._add_optimizer_state(spec, f"{_WHERE} table {t.name!r}")
+        if spec is None:
+            for _, m, _ in self._trained:
+                m.weight.requires_grad_(False)  # sharded training goes through a fused optimizer
+        else:
+            tables = [m for _, m, _ in self._trained]
+            for name, m, _ in self._trained:
+                m._add_optimizer_state(spec, f"{_WHERE} table {name!r}")
             self.optimizer = FusedOptimizer(tables, spec)
-            for table in tables:
-                table._use_optimizer(self.optimizer)
+            for m in tables:
+                m._use_optimizer(self.optimizer)
             group = ebc.optimizer.param_groups[0]  # type: ignore[union-attr]
             self.optimizer.param_groups[0].update({k: v for k, v in group.items() if k != "params"})
             if not on_meta:
-                self._copy_state(ebc, tables)
+                self._copy_state(copies)
             # Only the tables whose row gradients need more than the mean over the ranks (which the
             # backward applies) go through the hook; the others keep the one-pass update.
             # Registered on every rank, for no table if need be: it also says that this
             # optimizer's ranks are kept in step.
-            reduce = [table for table in tables if table.piece is not None and table.kind.reduces(spec.kind, world)]
+            reduce = [m for _, m, k in self._trained if self._reduces(m, k, spec.kind)]
             self.optimizer.register_row_grad_hook(self._reduce_row_grads, tables=reduce)
+        if not on_meta:
+            with torch.no_grad():
+                for module, source in loads:
+                    module.load_state_dict(source.state_dict())
         for t in ebc.tables:  # the groups of the column ranks: made now, on every rank, in one order
-            if plan[t.name].routing == "each" and len(plan[t.name].ranks(world)) > 1:
-                comm.subgroup(plan[t.name].ranks(world))
+            kind = modules[t.name].kind
+            if kind.routing == "each" and len(kind.ranks(world)) > 1:
+                comm.subgroup(kind.ranks(world))
         # The tables train on (sum of the ranks' losses) / W: their gradients, and only theirs,
         # are divided by W on the way back into the pooling (per-sample weights get theirs unscaled).
         self._grad_scale = 1.0 / world if self.optimizer is not None else 1.0
         self._layout(world, me)
 
-    def _copy_state(self, ebc: EmbeddingBagCollection, tables: list[ShardTable]) -> None:
+    def _reduces(self, module: Module, kind: Sharding, optimizer_kind: str) -> bool:
+        """``module`` (a piece, or a local table's stage table) goes through the row-gradient hook."""
+        return getattr(module, "piece", True) is not None and kind.reduces(optimizer_kind, self.comm.world_size)
+
+    def _copy_state(self, copies: list[tuple[ShardTable, Module]]) -> None:
         with torch.no_grad():
-            for table in tables:
-                source = ebc.embedding_bags[table.table_name]
+            for table, source in copies:
                 for name, local, shape, pieces in table.entries()[1:]:
                     full = getattr(source, name)
                     mine = next(((o, s) for o, s, r in pieces if self.comm.rank in r), None)
@@ -286,13 +359,20 @@ class ShardedEmbeddingBagCollection(Module):
             if table.kind.routing == "local":
                 self._local_features.append(fi)
             else:
-                for pi, p in enumerate(table.pieces):
+                counts = table.kind.counts_back(table.global_spec.mode)
+                parts = [(table, p, counts) for p in table.pieces]
+                parts += [(sub, p, False) for sub in table.kind.sub_tables(table) for p in sub.pieces]
+                for pi, (module, p, c) in enumerate(parts):
                     ids.append(len(units))
-                    units.append(_Unit(fi, table.table_name, pi, p.owner, p.cols))
+                    units.append(_Unit(fi, table.table_name, pi, p.owner, p.cols + int(c), module,
+                                       not table.kind.unpooled, c))
             self._units_of_feature.append(ids)
         self._units = units
         self._units_of = [[u for u, unit in enumerate(units) if unit.owner == d] for d in range(world)]
-        self._cols_of = [sum(units[u].cols for u in self._units_of[d]) for d in range(world)]
+        # Columns of the pooled units of each owner (what it sends back for each bag of a rank), and
+        # its unpooled units (what it sends back for each id).
+        self._cols_of = [sum(units[u].cols for u in self._units_of[d] if units[u].pooled) for d in range(world)]
+        self._loose_of = [[u for u in self._units_of[d] if not units[u].pooled] for d in range(world)]
         self._mask_words = -(-len(self.feature_names) // _MASK_BITS) or 1
         self._table_index = {t.name: i for i, t in enumerate(self._tables)}
         # Empty (0, D) tensors of each table's dtype and device: what the input checks of the
@@ -347,15 +427,19 @@ class ShardedEmbeddingBagCollection(Module):
 
         With ``W`` ranks, ``s`` bytes per element (the weights') and ``a`` per accumulator
         element, this rank ``r`` sends, the sums over the units ``u`` (a feature's share of
-        a piece) of each owner ``d``, ``C_d`` the columns of ``d``'s units::
+        a piece) of each owner ``d``, ``c_u`` the columns of a unit's part and ``m_{q,u}`` the
+        parts it sends rank ``q`` (``B_q`` bags; for an unpooled unit, a hashed table's,
+        ``n_{q,u}`` rows)::
 
             header   8 K (W - 1)            K = 6 + ceil(F / 62) + F + U header entries
-            ids      8 sum_{d != r} sum_{u of d} (B_r + n_{r,u})
-            pooled   s C_r sum_{q != r} B_q
-            grads    s B_r sum_{d != r} C_d
+            ids      8 sum_{d != r} sum_{u of d} (B_r [u pooled] + n_{r,u})
+            pooled   s sum_{u of r} c_u sum_{q != r} m_{q,u}
+            grads    s sum_{d != r} sum_{u of d} c_u m_{r,u}
             weights  s sum_{d != r} sum_{u of d, weighted} n_{r,u}   (and their gradients back:
                      s sum_{q != r} sum_{u of r, weighted} n_{q,u})
-            replicated grads      2 (W - 1) / W a rows (D + 1), each data-parallel table
+            replicated grads      2 (W - 1) / W a rows (D + 1), each data-parallel table (and its
+                                  Hashed importance weights: rows (k + 1))
+            fallback grads        2 (W - 1) / W a E (D + 1), each row-wise dynamic table with E fallback rows
             row-wise Adagrad sums 2 (k - 1) / k a U_t, each column-wise table on k > 1 ranks r is one of
         """
         world, me = self.comm.world_size, self.comm.rank
@@ -366,25 +450,35 @@ class ShardedEmbeddingBagCollection(Module):
         units, owner = range(len(self._units)), [u.owner for u in self._units]
         k = 6 + self._mask_words + len(self.feature_names) + len(self._units)
         out = {"header": 8.0 * k * (world - 1)}
+
+        def m(q: int, u: int) -> int:
+            return batch_sizes[q] if self._units[u].pooled else n[q][u]
+
         if self._units:  # (no exchange at all when every table is data-parallel)
-            out["ids"] = 8.0 * sum(batch_sizes[me] + n[me][u] for u in units if owner[u] != me)
-            out["pooled"] = float(esize * self._cols_of[me] * sum(b for q, b in enumerate(batch_sizes) if q != me))
+            out["ids"] = 8.0 * sum(batch_sizes[me] * self._units[u].pooled + n[me][u] for u in units if owner[u] != me)
+            out["pooled"] = float(esize * sum(self._units[u].cols * m(q, u) for u in self._units_of[me]
+                                              for q in range(world) if q != me))
         if any(self._units[u].feature in weighted for u in units):
             out["per-sample weights"] = float(esize * sum(n[me][u] for u in units
                                                           if owner[u] != me and self._units[u].feature in weighted))
         if not train:
             return out
         if self._units:
-            out["grads"] = float(esize * batch_sizes[me] * sum(self._cols_of[d] for d in range(world) if d != me))
+            out["grads"] = float(esize * sum(self._units[u].cols * m(me, u) for u in units if owner[u] != me))
         if weights_grad and "per-sample weights" in out:
             back = [u for u in units if owner[u] == me and self._units[u].feature in weighted]
             out["per-sample weight grads"] = float(esize * sum(n[q][u] for q in range(world) if q != me for u in back))
         rowwise = self.optimizer is not None and self.optimizer.spec.kind == "rowwise_adagrad"
         for t in self._tables:
-            kind = self.plan[t.name]
+            kind = self.embedding_bags[t.name].kind
             if kind.routing == "local" and world > 1:
-                out["replicated grads"] = out.get("replicated grads", 0.0) + (
-                    2 * (world - 1) / world * acc * t.num_rows * (t.embedding_dim + 1))
+                shapes = [m.weight.shape for m in self.embedding_bags[t.name].spec.ids.tables()]  # Hashed importance
+                out["replicated grads"] = out.get("replicated grads", 0.0) + 2 * (world - 1) / world * acc * sum(
+                    r * (d + 1) for r, d in [(t.num_rows, t.embedding_dim), *shapes])
+            elif kind.raw and t.ids.extra_rows and self.optimizer is not None and self._reduces(
+                    self.embedding_bags[t.name], kind, self.optimizer.spec.kind):
+                out["fallback grads"] = out.get("fallback grads", 0.0) + (  # a dynamic table's copies of them
+                    2 * (world - 1) / world * acc * t.ids.extra_rows * (t.embedding_dim + 1))
             elif rowwise and kind.routing == "each" and me in kind.ranks(world) and len(kind.ranks(world)) > 1:
                 size = len(kind.ranks(world))
                 out["row-wise Adagrad sums"] = out.get("row-wise Adagrad sums", 0.0) + (
@@ -428,42 +522,63 @@ class ShardedEmbeddingBagCollection(Module):
         # ids out, pooled parts back (not at all when every table is data-parallel)
         unit_parts: dict[int, Tensor] = {}
         if self._units:
+            units = self._units
             mine = self._units_of[me]
             send, send_splits = [], [0] * world
             for d in range(world):
                 for u in self._units_of[d]:
-                    lengths, ids, _ = routed[self._units[u].feature].parts[self._units[u].piece]
-                    send += [lengths.to(torch.int64), ids.to(torch.int64)]
-                    send_splits[d] += batch + ids.numel()
-            recv_splits = [sum(sizes[s] + n[s][u] for u in mine) for s in range(world)]
+                    lengths, ids, _ = routed[units[u].feature].parts[units[u].piece]
+                    if units[u].pooled:  # (an unpooled unit's bags are its ids, one each: no lengths)
+                        send.append(lengths.to(torch.int64))  # type: ignore[union-attr]
+                        send_splits[d] += batch
+                    send.append(ids.to(torch.int64))
+                    send_splits[d] += ids.numel()
+            recv_splits = [sum(sizes[s] * units[u].pooled + n[s][u] for u in mine) for s in range(world)]
             flat = torch.cat(send) if send else torch.empty(0, dtype=torch.int64, device=self._device())
             recv = comm.all_to_all(flat, send_splits, recv_splits, "ids")
             per_unit: dict[int, tuple[list[Tensor], list[Tensor]]] = {u: ([], []) for u in mine}
             pos = 0
             for s in range(world):
                 for u in mine:
-                    per_unit[u][0].append(recv[pos:pos + sizes[s]])
-                    pos += sizes[s]
+                    if units[u].pooled:
+                        per_unit[u][0].append(recv[pos:pos + sizes[s]])
+                        pos += sizes[s]
                     per_unit[u][1].append(recv[pos:pos + n[s][u]])
                     pos += n[s][u]
             psw_grad = anchor if any(f == 2 for f in psw_any) else None
             psw_in, psw_got = self._exchange_psw(routed, psw_any, n, batch, psw_grad)
             total = sum(sizes)
-            parts = self._pool_pieces(per_unit, psw_in, total, grad)  # (sum of B, columns of my units)
+            # (sum of B, columns of my pooled units), and each unpooled unit's (its ids, columns)
+            parts, loose = self._pool_pieces(per_unit, psw_in, total, grad)
             parts = _scale_grad(parts, self._grad_scale)
+            loose = {u: _scale_grad(v, self._grad_scale) for u, v in loose.items()}
             if psw_got is not None and psw_grad is not None:
                 # A zero-width tie: the backward reaches the per-sample weights' exchange on every
                 # rank, also one whose pieces use none of them.
                 parts = torch.cat([parts, psw_got.narrow(0, 0, 0).reshape(total, 0).to(parts.dtype)], dim=1)
-            out_splits = [sizes[s] * self._cols_of[me] for s in range(world)]
-            back_splits = [batch * self._cols_of[d] for d in range(world)]
-            got = exchange(comm, parts.reshape(-1), out_splits, back_splits, "pooled", "grads", anchor)
+            # To each rank s: its bags' pooled columns (B_s, C), then each unpooled unit's rows of its ids.
+            out_splits = [sizes[s] * self._cols_of[me] + sum(n[s][u] * units[u].cols for u in loose)
+                          for s in range(world)]
+            back_splits = [batch * self._cols_of[d] + sum(n[me][u] * units[u].cols for u in self._loose_of[d])
+                           for d in range(world)]
+            if loose:
+                by_rank = [torch.split(parts, sizes)] + [torch.split(v, [n[s][u] for s in range(world)])
+                                                         for u, v in loose.items()]
+                back = torch.cat([p[s].reshape(-1) for s in range(world) for p in by_rank])
+            else:
+                back = parts.reshape(-1)
+            got = exchange(comm, back, out_splits, back_splits, "pooled", "grads", anchor)
             # Cut with torch.split, not slicing: its backward is one concatenation, where each
             # slice's would be a zero tensor of the whole size.
             for d, block in enumerate(torch.split(got, back_splits)):
-                widths = [self._units[u].cols for u in self._units_of[d]]
-                cols = torch.split(block.view(batch, self._cols_of[d]), widths, 1)
-                unit_parts.update(zip(self._units_of[d], cols))
+                pooled = [u for u in self._units_of[d] if units[u].pooled]
+                loose_d = self._loose_of[d]
+                if loose_d:
+                    block, *rest = torch.split(block, [batch * self._cols_of[d]]
+                                               + [n[me][u] * units[u].cols for u in loose_d])
+                    unit_parts.update((u, r.view(n[me][u], units[u].cols)) for u, r in zip(loose_d, rest))
+                cols = torch.split(block.view(batch, self._cols_of[d]), [units[u].cols for u in pooled], 1)
+                unit_parts.update(zip(pooled, cols))
 
         # every feature's output, in order
         local_out = _scale_grad(pool(local, self.optimizer if grad else None), self._grad_scale) if local else None
@@ -474,8 +589,9 @@ class ShardedEmbeddingBagCollection(Module):
             if fi in routed:
                 table = self.embedding_bags[self._feature_table[f]]
                 r = routed[fi]
-                outs.append(table.kind.combine([unit_parts[u] for u in self._units_of_feature[fi]],
-                                               table.global_spec.mode, r.kept, r.counts))
+                got_parts = [unit_parts[u] for u in self._units_of_feature[fi]]
+                outs.append(r.assemble(got_parts) if r.assemble is not None else
+                            table.kind.combine(got_parts, table.global_spec.mode, r.kept, r.counts))
             else:
                 outs.append(next(local_parts))  # type: ignore[arg-type]
         full = outs[0] if len(outs) == 1 else torch.cat(outs, dim=1)
@@ -558,7 +674,10 @@ class ShardedEmbeddingBagCollection(Module):
                                 where=where, counter=table._oov_count)
             ends = bags.ends
             sizes.append(ends.shape[0] - 1)
-            routed[fi] = self._route(table, bags.ids, ends, bags.psw, spec.padding_idx)
+            if table.kind.unpooled:
+                routed[fi] = table.kind.split(table, bags.ids, ends, bags.psw, where)
+            else:
+                routed[fi] = self._route(table, bags.ids, ends, bags.psw, spec.padding_idx)
         if len(set(sizes)) > 1:
             detail = ", ".join(f"{f!r}: {b}" for f, b in zip(self.feature_names, sizes))
             raise ValueError(f"{_WHERE}: every feature needs the same batch size, got {detail}")
@@ -572,7 +691,7 @@ class ShardedEmbeddingBagCollection(Module):
         keep = rows >= 0
         if padding_idx is not None:
             keep &= rows != padding_idx
-        if not bool(keep.all()):
+        if not table.kind.raw and not bool(keep.all()):  # (raw ids: any int64 is an id, none is dropped)
             rows, bag = rows[keep], bag[keep]
             psw = psw[keep] if psw is not None else None
             kept = torch.bincount(bag, minlength=batch)  # (B,)
@@ -622,24 +741,64 @@ class ShardedEmbeddingBagCollection(Module):
         return out, got
 
     def _pool_pieces(self, per_unit: dict[int, tuple[list[Tensor], list[Tensor]]],
-                     psw_in: dict[int, list[Tensor]] | None, total: int, grad: bool) -> Tensor:
-        """This rank's pieces pooled over every rank's bags: ``(sum of B, columns of its units)``."""
-        features = []
-        for u, (lengths, ids) in per_unit.items():
-            unit = self._units[u]
-            table = self.embedding_bags[unit.table]
-            ends = torch.zeros(total + 1, dtype=torch.int64, device=self._device())
-            torch.cumsum(torch.cat(lengths), 0, out=ends[1:])
-            psw = torch.cat(psw_in[u]) if psw_in is not None and u in psw_in else None
-            psw = _scale_grad(psw, 1.0 / self._grad_scale)  # (their gradient is this rank's loss's, unscaled)
-            weight, _ = table._state()
-            backend = backend_of(table.spec, weight)
-            bags = prepare_bags(table.spec, weight, backend, torch.cat(ids), ends, psw, True,
-                                where=f"{_WHERE} table {unit.table!r} on rank {self.comm.rank}")
-            features.append(Feature(table.spec, weight, backend, bags, table))
-        if not features:
-            return torch.zeros(total, 0, dtype=self._standin(0).dtype, device=self._device())
-        return pool(features, self.optimizer if grad else None)
+                     psw_in: dict[int, list[Tensor]] | None, total: int,
+                     grad: bool) -> tuple[Tensor, dict[int, Tensor]]:
+        """This rank's pieces pooled over every rank's bags: ``(sum of B, columns of its pooled
+        units)``, and each unpooled unit's rows ``(its ids, columns)``.
+
+        A piece whose ids stage keeps state (a dynamic table's) takes one step over all the ids it
+        received, of every feature, before they are resolved (as the collection's forward does)."""
+        me = self.comm.rank
+        device = self._device()
+        ids_of = {u: torch.cat(ids) for u, (_, ids) in per_unit.items()}
+        stateful: dict[int, tuple[Any, list[Tensor]]] = {}
+        for u, x in ids_of.items():
+            module = self._units[u].module
+            if module.spec.ids.stateful:
+                stateful.setdefault(id(module), (module, []))[1].append(x)
+        pooled: list[tuple[int, Feature]] = []
+        loose: dict[int, Feature] = {}
+        counts: dict[int, Tensor] = {}
+        with contextlib.ExitStack() as steps:
+            for module, xs in stateful.values():
+                steps.enter_context(module.spec.ids.step(xs, f"{_WHERE} table {module.table_name!r} on rank {me}"))
+            for u, (lengths, _) in per_unit.items():
+                unit = self._units[u]
+                table = unit.module
+                x = ids_of[u]
+                if unit.pooled:
+                    ends = torch.zeros(total + 1, dtype=torch.int64, device=device)
+                    torch.cumsum(torch.cat(lengths), 0, out=ends[1:])
+                    psw = torch.cat(psw_in[u]) if psw_in is not None and u in psw_in else None
+                    psw = _scale_grad(psw, 1.0 / self._grad_scale)  # (their gradient is this rank's loss's, unscaled)
+                else:  # a bag per id
+                    ends, psw = torch.arange(x.numel() + 1, dtype=torch.int64, device=device), None
+                weight, _ = table._state()
+                backend = backend_of(table.spec, weight)
+                bags = prepare_bags(table.spec, weight, backend, x, ends, psw, True,
+                                    where=f"{_WHERE} table {unit.table!r} on rank {me}")
+                feature = Feature(table.spec, weight, backend, bags, table)
+                if not unit.pooled:
+                    loose[u] = feature
+                    continue
+                pooled.append((u, feature))
+                if unit.counts:  # the ids the piece pooled per bag (its stage may have dropped some)
+                    rows = bags.ids
+                    counts[u] = torch.bincount(bag_of(bags.ends, rows.numel())[rows >= 0], minlength=total)
+        optimizer = self.optimizer if grad else None
+        if pooled:
+            out = pool([f for _, f in pooled], optimizer)
+        else:
+            out = torch.zeros(total, 0, dtype=self._standin(0).dtype, device=device)
+        if counts:
+            widths = [self._units[u].cols - int(self._units[u].counts) for u, _ in pooled]
+            columns: list[Tensor] = []
+            for (u, _), block in zip(pooled, torch.split(out, widths, 1)):
+                columns.append(block)
+                if u in counts:
+                    columns.append(counts[u].to(block.dtype).unsqueeze(1))
+            out = torch.cat(columns, 1)
+        return out, {u: pool((f,), optimizer) for u, f in loose.items()}
 
     # --- the optimizer's hook --------------------------------------------------------------
 
@@ -652,9 +811,8 @@ class ShardedEmbeddingBagCollection(Module):
         by_table = {id(rg.table): rg for rg in row_grads}
         ctx_args = (self.comm, self.optimizer.hyper(), self.optimizer.spec.kind)
         out = []
-        for t in self._tables:
-            table = self.embedding_bags[t.name]
-            if table.piece is None or not table.kind.reduces(ctx_args[2], self.comm.world_size):
+        for name, table, kind in self._trained:
+            if not self._reduces(table, kind, ctx_args[2]):
                 continue
             rg = by_table.get(id(table))
             if rg is None:
@@ -663,7 +821,7 @@ class ShardedEmbeddingBagCollection(Module):
                 grads = table.weight.new_zeros(0, dim, dtype=acc_dtype(table.weight.dtype))
             else:
                 rows, grads = rg.rows, rg.grads
-            rows, grads = table.kind.reduce_row_grads(table, rows, grads, ReduceContext(*ctx_args, t.name))
+            rows, grads = kind.reduce_row_grads(table, rows, grads, ReduceContext(*ctx_args, name))
             out.append(RowGrads(table, rows, grads))
         return out
 

@@ -151,3 +151,25 @@ def seeded_rows_py(id_: int, key: int, dim: int, kind: str = "normal", scale: fl
             z = max(-_f32(clamp), min(_f32(clamp), z))
         out.append(_f32(z * _f32(scale)))
     return out
+
+
+# --- the rank that owns an id of a sharded table -------------------------------------------------
+#
+# A sharded dynamic table (``embtab.distributed``) gives each id to one rank: ``owner_of(id, W)``,
+# the seeded bucket of the id among the ``W`` ranks with the key :data:`SHARD_KEY`. The key is
+# ``hash_key(0, 2**32)``, a stream of seed 0 that no table's hashes use (they number their
+# streams from 0 up), so which rank owns an id is independent of the rows, buckets and fresh
+# values the table's own hashes give it.
+
+SHARD_KEY = hash_key(0, 1 << 32)
+
+
+def owner_of(ids: Tensor, world_size: int) -> Tensor:
+    """The rank in ``[0, world_size)`` that owns each id of a sharded dynamic table (int64):
+    ``seeded_bucket(id, SHARD_KEY, world_size)``; stable across runs, machines and devices."""
+    return seeded_bucket(ids, SHARD_KEY, world_size)
+
+
+def owner_of_py(id_: int, world_size: int) -> int:
+    """Pure-Python twin of :func:`owner_of` for one id."""
+    return seeded_bucket_py(id_, SHARD_KEY, world_size)

@@ -218,6 +218,7 @@ class DynamicIds(IdStage, Module):
         self._index: Any = None
         self._open: dict[tuple[int, int], Tensor] | None = None  # rows of a collection's step, by input
         self._row_init: Any = None
+        self._init_name: str | None = None  # the table init's name, when fresh rows follow it
 
     # --- binding ---------------------------------------------------------------------------------
 
@@ -236,6 +237,7 @@ class DynamicIds(IdStage, Module):
                     f"callable init(ids, seed, dim) such as embtab.ids.normal_rows"
                 )
         if isinstance(init, str):
+            self._init_name = init
             self._row_init = _named_init(init, w.shape[0], w.shape[1])
         elif callable(init):
             self._row_init = init
@@ -245,6 +247,12 @@ class DynamicIds(IdStage, Module):
     @property
     def table(self) -> Any:
         return self.__dict__["_table"]
+
+    def use_fans_of(self, rows: int) -> None:
+        """Draw fresh rows with a named init's fans of a weight of ``rows`` rows, not of this
+        table's (a piece of a sharded table draws them as the whole table does)."""
+        if self._init_name is not None:
+            self._row_init = _named_init(self._init_name, rows, self.table.weight.shape[1])
 
     # --- what the lookup pipeline calls ----------------------------------------------------------
 
@@ -523,6 +531,27 @@ class DynamicIds(IdStage, Module):
         self._live = live
         self._score_floor = 0
         self._index = None
+
+
+def sort_by_id(state_dict: dict[str, Any], prefix: str) -> None:
+    """The live rows (ids, their per-row values, weight and optimizer rows) and the pending ids
+    of a saved state (``prefix`` + the table's keys) in ascending id order, in place, as a table
+    loads them. A sharded table saves each rank's ids in order, one rank after another
+    (``embtab.distributed``)."""
+    for what, rows in (("ids", ("last_seen", "count")), ("pending_ids", ("pending_counts",))):
+        ids = state_dict.get(prefix + "ids." + what)
+        if not isinstance(ids, Tensor) or ids.dim() != 1 or ids.numel() < 2 or bool((ids[1:] > ids[:-1]).all()):
+            continue
+        n = ids.numel()
+        order = torch.argsort(ids)
+        keys = ["ids." + what, *("ids." + r for r in rows)]
+        if what == "ids":
+            keys += ["weight", *(k[len(prefix):] for k in state_dict if k.startswith(prefix + "optim_"))]
+        for key in keys:
+            value = state_dict.get(prefix + key)
+            if isinstance(value, Tensor) and value.dim() >= 1 and value.shape[0] >= n:
+                at = order.to(value.device)
+                state_dict[prefix + key] = value[at] if value.shape[0] == n else torch.cat([value[at], value[n:]])
 
 
 def _key(x: Tensor) -> tuple[int, int]:
