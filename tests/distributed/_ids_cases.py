@@ -334,6 +334,40 @@ def ckpt_load(rank: int, world: int, folder: str, other: bool) -> None:
     assert_state_equal(fresh, ebc, torch.float64, rank, "loaded from a whole state_dict")
 
 
+def ckpt_other_layout(rank: int, world: int, folder: str) -> None:
+    """Blocks saved by another plan, loaded by dcp.load straight into a sharded dynamic table of
+    the same live count, are refused (naming ed.load_checkpoint), not read under the wrong ids."""
+    import torch.distributed.checkpoint as dcp
+
+    tables = [TableConfig("d", 40, 3, ids=Dynamic())]
+    batch = {"d": (torch.arange(12, dtype=torch.int64) * 7919, torch.tensor([0, 5]))}  # the same on every rank
+
+    def trained(plan: dict[str, Any]) -> Any:
+        torch.manual_seed(0)
+        sharded = ed.shard(embtab.EmbeddingBagCollection(tables, dtype=torch.float64), ed.ShardingPlan(plan))
+        sharded(batch)  # one training step: the 12 ids get rows (MinCount(1), no eviction)
+        return sharded
+
+    dcp.save(trained({"d": ed.table_wise(rank=world - 1)}).state_dict(), checkpoint_id=f"{folder}/tw")
+    rowwise = trained({"d": ed.row_wise()})
+    state = rowwise.state_dict()
+    dcp.load(state, checkpoint_id=f"{folder}/tw")  # the same shapes: 12 live ids in all
+    refused = 0
+    try:
+        rowwise.load_state_dict(state)
+    except RuntimeError as exc:
+        assert "does not own" in str(exc) and "ed.load_checkpoint" in str(exc), exc
+        refused = 1
+    total = torch.tensor([refused])
+    dist.all_reduce(total)
+    assert int(total) >= 1  # a rank given another rank's ids refused them
+    ed.load_checkpoint(rowwise, f"{folder}/tw")  # what works: each id moved to its owner
+    live = rowwise.embedding_bags["d"].ids.live_ids() if "d" in rowwise.embedding_bags else torch.zeros(0)
+    counts = [torch.zeros(1, dtype=torch.int64) for _ in range(world)]
+    dist.all_gather(counts, torch.tensor([live.numel()]))
+    assert sum(int(c) for c in counts) == 12
+
+
 # --- communication volume -------------------------------------------------------------------------
 
 

@@ -64,5 +64,9 @@ def test_checkpoint_saved_at_two_ranks_loads_at_one_two_and_three(tmp_path: Path
     run(3, _ids_cases.ckpt_load, folder, True)
 
 
+def test_dcp_load_of_blocks_saved_by_another_plan_is_refused(tmp_path: Path) -> None:
+    run(2, _ids_cases.ckpt_other_layout, str(tmp_path))
+
+
 def test_bytes_sent_per_step_equal_the_formula() -> None:
     run(3, _ids_cases.comm_volume)

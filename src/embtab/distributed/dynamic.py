@@ -161,6 +161,18 @@ class _Owned(Sharding):
                     if key in names and me != table.pieces[-1].owner:  # the fallback rows: its own copy
                         local = torch.cat([local, getattr(table, key).detach()[capacity:].to(local.device)])
                     state_dict[prefix + key] = local
+            # Blocks read as they come: right only if they were saved by this world size and
+            # plan. A block of ids this rank does not own would load rows under wrong ids.
+            for key in ("ids.ids", "ids.pending_ids"):
+                mine = state_dict.get(prefix + key)
+                if isinstance(mine, Tensor) and mine.numel() and not bool(self.owns(mine.to(torch.int64), me,
+                                                                                     world).all()):
+                    error_msgs.append(
+                        f"{prefix}{key}: rank {me} received ids it does not own (table {table.table_name!r}): the "
+                        f"checkpoint's blocks were saved at another world size or plan; load it with "
+                        f"ed.load_checkpoint(module, path), which moves each id to its owner"
+                    )
+                    break
             return set()
         ids = got["ids"].reshape(-1)
         live = ids.numel()
