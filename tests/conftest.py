@@ -32,6 +32,14 @@ def _keep_torch_threads() -> Iterator[None]:
     torch.set_num_threads(n)
 
 
+@pytest.fixture
+def one_thread() -> None:
+    """Run on one thread (``pytestmark = pytest.mark.usefixtures("one_thread")``): tiny tensors
+    gain nothing from threads, whose barriers cost far more than the work on a busy 2-core
+    machine. ``_keep_torch_threads`` puts the count back."""
+    torch.set_num_threads(1)
+
+
 # GPU-only tests: marked (``pytest -m cuda`` picks them all) and skipped without a device.
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
