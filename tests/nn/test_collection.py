@@ -397,6 +397,37 @@ def test_input_errors_name_the_feature() -> None:
         ebc({**good, "tag": (good["tag"][0].float(), good["tag"][1])})
 
 
+@settings(max_examples=40, deadline=None)
+@given(batch=st.integers(0, 4), other=st.integers(0, 4), width=st.integers(0, 3), two_d=st.booleans(),
+       data=st.data())
+def test_the_batch_size_is_read_alike_from_every_input_form(batch: int, other: int, width: int, two_d: bool,
+                                                             data: st.DataObject) -> None:
+    """A 2-D ids tensor, (ids, offsets) and a JaggedTensor (offsets with the end) give torch's
+    batch; features of different batches are refused by name, whatever their forms."""
+    ebc = embtab.EmbeddingBagCollection([embtab.TableConfig("a", 10, 3), embtab.TableConfig("b", 10, 2)])
+    gen = torch.Generator().manual_seed(data.draw(st.integers(0, 99)))
+    a = torch.randint(0, 10, (batch, width), generator=gen)  # 2-D: batch bags of width ids
+    lengths = torch.randint(0, 3, (other,), generator=gen)
+    b_ids = torch.randint(0, 10, (int(lengths.sum()),), generator=gen)
+    b_offsets = torch.cat([torch.zeros(1, dtype=torch.int64), lengths.cumsum(0)[:-1]])[:other]
+    b = (b_ids, b_offsets)
+    if data.draw(st.booleans(), label="jagged"):  # offsets with the end, as include_last_offset=True
+        b = pytest.importorskip("torchrec.sparse.jagged_tensor").JaggedTensor(values=b_ids, lengths=lengths)
+    features = {"a": a if two_d else (a.reshape(-1), torch.arange(batch) * width), "b": b}
+    if batch != other:
+        with pytest.raises(ValueError, match=rf"same batch size, got 'a': {batch}, 'b': {other}"):
+            ebc(features)
+        return
+    out = ebc(features)
+    bags = _per_table(ebc)
+    # torch's own 2-D path fails on (B, 0) ids: its 1-D twin is the oracle
+    expected_a = torch.nn.functional.embedding_bag(a.reshape(-1), bags["a"].weight, torch.arange(batch) * width,
+                                                   mode="sum")
+    expected_b = torch.nn.functional.embedding_bag(b_ids, bags["b"].weight, b_offsets, mode="sum")
+    assert_close(out["a"], expected_a)
+    assert_close(out["b"], expected_b)
+
+
 @pytest.mark.parametrize("pooling", ["sum", "mean", "max"])
 @pytest.mark.parametrize("path", ["no_grad", "autograd", "fused"])
 @pytest.mark.parametrize("bad", [-1, 12])

@@ -272,7 +272,7 @@ class EmbeddingBagCollection(Module):
         finally:
             if steps is not None:
                 steps.close()
-        sizes = [p.bags.ends.shape[0] - 1 for p in prepared]  # (B + 1,) canonical offsets
+        sizes = [p.bags.num_bags for p in prepared]
         if len(set(sizes)) > 1:
             detail = ", ".join(f"{f!r}: {b}" for f, b in zip(self.feature_names, sizes))
             raise ValueError(f"{_WHERE}: every feature needs the same batch size, got {detail}")

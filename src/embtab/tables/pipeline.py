@@ -117,6 +117,15 @@ class Bags:
             self._ends = canonical_bags(self.ids, self.offsets, self.last, check, self.where, self.shape)
         return self._ends
 
+    @property
+    def num_bags(self) -> int:
+        """B, without building :attr:`ends` (which a CPU ATen kernel does not need)."""
+        if self._ends is not None:
+            return self._ends.shape[0] - 1
+        if self.offsets is None:
+            return self.shape[0] if len(self.shape) == 2 else 0
+        return self.offsets.shape[0] - int(self.last)
+
     def kernel_args(self, decrease: Callable[[Any], bool] = offsets_decrease) -> tuple[Tensor, Tensor, bool]:
         """``(ids, offsets, include_last_offset)`` for an ATen bag kernel: on CPU the caller's
         own offsets, checked only for order here (ATen's kernels refuse a first offset other
