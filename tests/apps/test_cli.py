@@ -293,6 +293,7 @@ def test_train_text_vectors_on_bad_line(capsys, tmp_path, text_csv):
     line = _error_line(err)
     assert code == 2 and "vec.txt, line 4: expected a token and 12 values, found a token and 13 values" in line
     assert "pass --on-bad-line warn or skip to drop such rows" in line and "on_bad_line=" not in line
+    assert not (tmp_path / "r1").exists()  # refused before the run folder is made
     code, _, err = _run(capsys, *argv, "--out", str(tmp_path / "r2"), "--on-bad-line", "skip")
     assert code == 0, err
     m = json.loads((tmp_path / "r2" / "metrics.json").read_text())

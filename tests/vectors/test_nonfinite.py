@@ -83,3 +83,22 @@ def test_a_cache_converted_to_a_narrower_dtype_refuses_overflow(tmp_path):
     with pytest.raises(VectorsFormatError, match=r"row 1: value 2 of 2 for token 'b', 70000\.0, overflows float16"):
         embtab.vectors.load(tmp_path / "v.safetensors", dtype=torch.float16)
     assert embtab.vectors.load(tmp_path / "v.safetensors", dtype=torch.float16, on_bad_line="skip").tokens == ["a"]
+
+
+@pytest.mark.parametrize("source, target, big", [
+    (torch.float32, torch.float16, 7e4),
+    (torch.float32, torch.bfloat16, 3.4028234e38),  # float32's largest: rounds up past bfloat16's
+    (torch.float64, torch.float32, 1e39),
+])
+def test_casting_vectors_to_a_narrower_dtype_refuses_overflow(source, target, big):
+    """``Vectors.to(dtype)`` names the token and value that would become inf, as loading does;
+    values that fit (and inf or NaN already there) pass as torch casts them."""
+    v = Vectors(["a", "b", "c"], torch.tensor([[1.0, 2.0], [3.0, big], [-big, 1.0]], dtype=source))
+    name = str(target).replace("torch.", "")
+    with pytest.raises(ValueError, match=rf"Vectors.to\({name}\): value 2 of 2 for token 'b', .* overflows {name}.*"
+                                         rf"; 2 row\(s\) overflow"):
+        v.to(dtype=target)
+    assert torch.isinf(v.vectors.to(target)).sum() == 2  # what a plain cast would have given
+    fits = Vectors(["a", "b"], torch.tensor([[1.0, float("inf")], [float("nan"), 2.0]], dtype=source))
+    assert torch.equal(fits.to(dtype=target).vectors.isnan(), fits.vectors.to(target).isnan())
+    assert fits.to(dtype=target).vectors[0, 1] == float("inf")

@@ -418,6 +418,12 @@ def train(cfg: TextConfig, *, resume: str | Resume | None = None) -> dict[str, A
     train_idx, val_idx = rest[tr_pos], rest[val_pos]
     if min(len(train_idx), len(val_idx), len(test_idx)) == 0:
         raise AppError(f"{len(data.texts)} texts are too few to split into train, validation and test")
+    vectors = None
+    if cfg.vectors:  # read before the run folder too: a bad vectors file leaves nothing behind
+        try:
+            vectors = embtab.vectors.load(cfg.vectors, on_bad_line=cfg.on_bad_line)
+        except embtab.vectors.VectorsFormatError as e:  # its hint names --on-bad-line, not the keyword
+            raise AppError(e.cli_message(available={"on_bad_line"})) from e
     if resume is None:
         run_dir = create_run_dir(cfg, APP)
     log(f"text classifier -> {run_dir}", quiet=quiet)
@@ -476,12 +482,7 @@ def train(cfg: TextConfig, *, resume: str | Resume | None = None) -> dict[str, A
         quiet=quiet)
 
     dim = cfg.dim
-    vectors = None
-    if cfg.vectors:
-        try:
-            vectors = embtab.vectors.load(cfg.vectors, on_bad_line=cfg.on_bad_line)
-        except embtab.vectors.VectorsFormatError as e:  # its hint names --on-bad-line, not the keyword
-            raise AppError(e.cli_message(available={"on_bad_line"})) from e
+    if vectors is not None:
         if vectors.dim != dim:
             log(f"--vectors have dim {vectors.dim}: using it instead of --dim {dim}", quiet=quiet)
             dim = vectors.dim

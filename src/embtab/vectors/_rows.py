@@ -16,7 +16,7 @@ from ._errors import Hint, VectorsFormatError
 ON_BAD_LINE = ("raise", "warn", "skip")
 NONFINITE = ("error", "keep")
 # The next wider dtype, named in the hint for a value that overflows a dtype.
-_WIDER = {torch.float16: "float32", torch.bfloat16: "float32", torch.float32: "float64"}
+WIDER = {torch.float16: "float32", torch.bfloat16: "float32", torch.float32: "float64"}
 
 # torch dtype -> the numpy dtype we parse text into. float32 files are parsed straight
 # to float32 (numpy parses each number to the nearest double, then rounds once: what
@@ -67,7 +67,7 @@ def overflow_reason(value: float, j: int, dim: int, dtype: torch.dtype, shown: s
 
 
 def overflow_hint(dtype: torch.dtype, on_bad_line: str) -> Hint:
-    wider = _WIDER.get(dtype)
+    wider = WIDER.get(dtype)
     if wider is None:
         return skip_hint(on_bad_line) or Hint("the value is out of range for every floating-point type")
     if on_bad_line == "raise":

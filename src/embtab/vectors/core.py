@@ -13,13 +13,31 @@ import torch
 from torch import Tensor
 
 from .._io import atomic_open
-from . import _load
+from . import _load, _rows
 from ._binary import write_binary
 from ._text import write_text
 from .cache import check_replaceable, write_cache
 
 EXPORT_FORMATS = ("glove", "word2vec", "fasttext", "word2vec_binary")
 _UNSET: Any = object()  # most_similar's topn when not given
+
+
+def _refuse_overflow(tokens: Sequence[str], before: Tensor, after: Tensor) -> None:
+    """Raise if a finite value of ``before`` became inf in ``after`` (its cast)."""
+    if not torch.isinf(after).any():  # the common case: one pass, no copies
+        return
+    over = torch.isinf(after) & torch.isfinite(before.to(after.device))
+    rows = over.any(1).nonzero().flatten()
+    if rows.numel() == 0:
+        return
+    i = int(rows[0])
+    j = int(over[i].nonzero()[0])
+    wider = _rows.WIDER.get(after.dtype, "float64")
+    raise ValueError(
+        f"Vectors.to({_rows.dtype_name(after.dtype)}): "
+        + _rows.overflow_reason(before[i, j].item(), j, before.shape[1], after.dtype, token=tokens[i])
+        + f"; {rows.numel()} row(s) overflow. Keep {wider}, or scale the vectors into range first"
+    )
 
 
 class Vectors:
@@ -130,10 +148,17 @@ class Vectors:
         return f"Vectors({len(self)} x {self.dim}, {str(self.vectors.dtype).replace('torch.', '')}{fmt}{src})"
 
     def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> "Vectors":
-        """The same vectors on another device and/or in another dtype (tokens are shared)."""
-        out = Vectors(self.tokens, self.vectors.to(device=device, dtype=dtype), format=self.format,
-                      source=self.source, _index=self._index, _info=self._info)
-        return out
+        """The same vectors on another device and/or in another dtype (tokens are shared).
+
+        Raises:
+            ValueError: a finite value does not fit ``dtype`` (it would become inf): names
+                the token, the value and how many rows overflow.
+        """
+        vectors = self.vectors.to(device=device, dtype=dtype)
+        if vectors.dtype != self.vectors.dtype and vectors.is_floating_point():
+            _refuse_overflow(self.tokens, self.vectors, vectors)
+        return Vectors(self.tokens, vectors, format=self.format, source=self.source, _index=self._index,
+                       _info=self._info)
 
     # ------------------------------------------------------------------ provenance
     @property
