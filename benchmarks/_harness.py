@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import os
 import platform
 import statistics
@@ -33,6 +34,18 @@ def machine_info() -> str:
         f"machine: {cpu}, {os.cpu_count()} cores, torch threads {torch.get_num_threads()}; "
         f"GPU: {gpu}; python {platform.python_version()}, torch {torch.__version__}, triton {triton_v}"
     )
+
+
+def add_table_args(parser: argparse.ArgumentParser, *, rounds: int, warmup: int) -> None:
+    """The arguments of a benchmark over T tables of E x D rows, B bags of L ids
+    (defaults: 8 x 1,000,000 x 64, B 2048, L 20), timed ``rounds`` times after ``warmup``."""
+    parser.add_argument("--tables", type=int, default=8)
+    parser.add_argument("--rows", type=int, default=1_000_000)
+    parser.add_argument("--dim", type=int, default=64)
+    parser.add_argument("--batch", type=int, default=2048)
+    parser.add_argument("--bag", type=int, default=20)
+    parser.add_argument("--rounds", type=int, default=rounds)
+    parser.add_argument("--warmup", type=int, default=warmup)
 
 
 def interleaved_ms(

@@ -31,7 +31,7 @@ from typing import Callable
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _harness import interleaved_ms, machine_info, print_table  # noqa: E402
+from _harness import add_table_args, interleaved_ms, machine_info, print_table  # noqa: E402
 
 import embtab  # noqa: E402
 from embtab import _memory  # noqa: E402
@@ -57,13 +57,7 @@ def zipf_ids(rows: int, n: int, exponent: float, gen: torch.Generator) -> torch.
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--tables", type=int, default=8)
-    parser.add_argument("--rows", type=int, default=1_000_000)
-    parser.add_argument("--dim", type=int, default=64)
-    parser.add_argument("--batch", type=int, default=2048)
-    parser.add_argument("--bag", type=int, default=20)
-    parser.add_argument("--rounds", type=int, default=9)
-    parser.add_argument("--warmup", type=int, default=2)
+    add_table_args(parser, rounds=9, warmup=2)
     parser.add_argument("--dense-rounds", type=int, default=3, help="rounds for the slow sparse=False path")
     parser.add_argument("--lr", type=float, default=0.01)
     args = parser.parse_args(argv)

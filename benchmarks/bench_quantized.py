@@ -32,20 +32,14 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _harness import interleaved_ms, machine_info, print_table  # noqa: E402
+from _harness import add_table_args, interleaved_ms, machine_info, print_table  # noqa: E402
 
 import embtab  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--tables", type=int, default=8)
-    parser.add_argument("--rows", type=int, default=1_000_000)
-    parser.add_argument("--dim", type=int, default=64)
-    parser.add_argument("--batch", type=int, default=2048)
-    parser.add_argument("--bag", type=int, default=20)
-    parser.add_argument("--rounds", type=int, default=15)
-    parser.add_argument("--warmup", type=int, default=3)
+    add_table_args(parser, rounds=15, warmup=3)
     args = parser.parse_args(argv)
     T, E, D, B, L = args.tables, args.rows, args.dim, args.batch, args.bag
     print(machine_info())

@@ -122,6 +122,25 @@ def assert_state_equal(sharded: Any, reference: torch.nn.Module, dtype: torch.dt
 # --- forward -----------------------------------------------------------------------------------
 
 
+def same_pooled_and_weight_grads(sharded: Any, ebc: embtab.EmbeddingBagCollection, batch: Batch,
+                                 gen: torch.Generator, dtype: torch.dtype, label: str) -> None:
+    """The sharded collection pools ``batch`` as the plain one does, and the gradients of the
+    per-sample weights (features given them) are the plain one's."""
+    mine = {f: v[:2] + (v[2].clone().requires_grad_(),) if len(v) == 3 else v for f, v in batch.items()}
+    ref_in = {f: v[:2] + (v[2].detach().clone().requires_grad_(),) if len(v) == 3 else v for f, v in mine.items()}
+    out, expected = sharded(mine), ebc(ref_in)
+    assert list(out) == list(expected)
+    for f in expected:
+        torch.testing.assert_close(out[f], expected[f], **TOL[dtype], msg=lambda m: f"{label} feature {f}: {m}")
+    if any(len(v) == 3 for v in mine.values()):
+        weights = torch.randn(out.concat().shape, generator=gen, dtype=dtype)
+        (out.concat() * weights).sum().backward()
+        (expected.concat() * weights).sum().backward()
+        for f, v in mine.items():
+            if len(v) == 3:
+                torch.testing.assert_close(v[2].grad, ref_in[f][2].grad, **TOL[dtype], msg=f"{label} feature {f}")
+
+
 def forward_equality(rank: int, world: int, dtype: torch.dtype = torch.float64) -> None:
     """Every kind x {sum, mean, max} x per-sample weights, empty bags, boundary ids, a rank
     with an empty batch, all batches empty; per-sample-weight gradients too."""
@@ -139,23 +158,7 @@ def forward_equality(rank: int, world: int, dtype: torch.dtype = torch.float64) 
                 sizes = [0] * world
             psw = pooling == "sum" and case % 2 == 0
             batches = [draw_batch(tables, b, gen, world, psw=psw, dtype=dtype) for b in sizes]
-            mine = batches[rank]
-            if psw:
-                mine = {f: (v[0], v[1], v[2].clone().requires_grad_()) for f, v in mine.items()}
-            out = sharded(mine)
-            ref_in = {f: (v[0], v[1], v[2].detach().clone().requires_grad_()) if len(v) == 3 else v
-                      for f, v in mine.items()}
-            expected = ebc(ref_in)
-            assert list(out) == list(expected)
-            for f in expected:
-                torch.testing.assert_close(out[f], expected[f], **TOL[dtype],
-                                           msg=lambda m: f"{pooling} case {case} feature {f}: {m}")
-            if psw:
-                weights = torch.randn(out.concat().shape, generator=gen, dtype=dtype)
-                (out.concat() * weights).sum().backward()
-                (expected.concat() * weights).sum().backward()
-                for f in mine:
-                    torch.testing.assert_close(mine[f][2].grad, ref_in[f][2].grad, **TOL[dtype])
+            same_pooled_and_weight_grads(sharded, ebc, batches[rank], gen, dtype, f"{pooling} case {case}")
     # fixed-length bags (2-D ids)
     tables = [TableConfig("a", 5, 3), TableConfig("b", 4, 3, pooling="max")]
     torch.manual_seed(1)

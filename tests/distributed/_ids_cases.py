@@ -20,7 +20,7 @@ from embtab import TableConfig
 from embtab.ids import LFU, LRU, TTL, Dynamic, Hashed, MinCount
 from tests.ids.dynamic_model import DynamicModel
 
-from ._cases import TOL, Batch, assert_state_equal, concat_batches, oracle
+from ._cases import TOL, Batch, assert_state_equal, concat_batches, oracle, same_pooled_and_weight_grads
 
 # Raw ids spread over int64 (negative, huge, small): 24 distinct values, so that the dynamic tables'
 # capacities below hold every one of them on every rank (no eviction unless a test wants some).
@@ -44,6 +44,17 @@ def draw(tables: list[TableConfig], size: int, gen: torch.Generator, *, psw: boo
                 value = value + (torch.rand(n, generator=gen, dtype=dtype) + 0.5,)
             batch[f] = value
     return batch
+
+
+def step_batches(tables: list[TableConfig], world: int, step: int, gen: torch.Generator,
+                 dtype: torch.dtype) -> tuple[list[Batch], list[torch.Tensor]]:
+    """Each rank's batch for one training step (0 to 3 bags; rank ``step % world`` at least one;
+    per-sample weights every other step) and its regression targets."""
+    sizes = torch.randint(0, 4, (world,), generator=gen).tolist()
+    sizes[step % world] = max(sizes[step % world], 1)
+    batches = [draw(tables, b, gen, psw=step % 2 == 1, dtype=dtype) for b in sizes]
+    width = sum(t.embedding_dim * len(t.feature_names) for t in tables)
+    return batches, [torch.randn(b, width, generator=gen, dtype=dtype) for b in sizes]
 
 
 def _collection(tables: list[TableConfig], dtype: torch.dtype, spec: Any = None) -> embtab.EmbeddingBagCollection:
@@ -100,20 +111,7 @@ def hashed_forward(rank: int, world: int, dtype: torch.dtype = torch.float64) ->
                 sizes = [0] * world
             psw = pooling == "sum" and case % 2 == 0
             batches = [draw(tables, b, gen, psw=psw, dtype=dtype) for b in sizes]
-            mine = {f: v[:2] + (v[2].clone().requires_grad_(),) if len(v) == 3 else v for f, v in batches[rank].items()}
-            ref_in = {f: v[:2] + (v[2].detach().clone().requires_grad_(),) if len(v) == 3 else v
-                      for f, v in mine.items()}
-            out, expected = sharded(mine), ebc(ref_in)
-            for f in expected:
-                torch.testing.assert_close(out[f], expected[f], **TOL[dtype],
-                                           msg=lambda m: f"{pooling} case {case} feature {f}: {m}")
-            if psw:
-                weights = torch.randn(out.concat().shape, generator=gen, dtype=dtype)
-                (out.concat() * weights).sum().backward()
-                (expected.concat() * weights).sum().backward()
-                for f, v in mine.items():
-                    if len(v) == 3:
-                        torch.testing.assert_close(v[2].grad, ref_in[f][2].grad, **TOL[dtype])
+            same_pooled_and_weight_grads(sharded, ebc, batches[rank], gen, dtype, f"{pooling} case {case}")
 
 
 def hashed_train(rank: int, world: int, spec: Any, dtype: torch.dtype = torch.float64, steps: int = 4) -> None:
@@ -125,11 +123,7 @@ def hashed_train(rank: int, world: int, spec: Any, dtype: torch.dtype = torch.fl
     reference = oracle(ebc)
     gen = torch.Generator().manual_seed(11 + world)
     for step in range(steps):
-        sizes = torch.randint(0, 4, (world,), generator=gen).tolist()
-        sizes[step % world] = max(sizes[step % world], 1)
-        batches = [draw(tables, b, gen, psw=step % 2 == 1, dtype=dtype) for b in sizes]
-        width = sum(t.embedding_dim * len(t.feature_names) for t in tables)
-        targets = [torch.randn(b, width, generator=gen, dtype=dtype) for b in sizes]
+        batches, targets = step_batches(tables, world, step, gen, dtype)
         ((sharded(batches[rank]).concat() - targets[rank]) ** 2).sum().backward()
         (((reference(concat_batches(batches)).concat() - torch.cat(targets)) ** 2).sum() / world).backward()
     assert_state_equal(sharded, reference, dtype, rank, f"hashed, {spec!r}")
@@ -190,15 +184,11 @@ def dynamic_train(rank: int, world: int, spec: Any, dtype: torch.dtype = torch.f
     reference = oracle(ebc)
     gen = torch.Generator().manual_seed(21 + world)
     for step in range(steps):
-        sizes = torch.randint(0, 4, (world,), generator=gen).tolist()
-        sizes[step % world] = max(sizes[step % world], 1)
-        batches = [draw(tables, b, gen, psw=step % 2 == 1, dtype=dtype) for b in sizes]
-        width = sum(t.embedding_dim * len(t.feature_names) for t in tables)
-        targets = [torch.randn(b, width, generator=gen, dtype=dtype) for b in sizes]
+        batches, targets = step_batches(tables, world, step, gen, dtype)
         out = sharded(batches[rank]).concat()
         full = reference(concat_batches(batches)).concat()
-        start = sum(sizes[:rank])
-        torch.testing.assert_close(out, full[start:start + sizes[rank]], **TOL[dtype],
+        start = sum(t.shape[0] for t in targets[:rank])
+        torch.testing.assert_close(out, full[start:start + targets[rank].shape[0]], **TOL[dtype],
                                    msg=lambda m: f"step {step}: {m}")
         ((out - targets[rank]) ** 2).sum().backward()
         (((full - torch.cat(targets)) ** 2).sum() / world).backward()
