@@ -175,9 +175,22 @@ def forward_equality(rank: int, world: int, dtype: torch.dtype = torch.float64) 
 # --- training ------------------------------------------------------------------------------------
 
 
+def clip_and_step(sharded: Any, reference: torch.nn.Module, clip: tuple[float, float], dtype: torch.dtype) -> bool:
+    """``clip_grad_norm_`` on both (the sharded one's norm is over every rank: it must be the
+    one process's), then ``step()``; returns whether the gradients were clipped."""
+    got = embtab.optim.clip_grad_norm_(sharded.optimizer, *clip)
+    want = embtab.optim.clip_grad_norm_(reference.optimizer, *clip)  # type: ignore[arg-type]
+    torch.testing.assert_close(got.to(want), want, **TOL[dtype])
+    sharded.optimizer.step()
+    reference.optimizer.step()  # type: ignore[operator, union-attr]
+    return bool(want > clip[0])
+
+
 def train_equal(rank: int, world: int, spec: Any, plan: Callable[[int], ed.ShardingPlan] | None = None,
-                dtype: torch.dtype = torch.float64, steps: int = 4, accumulate: int = 1) -> None:
-    """``steps`` steps sharded equal ``steps`` steps of one process on the concatenated batch."""
+                dtype: torch.dtype = torch.float64, steps: int = 4, accumulate: int = 1,
+                clip: tuple[float, float] | None = None) -> None:
+    """``steps`` steps sharded equal ``steps`` steps of one process on the concatenated batch
+    (``clip``: ``(max_norm, norm_type)`` of ``clip_grad_norm_`` before each step)."""
     tables = mixed_tables("sum", world) + [TableConfig("m", 6, 4, pooling="mean"),
                                            TableConfig("x", 7, 3, pooling="max")]
     kinds = dict(mixed_plan(world))
@@ -189,6 +202,7 @@ def train_equal(rank: int, world: int, spec: Any, plan: Callable[[int], ed.Shard
     sharded = ed.shard(ebc, the_plan)
     reference = oracle(ebc)
     gen = torch.Generator().manual_seed(11 + world)
+    clipped = False
     for step in range(steps):
         for _ in range(accumulate):
             sizes = torch.randint(0, 4, (world,), generator=gen).tolist()
@@ -211,9 +225,12 @@ def train_equal(rank: int, world: int, spec: Any, plan: Callable[[int], ed.Shard
                         start = sum(b[f][0].numel() for b in batches[:rank])
                         expected = whole[f][2].grad[start:start + v[2].numel()] * world
                         torch.testing.assert_close(v[2].grad, expected, **TOL[dtype])
-        if accumulate > 1:
+        if clip is not None:
+            clipped = clip_and_step(sharded, reference, clip, dtype) or clipped
+        elif accumulate > 1:
             sharded.optimizer.step()
             reference.optimizer.step()
+    assert clip is None or clipped, "no step was clipped: the case tests nothing"
     assert_state_equal(sharded, reference, dtype, rank, f"{spec!r}")
 
 

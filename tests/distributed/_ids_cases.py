@@ -20,7 +20,8 @@ from embtab import TableConfig
 from embtab.ids import LFU, LRU, TTL, Dynamic, Hashed, MinCount
 from tests.ids.dynamic_model import DynamicModel
 
-from ._cases import TOL, Batch, assert_state_equal, concat_batches, oracle, same_pooled_and_weight_grads
+from ._cases import (TOL, Batch, assert_state_equal, clip_and_step, concat_batches, oracle,
+                     same_pooled_and_weight_grads)
 
 # Raw ids spread over int64 (negative, huge, small): 24 distinct values, so that the dynamic tables'
 # capacities below hold every one of them on every rank (no eviction unless a test wants some).
@@ -114,7 +115,8 @@ def hashed_forward(rank: int, world: int, dtype: torch.dtype = torch.float64) ->
             same_pooled_and_weight_grads(sharded, ebc, batches[rank], gen, dtype, f"{pooling} case {case}")
 
 
-def hashed_train(rank: int, world: int, spec: Any, dtype: torch.dtype = torch.float64, steps: int = 4) -> None:
+def hashed_train(rank: int, world: int, spec: Any, dtype: torch.dtype = torch.float64, steps: int = 4,
+                 clip: tuple[float, float] | None = None) -> None:
     """Sharded training = one process on the concatenated batch: rows, importance weights and their
     optimizer state, every kind, empty batches, per-sample weights."""
     tables = hashed_tables()
@@ -126,6 +128,8 @@ def hashed_train(rank: int, world: int, spec: Any, dtype: torch.dtype = torch.fl
         batches, targets = step_batches(tables, world, step, gen, dtype)
         ((sharded(batches[rank]).concat() - targets[rank]) ** 2).sum().backward()
         (((reference(concat_batches(batches)).concat() - torch.cat(targets)) ** 2).sum() / world).backward()
+        if clip is not None:
+            clip_and_step(sharded, reference, clip, dtype)
     assert_state_equal(sharded, reference, dtype, rank, f"hashed, {spec!r}")
 
 
@@ -174,7 +178,8 @@ def _local_state(sharded: Any) -> dict[str, torch.Tensor]:
     return out
 
 
-def dynamic_train(rank: int, world: int, spec: Any, dtype: torch.dtype = torch.float64, steps: int = 5) -> None:
+def dynamic_train(rank: int, world: int, spec: Any, dtype: torch.dtype = torch.float64, steps: int = 5,
+                  clip: tuple[float, float] | None = None) -> None:
     """With capacities that never evict: outputs at every step, then rows, their values, optimizer
     state, pending counts, step and statistics (summed over the ranks) equal one process's; eval mode
     looks up as one process does and changes nothing on any rank."""
@@ -192,6 +197,8 @@ def dynamic_train(rank: int, world: int, spec: Any, dtype: torch.dtype = torch.f
                                    msg=lambda m: f"step {step}: {m}")
         ((out - targets[rank]) ** 2).sum().backward()
         (((full - torch.cat(targets)) ** 2).sum() / world).backward()
+        if clip is not None:
+            clip_and_step(sharded, reference, clip, dtype)
     assert_state_equal(sharded, reference, dtype, rank, f"dynamic, {spec!r}")
     for t in tables:
         if t.ids is not None:

@@ -9,6 +9,7 @@ at 1 (a plain collection), 2 and 3, under other plans.
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 import pytest
@@ -70,3 +71,9 @@ def test_dcp_load_of_blocks_saved_by_another_plan_is_refused(tmp_path: Path) -> 
 
 def test_bytes_sent_per_step_equal_the_formula() -> None:
     run(3, _ids_cases.comm_volume)
+
+
+def test_clip_grad_norm_over_every_rank_with_hashed_and_dynamic_tables() -> None:
+    """The dynamic tables' fallback rows (a copy on every rank) count once in the norm."""
+    run(2, functools.partial(_ids_cases.dynamic_train, clip=(0.5, 2.0)), embtab.optim.Adam(lr=0.05, update="step"))
+    run(2, functools.partial(_ids_cases.hashed_train, clip=(0.5, 2.0)), embtab.optim.SGD(lr=0.1, update="step"))

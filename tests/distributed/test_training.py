@@ -10,6 +10,7 @@ empty ones. In float64 the tables and the optimizer state agree to float64 round
 from __future__ import annotations
 
 import functools
+import math
 
 import pytest
 import torch
@@ -55,3 +56,13 @@ def test_float32_within_tolerance() -> None:
 def test_update_on_step_accumulates_backward_passes() -> None:
     run(2, functools.partial(_cases.train_equal, accumulate=2, steps=2),
         embtab.optim.RowWiseAdagrad(lr=0.1, update="step"))
+
+
+@pytest.mark.parametrize("world, spec, clip", [
+    (2, embtab.optim.RowWiseAdagrad(lr=0.1, update="step"), (0.5, 2.0)),
+    (3, embtab.optim.SGD(lr=0.1, update="step"), (0.05, math.inf)),
+])
+def test_clip_grad_norm_is_over_every_rank(world: int, spec: object, clip: tuple[float, float]) -> None:
+    """``clip_grad_norm_`` on a sharded collection's optimizer measures the gradient of the
+    whole model (a data-parallel table's once, column pieces together) and clips as one process does."""
+    run(world, functools.partial(_cases.train_equal, clip=clip), spec)

@@ -97,12 +97,13 @@ class Comm:
         self.stats.add(what, "all_to_all_single", sent * send.element_size())
         return recv
 
-    def all_reduce_(self, tensor: Tensor, what: str, group: Any = None, size: int | None = None) -> Tensor:
-        """Sum ``tensor`` over the group (or ``group`` of ``size`` ranks), in place."""
+    def all_reduce_(self, tensor: Tensor, what: str, group: Any = None, size: int | None = None, *,
+                    largest: bool = False) -> Tensor:
+        """Sum ``tensor`` (``largest``: the maximum) over the group (or ``group`` of ``size`` ranks), in place."""
         group = self.group if group is None else group
         size = self.world_size if size is None else size
         if size > 1:
-            dist.all_reduce(tensor, group=group)
+            dist.all_reduce(tensor, op=dist.ReduceOp.MAX if largest else dist.ReduceOp.SUM, group=group)
         self.stats.add(what, "all_reduce", 2 * (size - 1) / size * tensor.numel() * tensor.element_size())
         return tensor
 

@@ -14,7 +14,7 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor
 
-from .plan import KINDS, Piece, ReduceContext, Sharding
+from .plan import KINDS, Piece, ReduceContext, Sharding, norm_power
 
 __all__ = ["data_parallel", "DataParallel"]
 
@@ -41,6 +41,14 @@ class DataParallel(Sharding):
         ctx.comm.all_reduce_(buf, "replicated grads")
         touched = (buf[:, dim] > 0).nonzero().squeeze(1)  # (U,) ascending, as the update expects
         return touched, buf[touched, :dim]
+
+    def grad_norm_share(self, table: Any, rows: Tensor, grads: Tensor, ctx: ReduceContext,
+                        norm_type: float) -> Tensor:
+        """The summed gradient (one all-reduce more, as the update's), counted on rank 0 only:
+        every rank holds the same."""
+        rows, grads = self.reduce_row_grads(table, rows, grads, ctx)
+        share = norm_power(grads, norm_type)
+        return share if ctx.comm.rank == 0 else torch.zeros_like(share)
 
     def __repr__(self) -> str:
         return "data_parallel()"

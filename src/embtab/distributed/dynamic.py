@@ -50,7 +50,7 @@ from .. import _checks
 from ..configs import TableConfig
 from ..ids._hash import owner_of
 from ..ids.dynamic import Dynamic, DynamicIds, sort_by_id
-from .plan import ID_KINDS, AsIs, Piece, ReduceContext, Sharding, split_sizes
+from .plan import ID_KINDS, AsIs, Piece, ReduceContext, Sharding, add_norm_power, norm_power, split_sizes
 from .row_wise import RowWise
 from .table_wise import TableWise
 
@@ -248,6 +248,18 @@ class DynamicRowWise(_Owned, RowWise):
         ctx.comm.all_reduce_(buf, "fallback grads")
         touched = (buf[:, dim] > 0).nonzero().squeeze(1)  # (U,) ascending, after the own rows: as the update expects
         return torch.cat([rows[own], capacity + touched]), torch.cat([grads[own], buf[touched, :dim]])
+
+    def grad_norm_share(self, table: Any, rows: Tensor, grads: Tensor, ctx: ReduceContext,
+                        norm_type: float) -> Tensor:
+        """The rows of its own ids, and on rank 0 the summed fallback rows (every rank holds them)."""
+        if not self.reduces(ctx.kind, ctx.comm.world_size):
+            return norm_power(grads, norm_type)
+        rows, grads = self.reduce_row_grads(table, rows, grads, ctx)
+        own = rows < table.spec.num_embeddings
+        share = norm_power(grads[own], norm_type)
+        if ctx.comm.rank == 0:
+            share = add_norm_power(share, norm_power(grads[~own], norm_type), norm_type)
+        return share
 
 
 @dataclass(frozen=True, repr=False)

@@ -93,6 +93,10 @@ class HashedSharding(Sharding):
     def reduce_row_grads(self, table: Any, rows: Tensor, grads: Tensor, ctx: ReduceContext) -> tuple[Tensor, Tensor]:
         return self.base.reduce_row_grads(table, rows, grads, ctx)
 
+    def grad_norm_share(self, table: Any, rows: Tensor, grads: Tensor, ctx: ReduceContext,
+                        norm_type: float) -> Tensor:
+        return self.base.grad_norm_share(table, rows, grads, ctx, norm_type)
+
     def sub_tables(self, table: Any) -> list[Any]:
         return [table.ids.importance] if self.importance is not None else []
 

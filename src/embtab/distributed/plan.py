@@ -10,6 +10,7 @@ in the fused optimizer's row-gradient hook). :func:`plan` chooses kinds automati
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any, Callable, ClassVar, Iterator, Mapping, Sequence
 
@@ -112,6 +113,14 @@ class Sharding:
         """Whether :meth:`reduce_row_grads` does anything for this optimizer (``"sgd"``, ...)."""
         return False
 
+    def grad_norm_share(self, table: Any, rows: Tensor, grads: Tensor, ctx: "ReduceContext",
+                        norm_type: float) -> Tensor:
+        """This rank's share of the ``norm_type``-norm of the gradient the update will apply to
+        the table, as :func:`norm_power` gives it: the ranks' shares summed (``inf``: their
+        largest) are the whole table's (``embtab.optim.clip_grad_norm_``). Every rank calls it
+        for every table, in one order. By default this rank's gradient of its own piece."""
+        return norm_power(grads, norm_type)
+
     def replicas(self) -> bool:
         """Several ranks hold the same values (their checkpoint pieces are written once)."""
         return False
@@ -193,6 +202,20 @@ class ReduceContext:
     hyper: Any  # embtab.ops.common.Hyper
     kind: str  # the fused optimizer's kind ("sgd", "rowwise_adagrad", ...)
     table_name: str
+
+
+def norm_power(grads: Tensor, norm_type: float) -> Tensor:
+    """``sum |g| ** norm_type`` over ``grads`` (``inf``: ``max |g|``), a 0-d tensor in the
+    accumulation dtype: what adds up (or maxes) across pieces into a norm."""
+    g = grads.to(acc_dtype(grads.dtype)).abs()
+    if math.isinf(norm_type):
+        return g.amax() if g.numel() else g.new_zeros(())
+    return g.pow(norm_type).sum()
+
+
+def add_norm_power(a: Tensor, b: Tensor, norm_type: float) -> Tensor:
+    """Two :func:`norm_power` shares as one."""
+    return torch.maximum(a, b) if math.isinf(norm_type) else a + b
 
 
 def split_sizes(n: int, parts: int) -> list[int]:

@@ -35,6 +35,7 @@ other tables keep the optimizer's one-pass update.
 from __future__ import annotations
 
 import contextlib
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, replace as dc_replace
 from typing import Any, Callable, Sequence
@@ -53,7 +54,7 @@ from ..optim.optimizer import FusedOptimizer, RowGrads
 from ..tables.pipeline import Feature, backend_of, pool, prepare_bags
 from . import checkpoint
 from .comm import Comm, exchange, new_group
-from .plan import Piece, ReduceContext, Sharding, ShardingPlan
+from .plan import Piece, ReduceContext, Sharding, ShardingPlan, add_norm_power
 
 __all__ = ["ShardedEmbeddingBagCollection", "ShardTable", "shard"]
 
@@ -322,6 +323,7 @@ class ShardedEmbeddingBagCollection(Module):
             # optimizer's ranks are kept in step.
             reduce = [m for _, m, k in self._trained if self._reduces(m, k, spec.kind)]
             self.optimizer.register_row_grad_hook(self._reduce_row_grads, tables=reduce)
+            self.optimizer.set_grad_norm(self._grad_norm)
         if not on_meta:
             with torch.no_grad():
                 for module, source in loads:
@@ -824,6 +826,28 @@ class ShardedEmbeddingBagCollection(Module):
             rows, grads = kind.reduce_row_grads(table, rows, grads, ReduceContext(*ctx_args, name))
             out.append(RowGrads(table, rows, grads))
         return out
+
+
+    def _grad_norm(self, row_grads: list[RowGrads], norm_type: float) -> Tensor:
+        """``clip_grad_norm_``'s total norm of the row gradients the next ``step()`` applies,
+        over every rank, as one process would measure it: each kind gives this rank's share
+        (a data-parallel table's summed gradient counts once), one all-reduce adds them."""
+        assert self.optimizer is not None  # internal: set on it
+        by_table = {id(rg.table): rg for rg in row_grads}
+        hyper, kind_name = self.optimizer.hyper(), self.optimizer.spec.kind
+        total = torch.zeros((), dtype=torch.float64, device=_default_device(self.comm))
+        for name, table, kind in self._trained:  # every rank, one order: some shares all-reduce
+            rg = by_table.get(id(table))
+            if rg is None:
+                rows = torch.empty(0, dtype=torch.int64, device=table.weight.device)
+                grads = table.weight.new_zeros(0, table.weight.shape[1], dtype=acc_dtype(table.weight.dtype))
+            else:
+                rows, grads = rg.rows, rg.grads
+            share = kind.grad_norm_share(table, rows, grads, ReduceContext(self.comm, hyper, kind_name, name), norm_type)
+            total = add_norm_power(total, share.to(total), norm_type)
+        inf = math.isinf(norm_type)
+        self.comm.all_reduce_(total, "gradient norm", largest=inf)
+        return total if inf else total.pow(1.0 / norm_type)
 
 
 def _default_device(comm: Comm) -> torch.device:

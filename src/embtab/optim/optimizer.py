@@ -81,6 +81,8 @@ class FusedOptimizer(torch.optim.Optimizer):
         self._task: int | None = None  # the graph task they belong to
         self._waiting: dict[int, RowGrads] = {}  # update="step": row gradients until step()
         self._hyper_key: tuple[Any, ...] | None = None
+        # clip_grad_norm_'s measure of the waiting row gradients (see set_grad_norm)
+        self._grad_norm: Callable[[list[RowGrads], float], Tensor] | None = None
         self._hyper: Hyper | None = None
         self.handle = next(_handles)  # names this optimizer inside a torch.compile graph
         _by_handle[self.handle] = self
@@ -138,6 +140,13 @@ class FusedOptimizer(torch.optim.Optimizer):
         handle = RemovableHandle(self._row_grad_hooks)
         self._row_grad_hooks[handle.id] = (hook, None if tables is None else frozenset(id(t) for t in tables))
         return handle
+
+    def set_grad_norm(self, measure: Callable[[list[RowGrads], float], Tensor]) -> None:
+        """How :func:`clip_grad_norm_` measures this optimizer's waiting row gradients:
+        ``measure(row_grads, norm_type) -> total norm``. A sharded collection measures them
+        over every rank (its optimizer holds only this rank's pieces); the default is their
+        own norm."""
+        self._grad_norm = measure
 
     def pending_row_grads(self) -> list[RowGrads]:
         """The row gradients waiting for ``step()`` (``update="step"``); edit them in place to change the update."""
@@ -362,10 +371,13 @@ def clip_grad_norm_(optimizer: FusedOptimizer | Iterable[FusedOptimizer], max_no
     ``torch.nn.utils.clip_grad_norm_`` does for ``.grad``; returns the total norm.
 
     Needs ``update="step"`` on the spec (otherwise the rows were updated in backward
-    already). The norm is over every waiting row gradient of the optimizer(s).
+    already). The norm is over every waiting row gradient of the optimizer(s). For a
+    sharded collection's optimizer (``embtab.distributed``) it is over every rank's, as one
+    process would measure it: call it on every rank (it all-reduces).
     """
     optimizers = [optimizer] if isinstance(optimizer, FusedOptimizer) else list(optimizer)
     grads: list[Tensor] = []
+    norms: list[Tensor] = []
     for opt in optimizers:
         if not isinstance(opt, FusedOptimizer):
             raise TypeError(f"clip_grad_norm_: expected embtab fused optimizers, got {type(opt).__name__}")
@@ -375,14 +387,18 @@ def clip_grad_norm_(optimizer: FusedOptimizer | Iterable[FusedOptimizer], max_no
                 f"nothing left to clip; build it with update='step' (e.g. embtab.optim.{type(opt.spec).__name__}"
                 "(..., update='step')) and call optimizer.step() after clipping"
             )
-        grads += [rg.grads for rg in opt.pending_row_grads()]
-    if not grads:
+        pending = opt.pending_row_grads()
+        grads += [rg.grads for rg in pending]
+        if opt._grad_norm is not None:  # called even with nothing waiting here: other ranks may have some
+            norms.append(opt._grad_norm(pending, norm_type))
+        else:
+            norms += [torch.linalg.vector_norm(rg.grads.to(acc_dtype(rg.grads.dtype)), norm_type) for rg in pending]
+    if not norms:
         return torch.tensor(0.0)
-    norms = torch.stack([torch.linalg.vector_norm(g.to(acc_dtype(g.dtype)), norm_type) for g in grads])
-    total = torch.linalg.vector_norm(norms, norm_type)
+    total = torch.linalg.vector_norm(torch.stack([n.to(norms[0].device) for n in norms]), norm_type)
     if error_if_nonfinite and not bool(torch.isfinite(total)):
         raise RuntimeError(f"clip_grad_norm_: the total norm of order {norm_type} of the row gradients is {total}")
     coef = (max_norm / (total + 1e-6)).clamp(max=1.0)
     for g in grads:
-        g.mul_(coef.to(g.dtype))
+        g.mul_(coef.to(g.device, g.dtype))
     return total
