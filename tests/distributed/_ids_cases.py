@@ -408,3 +408,45 @@ def comm_volume(rank: int, world: int) -> None:
         assert set(got) == set(expected), (sorted(got), sorted(expected))
         for k in expected:
             assert abs(got[k] - expected[k]) < 1e-6, (rank, step, k, got[k], expected[k])
+
+
+# --- memory -------------------------------------------------------------------------------------
+
+
+def _bytes_held(module: torch.nn.Module) -> int:
+    """What a sharded table module really holds: its parameters and buffers (sub-modules'
+    included, each storage once) and a dynamic table's CPU index; less the out-of-range
+    counters (8 bytes a module), which table_bytes leaves out."""
+    seen, total = set(), 0
+    for t in [*module.parameters(), *module.buffers()]:
+        if t.untyped_storage().data_ptr() not in seen:
+            seen.add(t.untyped_storage().data_ptr())
+            total += t.untyped_storage().nbytes()
+    for m in module.modules():
+        index = getattr(m, "_index", None)
+        total += index.nbytes() if index is not None else 0
+        total -= m._buffers["_oov_count"].nbytes if "_oov_count" in m._buffers else 0
+    return total
+
+
+def bytes_per_rank(rank: int, world: int, spec: Any) -> None:
+    """``table_bytes`` (what ``ed.plan`` and ``memory_per_rank`` count) is what each rank holds,
+    for every kind, hashed tables (with their importance weights) and dynamic ones (their
+    fallback rows on every piece, their id maps), after a training step."""
+    from embtab.distributed.plan import table_bytes
+
+    tables = [TableConfig("rw", 40, 4), TableConfig("cw", 12, 6), TableConfig("dp", 10, 3), TableConfig("tw", 9, 5),
+              TableConfig("h", 32, 4, ids=Hashed(2)), TableConfig("ht", 16, 3, ids=Hashed(3, importance_rows=5)),
+              TableConfig("d", 64, 4, ids=Dynamic(fallback="hash", fallback_buckets=3)),
+              TableConfig("dt", 30, 2, ids=Dynamic(fallback="shared"))]
+    plan = ed.ShardingPlan({"rw": ed.row_wise(), "cw": ed.column_wise(ranks=list(range(world))),
+                            "dp": ed.data_parallel(), "tw": ed.table_wise(rank=world - 1), "h": ed.row_wise(),
+                            "ht": ed.table_wise(rank=0), "d": ed.row_wise(), "dt": ed.table_wise(rank=1)})
+    torch.manual_seed(0)
+    sharded = ed.shard(embtab.EmbeddingBagCollection(tables, optimizer=spec), plan)
+    gen = torch.Generator().manual_seed(rank)
+    sharded({t.name: (torch.randint(0, 9, (6,), generator=gen), torch.tensor([0, 3])) for t in tables}
+            ).concat().sum().backward()
+    for t in tables:
+        held = _bytes_held(sharded.embedding_bags[t.name])
+        assert held == table_bytes(t, plan[t.name], world, spec).get(rank, 0), (t.name, rank, held)

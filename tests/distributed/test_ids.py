@@ -77,3 +77,8 @@ def test_clip_grad_norm_over_every_rank_with_hashed_and_dynamic_tables() -> None
     """The dynamic tables' fallback rows (a copy on every rank) count once in the norm."""
     run(2, functools.partial(_ids_cases.dynamic_train, clip=(0.5, 2.0)), embtab.optim.Adam(lr=0.05, update="step"))
     run(2, functools.partial(_ids_cases.hashed_train, clip=(0.5, 2.0)), embtab.optim.SGD(lr=0.1, update="step"))
+
+
+@pytest.mark.parametrize("spec", [embtab.optim.RowWiseAdagrad(lr=0.1), embtab.optim.Adam(lr=0.01)])
+def test_table_bytes_are_what_each_rank_holds(spec: object) -> None:
+    run(2, _ids_cases.bytes_per_rank, spec)

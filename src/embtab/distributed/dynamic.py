@@ -49,8 +49,9 @@ from torch import Tensor
 from .. import _checks
 from ..configs import TableConfig
 from ..ids._hash import owner_of
+from ..ids._index import planned_bytes
 from ..ids.dynamic import Dynamic, DynamicIds, sort_by_id
-from .plan import ID_KINDS, AsIs, Piece, ReduceContext, Sharding, add_norm_power, norm_power, split_sizes
+from .plan import ID_KINDS, AsIs, Piece, ReduceContext, Sharding, Sizer, add_norm_power, norm_power, split_sizes
 from .row_wise import RowWise
 from .table_wise import TableWise
 
@@ -70,6 +71,14 @@ class _Owned(Sharding):
 
     def for_table(self, table: TableConfig) -> Sharding:
         return self  # (already the variant)
+
+    def side_bytes(self, table: TableConfig, world_size: int, size: Sizer) -> dict[int, int]:
+        """Each piece's copy of the fallback rows, and the id map of its share of the capacity."""
+        out: dict[int, int] = {}
+        for p in self.pieces(table.num_rows, table.embedding_dim, world_size):
+            for r in p.ranks:
+                out[r] = out.get(r, 0) + size.rows(self.extra, table.embedding_dim) + planned_bytes(p.rows)
+        return out
 
     def source_spec(self, spec: Any) -> Any:
         return dc_replace(spec, ids=AsIs(), id_space=None)

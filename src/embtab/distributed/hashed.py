@@ -36,7 +36,7 @@ from ..configs import TableConfig
 from ..ids.hashed import Hashed, HashedIds
 from ..ids.policies import ErrorPolicy
 from ..tables.pipeline import Bags, Feature, backend_of, pool
-from .plan import ID_KINDS, AsIs, Piece, ReduceContext, Sharding
+from .plan import ID_KINDS, AsIs, Piece, ReduceContext, Sharding, Sizer
 from .table_wise import table_wise
 
 __all__ = ["HashedSharding"]
@@ -96,6 +96,13 @@ class HashedSharding(Sharding):
     def grad_norm_share(self, table: Any, rows: Tensor, grads: Tensor, ctx: ReduceContext,
                         norm_type: float) -> Tensor:
         return self.base.grad_norm_share(table, rows, grads, ctx, norm_type)
+
+    def side_bytes(self, table: TableConfig, world_size: int, size: Sizer) -> dict[int, int]:
+        """The importance weights, sharded by their own kind (see :meth:`build`)."""
+        if self.importance is None:
+            return {}
+        rows = table.ids.importance_rows or table.num_embeddings  # type: ignore[union-attr]
+        return size.table(TableConfig(table.name, rows, table.ids.num_hashes), self.importance)  # type: ignore[union-attr]
 
     def sub_tables(self, table: Any) -> list[Any]:
         return [table.ids.importance] if self.importance is not None else []

@@ -113,6 +113,11 @@ class Sharding:
         """Whether :meth:`reduce_row_grads` does anything for this optimizer (``"sgd"``, ...)."""
         return False
 
+    def side_bytes(self, table: TableConfig, world_size: int, size: "Sizer") -> dict[int, int]:
+        """Bytes each rank keeps for ``table`` beside its pieces of the weight and their
+        optimizer state (:func:`table_bytes` counts those): none by default."""
+        return {}
+
     def grad_norm_share(self, table: Any, rows: Tensor, grads: Tensor, ctx: "ReduceContext",
                         norm_type: float) -> Tensor:
         """This rank's share of the ``norm_type``-norm of the gradient the update will apply to
@@ -295,9 +300,28 @@ def state_bytes_per_row(dim: int, optimizer: Any, dtype: torch.dtype) -> tuple[i
     return per_elem, per_row
 
 
+@dataclass(frozen=True)
+class Sizer:
+    """How :meth:`Sharding.side_bytes` counts: the optimizer and dtype of the tables."""
+
+    world_size: int
+    optimizer: Any
+    dtype: torch.dtype
+
+    def rows(self, n: int, dim: int) -> int:
+        """Bytes of ``n`` rows of ``dim`` values with their optimizer state."""
+        per_elem, per_row = state_bytes_per_row(dim, self.optimizer, self.dtype)
+        return n * (dim * per_elem + per_row)
+
+    def table(self, table: TableConfig, kind: Sharding) -> dict[int, int]:
+        return table_bytes(table, kind, self.world_size, self.optimizer, self.dtype)
+
+
 def table_bytes(table: TableConfig, kind: Sharding, world_size: int, optimizer: Any = None,
                 dtype: torch.dtype = torch.float32) -> dict[int, int]:
-    """Bytes of weight and optimizer state each rank holds of ``table`` under ``kind``."""
+    """Bytes each rank holds of ``table`` under ``kind``: weight, optimizer state, and what
+    the kind keeps beside them (a hashed table's importance weights, a dynamic table's
+    fallback rows and id map: :meth:`Sharding.side_bytes`)."""
     per_elem, per_row = state_bytes_per_row(table.embedding_dim, optimizer, dtype)
     out: dict[int, int] = {}
     kind = kind.for_table(table)
@@ -308,6 +332,8 @@ def table_bytes(table: TableConfig, kind: Sharding, world_size: int, optimizer: 
     for p in kind.row_pieces(pieces, table.num_rows):
         for r in p.ranks:
             out[r] = out.get(r, 0) + p.rows * per_row
+    for r, n in kind.side_bytes(table, world_size, Sizer(world_size, optimizer, dtype)).items():
+        out[r] = out.get(r, 0) + n
     return out
 
 

@@ -92,6 +92,22 @@ class TorchIndex:
         return 0  # nothing beyond the stage's per-row arrays (the sorted ids are transient)
 
 
+def index_slots(capacity: int) -> int:
+    """Slots of the CPU index of ``capacity`` rows: a power of two, at least twice the rows
+    (open addressing stays short at half load), at least 16."""
+    size = 16
+    while size < 2 * capacity:
+        size *= 2
+    return size
+
+
+def planned_bytes(capacity: int) -> int:
+    """Bytes a dynamic table of ``capacity`` rows keeps beside its weight: each row's id, last
+    step seen and count (int64 each), and the CPU index's int32 slots. Not the pending ids
+    (16 bytes each), which grow with the ids waiting for admission."""
+    return 24 * capacity + 4 * index_slots(capacity)
+
+
 class NumbaIndex:
     """The CPU fast path: the numba kernels of ``_index_numba.py`` on zero-copy views."""
 
@@ -100,11 +116,7 @@ class NumbaIndex:
     def __init__(self, stage: Any, kernels: Any) -> None:
         self.stage = stage
         self.K = kernels
-        capacity = stage._row_id.numel()
-        size = 16
-        while size < 2 * capacity:
-            size *= 2
-        self.slots = torch.empty(size, dtype=torch.int32).numpy()
+        self.slots = torch.empty(index_slots(stage._row_id.numel()), dtype=torch.int32).numpy()
         kernels.rebuild(self.slots, *self._arrays()[:2])
         self.free_from = 0  # no free row below this one
 
