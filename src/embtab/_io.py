@@ -180,15 +180,22 @@ SAFETENSORS_DTYPES = {
 
 def write_safetensors(
     path: str | os.PathLike[str], entries: Sequence[tuple[str, str, Sequence[int], Any]], metadata: dict[str, str],
+    *, checksum: bool = False,
 ) -> None:
     """Write a safetensors file atomically, streaming each buffer as it is.
 
     ``entries``: (name, safetensors dtype such as "F32", shape, buffer), the buffer
     anything ``memoryview`` takes (a contiguous little-endian numpy array, bytes).
     Unlike ``safetensors.torch.save`` nothing is copied: no clone per tensor, no
-    whole file built in memory first.
+    whole file built in memory first. ``checksum``: the sha256 of the data section goes
+    into the metadata as ``data_sha256`` (see :func:`check_safetensors_data`).
     """
     views = [memoryview(buf).cast("B") for _, _, _, buf in entries]
+    if checksum:
+        digest = hashlib.sha256()
+        for view in views:  # the data section, in file order
+            digest.update(view)
+        metadata = {**metadata, DATA_SHA256: digest.hexdigest()}
     header: dict[str, Any] = {}
     offset = 0
     for (name, dtype, shape, _), view in zip(entries, views):
@@ -203,3 +210,26 @@ def write_safetensors(
         for view in views:
             if view.nbytes:
                 f.write(view)
+
+
+DATA_SHA256 = "data_sha256"
+
+
+def check_safetensors_data(path: str | os.PathLike[str], metadata: dict[str, str]) -> str | None:
+    """Why the data section of a safetensors file written with ``checksum=True`` is damaged
+    (a bit flipped inside a tensor leaves the file readable), or None: it matches, or the
+    file has no checksum (written without one)."""
+    expected = metadata.get(DATA_SHA256)
+    if expected is None:
+        return None
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        (header_len,) = struct.unpack("<Q", f.read(8))
+        f.seek(8 + header_len)
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    if digest.hexdigest() == expected:
+        return None
+    return (f"its tensors do not match the checksum written with them (sha256 {digest.hexdigest()[:12]}..., "
+            f"expected {expected[:12]}...)")
+

@@ -156,3 +156,47 @@ def test_checkpoint_that_does_not_fit(tmp_path):
     other = nn.Linear(2, 2)
     with pytest.raises(AppError, match="does not fit"):
         ck.restore(ck.load_checkpoint(path), other, {})
+
+
+def _flip_a_data_bit(path) -> None:
+    """One bit of the last tensor byte: the file stays a readable safetensors file."""
+    data = bytearray(path.read_bytes())
+    data[-1] ^= 0x10
+    path.write_bytes(bytes(data))
+
+
+def test_a_bit_flipped_inside_a_tensor_is_caught(tmp_path):
+    m, opts = _make()
+    ckpt, weights = tmp_path / "c.safetensors", tmp_path / "w.safetensors"
+    ck.save_checkpoint(ckpt, model=m, optimizers=opts, state={"epoch": 1})
+    ck.save_weights(weights, m, {"epoch": 1})
+    from safetensors import safe_open
+
+    for path in (ckpt, weights):
+        _flip_a_data_bit(path)
+        with safe_open(str(path), "pt") as f:  # safetensors itself sees nothing wrong
+            [f.get_tensor(k) for k in f.keys()]
+    with pytest.raises(AppError, match=r"checkpoint .* is corrupt: its tensors do not match the checksum"):
+        ck.load_checkpoint(ckpt)
+    with pytest.raises(AppError, match=r"weights file .* is corrupt: its tensors do not match the checksum"):
+        ck.load_weights(weights, m)
+
+
+def test_files_written_before_the_checksum_still_load(tmp_path):
+    """A checkpoint without ``data_sha256`` (written by an earlier embtab) loads as before."""
+    m, opts = _make()
+    path = tmp_path / "c.safetensors"
+    ck.save_checkpoint(path, model=m, optimizers=opts, state={"epoch": 2})
+    from safetensors import safe_open
+
+    with safe_open(str(path), "pt") as f:
+        meta, tensors = f.metadata(), {k: f.get_tensor(k) for k in f.keys()}
+    assert "data_sha256" in meta
+    del meta["data_sha256"]
+    from embtab._io import SAFETENSORS_DTYPES, write_safetensors
+
+    write_safetensors(path, [(k, SAFETENSORS_DTYPES[str(t.dtype).removeprefix("torch.")], tuple(t.shape),
+                              t.reshape(-1).view(torch.uint8).numpy()) for k, t in tensors.items()], meta)
+    loaded = ck.load_checkpoint(path)
+    assert loaded.state == {"epoch": 2}
+    assert torch.equal(loaded.model_state["head.1.weight"], m.state_dict()["head.1.weight"])

@@ -280,7 +280,8 @@ def test_ctrl_c_in_the_demo_names_the_run_to_resume(capsys, tmp_path, monkeypatc
 # --- 22: damaged run folders ----------------------------------------------------------
 
 
-def test_corrupt_last_checkpoint_offers_best_or_a_fresh_start(capsys, tmp_path, ratings_csv, monkeypatch):
+@pytest.mark.parametrize("damage", ["truncated", "bit_flip"])
+def test_corrupt_last_checkpoint_offers_best_or_a_fresh_start(capsys, tmp_path, ratings_csv, monkeypatch, damage):
     import shlex
 
     run = tmp_path / "run"
@@ -288,7 +289,12 @@ def test_corrupt_last_checkpoint_offers_best_or_a_fresh_start(capsys, tmp_path, 
     assert code == 0, err
     best_epoch = _metrics(run)["best_epoch"]
     last = run / "checkpoints" / "last.safetensors"
-    last.write_bytes(last.read_bytes()[:1000])  # truncated: a disk that filled up, a bad copy
+    data = bytearray(last.read_bytes())
+    if damage == "truncated":  # a disk that filled up, a bad copy
+        data = data[:1000]
+    else:  # a bit flipped inside a tensor (bad memory, a bad disk): the file still reads
+        data[-5] ^= 0x01
+    last.write_bytes(bytes(data))
     code, _, err = _run(capsys, "train", "recsys", "--resume", str(run))
     line = _error_line(err)
     assert code == 2 and "corrupt" in line

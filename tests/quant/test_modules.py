@@ -159,6 +159,11 @@ def test_foreign_and_damaged_files_are_refused(tmp_path):
     (tmp_path / "cut.safetensors").write_bytes(raw[: len(raw) // 2])
     with pytest.raises(ValueError, match="not a readable safetensors file"):
         embtab.load_quantized(tmp_path / "cut.safetensors")
+    flipped = bytearray(raw)
+    flipped[-3] ^= 0x04  # inside a tensor: the file still reads
+    (tmp_path / "flip.safetensors").write_bytes(bytes(flipped))
+    with pytest.raises(ValueError, match="is corrupt: its tensors do not match the checksum"):
+        embtab.load_quantized(tmp_path / "flip.safetensors")
     with pytest.raises(FileNotFoundError):
         embtab.load_quantized(tmp_path / "missing.safetensors")
 

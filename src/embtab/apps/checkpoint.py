@@ -6,7 +6,8 @@ the new one, never half of one. Tensors (the model's ``state_dict``, which holds
 fused optimizers' per-row state, the ``torch.optim`` optimizers' tensors, the RNG
 states) are safetensors tensors; everything else (loop state, optimizer
 hyperparameters, step counts) is JSON in the safetensors metadata, with a format name
-and version so that a foreign or corrupt file is rejected with a clear error.
+and version so that a foreign or corrupt file is rejected with a clear error, and the
+sha256 of the tensor data, so that a bit flipped inside a tensor is too.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .._io import SAFETENSORS_DTYPES, write_safetensors
+from .._io import SAFETENSORS_DTYPES, check_safetensors_data, write_safetensors
 from .common import AppError, resume_command
 
 FORMAT_NAME = "embtab.checkpoint"
@@ -43,7 +44,13 @@ def _write(path: str | os.PathLike[str], tensors: dict[str, Tensor], metadata: d
          t.reshape(-1).view(torch.uint8).numpy())
         for name, t in tensors.items()
     ]
-    write_safetensors(path, entries, metadata)
+    write_safetensors(path, entries, metadata, checksum=True)
+
+
+def _check_data(path: Path, meta: dict[str, str], what: str) -> None:
+    problem = check_safetensors_data(path, meta)
+    if problem is not None:
+        raise AppError(f"{what} {str(path)!r} is corrupt: {problem}")
 
 
 @dataclass
@@ -136,6 +143,7 @@ def _open(path: Path, what: str) -> tuple[dict[str, str], dict[str, Tensor]]:
             tensors = {k: f.get_tensor(k) for k in f.keys()}
     except Exception as exc:  # safetensors raises its own error types for a damaged header
         raise AppError(f"{what} {str(path)!r} is not a readable safetensors file ({exc}); it is corrupt") from None
+    _check_data(path, meta, what)
     return meta, tensors
 
 
@@ -151,6 +159,7 @@ def _metadata(path: Path, expected: str, what: str) -> dict[str, str]:
     except Exception as exc:
         raise AppError(f"{what} {str(path)!r} is not a readable safetensors file ({exc}); it is corrupt") from None
     _check_format(meta, expected, path, what)
+    _check_data(path, meta, what)
     return meta
 
 

@@ -35,7 +35,7 @@ from torch import Tensor
 from torch.nn import Module
 
 from .. import _checks, _memory
-from .._io import SAFETENSORS_DTYPES, write_safetensors
+from .._io import SAFETENSORS_DTYPES, check_safetensors_data, write_safetensors
 from ..configs import TableConfig
 from ..nn.collection import EmbeddingBagCollection
 from ..nn.embedding import Embedding
@@ -454,7 +454,7 @@ def save_quantized(model: Module, path: str | os.PathLike[str], *, info: Mapping
                         t.reshape(-1).view(torch.uint8).numpy()))
     metadata = {"format": FORMAT_NAME, "format_version": str(FORMAT_VERSION), "tables": json.dumps(tables),
                 "model": json.dumps(_root_meta(model)), "info": json.dumps(dict(info or {}))}
-    write_safetensors(path, entries, metadata)
+    write_safetensors(path, entries, metadata, checksum=True)
 
 
 class QuantizedFile:
@@ -479,6 +479,9 @@ def read_quantized(path: str | os.PathLike[str]) -> QuantizedFile:
             tensors = {k: f.get_tensor(k) for k in f.keys()}
     except Exception as exc:  # safetensors raises its own types for a damaged header
         raise ValueError(f"{where}: {str(path)!r} is not a readable safetensors file ({exc})") from None
+    problem = check_safetensors_data(path, meta)
+    if problem is not None:
+        raise ValueError(f"{where}: {str(path)!r} is corrupt: {problem}")
     if meta.get("format") != FORMAT_NAME:
         raise ValueError(f"{where}: {str(path)!r} is not an embtab quantized model file (format "
                          f"{meta.get('format')!r}); write one with embtab.save_quantized or embtab export")
