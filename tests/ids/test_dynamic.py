@@ -473,3 +473,17 @@ def test_victim_selection_equals_a_sort_of_score_then_id(n: int, spread: int, m:
     got = kernels.victims(score, last_seen, row_id, t, m, lo)
     order = eligible[np.lexsort((row_id[eligible], score[eligible]))]
     assert sorted(got.tolist()) == sorted(order[:m].tolist())
+
+
+def test_a_row_init_of_the_wrong_shape_is_refused_when_the_table_is_built() -> None:
+    """Not when an id is first admitted: then only that id's owner would fail (a sharded
+    table's other ranks would wait for it)."""
+    def wrong(ids: torch.Tensor, seed: int, dim: int) -> torch.Tensor:
+        return torch.zeros(ids.numel(), dim + 1)
+
+    with pytest.raises(ValueError, match=r"init\(ids, seed, dim\) must return a tensor of shape \(3, 4\), got \(3, 5\)"):
+        embtab.Embedding(8, 4, ids=Dynamic(init=wrong))
+    with pytest.raises(ValueError, match=r"must return a tensor of shape .* got list"):
+        embtab.EmbeddingBagCollection([embtab.TableConfig("t", 8, 4, ids=Dynamic(init=lambda i, s, d: [0.0]))])
+    table = embtab.Embedding(8, 4, ids=Dynamic(init=embtab.ids.normal_rows))  # a right one still works
+    assert table(torch.tensor([5, 2**62])).shape == (2, 4)

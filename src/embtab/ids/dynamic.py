@@ -241,6 +241,9 @@ class DynamicIds(IdStage, Module):
             self._row_init = _named_init(init, w.shape[0], w.shape[1])
         elif callable(init):
             self._row_init = init
+            # Tried once here, on every rank alike: a wrong shape found only when an id is first
+            # admitted would fail on its owner alone, and a sharded table's other ranks would wait.
+            self._call_row_init(torch.tensor([0, -1, 2**62], device=w.device), w.shape[1])
         else:
             self._row_init = ("normal", float(init), None)
 
@@ -381,16 +384,19 @@ class DynamicIds(IdStage, Module):
             p, c = merged_ids, merged_counts
         self._pending_ids, self._pending_counts = p, c
 
+    def _call_row_init(self, ids: Tensor, dim: int) -> Tensor:
+        values = self._row_init(ids, self.space.seed, dim)
+        if not isinstance(values, Tensor) or tuple(values.shape) != (ids.numel(), dim):
+            raise ValueError(
+                f"{_WHERE}: init(ids, seed, dim) must return a tensor of shape ({ids.numel()}, {dim}), got "
+                f"{tuple(values.shape) if isinstance(values, Tensor) else type(values).__name__}"
+            )
+        return values
+
     def _fresh_rows(self, ids: Tensor, index: Any) -> Tensor:
         dim = self.table.weight.shape[1]
         if callable(self._row_init):
-            values = self._row_init(ids, self.space.seed, dim)
-            if not isinstance(values, Tensor) or tuple(values.shape) != (ids.numel(), dim):
-                raise ValueError(
-                    f"{_WHERE}: init(ids, seed, dim) must return a tensor of shape ({ids.numel()}, {dim}), got "
-                    f"{tuple(values.shape) if isinstance(values, Tensor) else type(values).__name__}"
-                )
-            return values
+            return self._call_row_init(ids, dim)
         kind, scale, clamp = self._row_init
         return index.rows_init(ids, self._init_key, dim, kind, scale, clamp)
 
