@@ -695,6 +695,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         # Unix tools do on SIGPIPE; what is still buffered goes nowhere.
         _silence_output()
         return EXIT_BROKEN_PIPE
+    finally:
+        from .apps.common import release_run_dir
+
+        release_run_dir()  # a run that stopped on an error lets its folder go too
 
 
 def _silence_output() -> None:

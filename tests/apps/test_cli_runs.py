@@ -448,3 +448,32 @@ def test_word_map_labels_telling_words_not_stop_words(tmp_path, monkeypatch):
     assert not labels & {"the", "a", "and"}
     assert labels and all(lab.startswith(("spam", "ham")) for lab in labels)
     assert any(lab.startswith("ham") for lab in labels) and any(lab.startswith("spam") for lab in labels)
+
+
+def test_a_run_folder_in_use_by_another_process_is_refused(capsys, tmp_path, ratings_csv):
+    """Two processes never train in one folder: a resume, or a new run, while another embtab
+    process holds it is refused by name; once that process is gone the folder is free."""
+    run = tmp_path / "run"
+    code, _, err = _run(capsys, *_recsys(ratings_csv, run, "--epochs", "1"))
+    assert code == 0, err
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    # Another process holding the folders as embtab does (an exclusive flock on the folder).
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import fcntl, os, sys, time\n"
+         "fds = [os.open(p, os.O_RDONLY) for p in sys.argv[1:]]\n"
+         "[fcntl.flock(fd, fcntl.LOCK_EX) for fd in fds]\nprint('held', flush=True)\ntime.sleep(60)",
+         str(run), str(empty)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        code, _, err = _run(capsys, "train", "recsys", "--resume", str(run), "--epochs", "2")
+        assert code == 2 and f"{str(run)!r} is in use by another embtab process" in _error_line(err)
+        code, _, err = _run(capsys, *_recsys(ratings_csv, empty, "--epochs", "1"))
+        assert code == 2 and f"{str(empty)!r} is in use by another embtab process" in _error_line(err)
+        assert list(empty.iterdir()) == []  # nothing written into it
+    finally:
+        holder.kill()
+        holder.wait()
+    code, _, err = _run(capsys, "train", "recsys", "--resume", str(run), "--epochs", "2")
+    assert code == 0, err
+    assert _metrics(run)["epochs_run"] == 2

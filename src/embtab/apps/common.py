@@ -293,6 +293,42 @@ def _input_fields(cfg: Any) -> tuple[str, ...]:
     return tuple(getattr(cfg, "INPUT_FILES", ()))
 
 
+# Run folders this process holds (real path -> an open descriptor carrying the lock).
+_held: dict[str, int] = {}
+
+
+def hold_run_dir(path: str | os.PathLike[str]) -> None:
+    """Take the run folder for this process: another embtab process training in it (the
+    same ``--out`` twice, a ``--resume`` of a run still going) is refused by name, instead
+    of two runs writing one folder's checkpoints in turn. An exclusive ``flock`` on the
+    folder itself, so the kernel drops it when the process ends, ``kill -9`` included.
+    Held again by the same process: nothing to do. Where ``fcntl`` is missing (Windows): no lock."""
+    try:
+        import fcntl
+    except ImportError:
+        return
+    key = os.path.realpath(path)
+    if key in _held:
+        return
+    fd = os.open(key, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise AppError(f"{str(path)!r} is in use by another embtab process training in it; wait for it to end, "
+                       f"or choose another folder") from None
+    _held[key] = fd
+
+
+def release_run_dir(path: str | os.PathLike[str] | None = None) -> None:
+    """Let the run folder go (``None``: every folder this process holds)."""
+    keys = list(_held) if path is None else [os.path.realpath(path)]
+    for key in keys:
+        fd = _held.pop(key, None)
+        if fd is not None:
+            os.close(fd)  # (closing the descriptor drops its flock)
+
+
 def create_run_dir(cfg: Any, app: str) -> Path:
     """Create the new run folder ``cfg.out`` (chosen by :func:`start_run`) with its config.
 
@@ -305,6 +341,8 @@ def create_run_dir(cfg: Any, app: str) -> Path:
         if value is not None and Path(value).is_file():
             inputs[name] = {"path": str(value), "sha256": _sha256(value), "bytes": Path(value).stat().st_size}
     run_dir = prepare_new_run_dir(cfg.out, quiet=cfg.quiet)
+    hold_run_dir(run_dir)
+    prepare_new_run_dir(run_dir, create=False)  # still new: another process may have taken it first
     write_json(run_dir / "config.json", {"format": RUN_FORMAT, "format_version": RUN_FORMAT_VERSION,
                                         "app": app, "config": asdict(cfg), "inputs": inputs})
     return run_dir

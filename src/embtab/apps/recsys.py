@@ -43,7 +43,7 @@ import embtab
 from . import data as data_mod
 from .common import (
     AppError, Bags, Resume, format_seconds, log, warn,
-    create_run_dir, read_json, run_outputs, start_run, write_json,
+    create_run_dir, hold_run_dir, read_json, release_run_dir, run_outputs, start_run, write_json,
 )
 from .metrics import regression_metrics
 from .train import LoopConfig, fit
@@ -666,6 +666,7 @@ def train(cfg: RecsysConfig, *, resume: str | Resume | None = None) -> dict[str,
         if world > 1:
             cfg.nproc = world
         elif cfg.nproc > 1:  # start the processes here; rank 0 writes the run folder
+            release_run_dir(run_dir)  # (held from an earlier run in this process: rank 0 takes it)
             dapp.launch(cfg.nproc, _rank_main, cfg, resume, threads=cfg.threads)
             return read_json(run_dir / "metrics.json", "metrics")
     if world > 1:  # every rank goes on with rank 0's config and run folder; the others write elsewhere
@@ -689,6 +690,8 @@ def train(cfg: RecsysConfig, *, resume: str | Resume | None = None) -> dict[str,
         raise AppError(f"{n} ratings are too few to split into train, validation and test")
     if resume is None and rank == 0:
         run_dir = create_run_dir(cfg, APP)
+    elif rank == 0:
+        hold_run_dir(run_dir)
     log(f"movie recommender -> {run_dir}" + (f" ({world} processes)" if world > 1 else ""), quiet=quiet)
 
     resuming = resume is not None
@@ -865,6 +868,7 @@ def train(cfg: RecsysConfig, *, resume: str | Resume | None = None) -> dict[str,
         "outputs": run_outputs(run_dir, result.checkpoints),
     }
     write_json(run_dir / "metrics.json", metrics)
+    release_run_dir(run_dir)
     return metrics
 
 
