@@ -450,3 +450,35 @@ def bytes_per_rank(rank: int, world: int, spec: Any) -> None:
     for t in tables:
         held = _bytes_held(sharded.embedding_bags[t.name])
         assert held == table_bytes(t, plan[t.name], world, spec).get(rank, 0), (t.name, rank, held)
+
+
+# --- a piece that fails ---------------------------------------------------------------------------
+
+
+def _init_refusing_seven(ids: torch.Tensor, seed: int, dim: int) -> torch.Tensor:
+    """A user's row init that passes the probe when the table is built, and fails on id 7."""
+    if bool((ids == 7).any()):
+        raise ValueError("my_init cannot draw a row for id 7")
+    return torch.zeros(ids.numel(), dim)
+
+
+def owner_failure(rank: int, world: int) -> None:
+    """A piece that fails while looking up the ids it received (only the owner of id 7 sees
+    it) raises on every rank, naming the owner, instead of leaving the others waiting."""
+    from embtab.ids._hash import owner_of
+
+    tables = [TableConfig("d", 16, 2, ids=Dynamic(init=_init_refusing_seven)), TableConfig("p", 9, 3)]
+    sharded = ed.shard(embtab.EmbeddingBagCollection(tables, optimizer=embtab.optim.SGD(lr=0.1)),
+                       {"d": ed.row_wise(), "p": ed.row_wise()})
+    batch = {"d": (torch.tensor([7, 1] if rank == 0 else [2]), torch.tensor([0])),
+             "p": (torch.tensor([rank]), torch.tensor([0]))}
+    owner = int(owner_of(torch.tensor([7]), world))
+    try:
+        sharded(batch).concat().sum().backward()
+    except ValueError as e:
+        assert f"rank {owner}'s pieces failed to look up the ids they received" in str(e), str(e)
+        assert "my_init cannot draw a row for id 7" in str(e), str(e)
+    else:
+        raise AssertionError(f"rank {rank}: no error")
+    good = {"d": (torch.tensor([1, 2]), torch.tensor([0])), "p": (torch.tensor([rank]), torch.tensor([0]))}
+    sharded(good).concat().sum().backward()  # the group goes on

@@ -82,3 +82,7 @@ def test_clip_grad_norm_over_every_rank_with_hashed_and_dynamic_tables() -> None
 @pytest.mark.parametrize("spec", [embtab.optim.RowWiseAdagrad(lr=0.1), embtab.optim.Adam(lr=0.01)])
 def test_table_bytes_are_what_each_rank_holds(spec: object) -> None:
     run(2, _ids_cases.bytes_per_rank, spec)
+
+
+def test_a_piece_that_fails_raises_on_every_rank() -> None:
+    run(2, _ids_cases.owner_failure, timeout=60)

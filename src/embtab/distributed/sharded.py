@@ -16,6 +16,9 @@ vectors of that batch, as the plain collection would give them. One step:
    global rows to its own).
 4. ``all_to_all_single`` of the pooled parts back to the ranks whose bags they are, and
    each kind combines its parts (column-wise: concatenated; row-wise: summed, or maxed).
+   Each part ends with its rank's status: a piece that failed (a dynamic table's user
+   ``init``, say) sends zeros and 1, and every rank raises its error after the exchange
+   (one more read of the device per step, on a GPU) instead of waiting for it.
 
 Tables with ``ids=`` plug in through their kinds (``hashed.py``, ``dynamic.py``): a dynamic
 table's ids travel raw to the rank that owns them, whose piece maps them with its own ids
@@ -435,8 +438,8 @@ class ShardedEmbeddingBagCollection(Module):
 
             header   8 K (W - 1)            K = 6 + ceil(F / 62) + F + U header entries
             ids      8 sum_{d != r} sum_{u of d} (B_r [u pooled] + n_{r,u})
-            pooled   s sum_{u of r} c_u sum_{q != r} m_{q,u}
-            grads    s sum_{d != r} sum_{u of d} c_u m_{r,u}
+            pooled   s (sum_{u of r} c_u sum_{q != r} m_{q,u} + W - 1)   (+ W - 1: this rank's status)
+            grads    s (sum_{d != r} sum_{u of d} c_u m_{r,u} + W - 1)
             weights  s sum_{d != r} sum_{u of d, weighted} n_{r,u}   (and their gradients back:
                      s sum_{q != r} sum_{u of r, weighted} n_{q,u})
             replicated grads      2 (W - 1) / W a rows (D + 1), each data-parallel table (and its
@@ -458,15 +461,16 @@ class ShardedEmbeddingBagCollection(Module):
 
         if self._units:  # (no exchange at all when every table is data-parallel)
             out["ids"] = 8.0 * sum(batch_sizes[me] * self._units[u].pooled + n[me][u] for u in units if owner[u] != me)
-            out["pooled"] = float(esize * sum(self._units[u].cols * m(q, u) for u in self._units_of[me]
-                                              for q in range(world) if q != me))
+            out["pooled"] = float(esize * (sum(self._units[u].cols * m(q, u) for u in self._units_of[me]
+                                               for q in range(world) if q != me) + world - 1))
         if any(self._units[u].feature in weighted for u in units):
             out["per-sample weights"] = float(esize * sum(n[me][u] for u in units
                                                           if owner[u] != me and self._units[u].feature in weighted))
         if not train:
             return out
         if self._units:
-            out["grads"] = float(esize * sum(self._units[u].cols * m(me, u) for u in units if owner[u] != me))
+            out["grads"] = float(esize * (sum(self._units[u].cols * m(me, u) for u in units if owner[u] != me)
+                                          + world - 1))
         if weights_grad and "per-sample weights" in out:
             back = [u for u in units if owner[u] == me and self._units[u].feature in weighted]
             out["per-sample weight grads"] = float(esize * sum(n[q][u] for q in range(world) if q != me for u in back))
@@ -551,28 +555,39 @@ class ShardedEmbeddingBagCollection(Module):
             psw_in, psw_got = self._exchange_psw(routed, psw_any, n, batch, psw_grad)
             total = sum(sizes)
             # (sum of B, columns of my pooled units), and each unpooled unit's (its ids, columns)
-            parts, loose = self._pool_pieces(per_unit, psw_in, total, grad)
+            try:
+                parts, loose = self._pool_pieces(per_unit, psw_in, total, grad)
+                failure: BaseException | None = None
+            except Exception as exc:  # (a piece's stage or a user init): raised on every rank after the exchange
+                failure = exc
+                dtype, device = self._standin(0).dtype, self._device()
+                parts = torch.zeros(total, self._cols_of[me], dtype=dtype, device=device)
+                loose = {u: torch.zeros(sum(n[s][u] for s in range(world)), units[u].cols, dtype=dtype, device=device)
+                         for u in mine if not units[u].pooled}
             parts = _scale_grad(parts, self._grad_scale)
             loose = {u: _scale_grad(v, self._grad_scale) for u, v in loose.items()}
             if psw_got is not None and psw_grad is not None:
                 # A zero-width tie: the backward reaches the per-sample weights' exchange on every
                 # rank, also one whose pieces use none of them.
                 parts = torch.cat([parts, psw_got.narrow(0, 0, 0).reshape(total, 0).to(parts.dtype)], dim=1)
-            # To each rank s: its bags' pooled columns (B_s, C), then each unpooled unit's rows of its ids.
-            out_splits = [sizes[s] * self._cols_of[me] + sum(n[s][u] * units[u].cols for u in loose)
+            # To each rank s: its bags' pooled columns (B_s, C), then each unpooled unit's rows of its
+            # ids, then this rank's status (1: its pieces failed), so that every rank raises, none waits.
+            out_splits = [sizes[s] * self._cols_of[me] + sum(n[s][u] * units[u].cols for u in loose) + 1
                           for s in range(world)]
-            back_splits = [batch * self._cols_of[d] + sum(n[me][u] * units[u].cols for u in self._loose_of[d])
+            back_splits = [batch * self._cols_of[d] + sum(n[me][u] * units[u].cols for u in self._loose_of[d]) + 1
                            for d in range(world)]
-            if loose:
-                by_rank = [torch.split(parts, sizes)] + [torch.split(v, [n[s][u] for s in range(world)])
-                                                         for u, v in loose.items()]
-                back = torch.cat([p[s].reshape(-1) for s in range(world) for p in by_rank])
-            else:
-                back = parts.reshape(-1)
+            status = parts.new_full((1,), float(failure is not None))
+            by_rank = [torch.split(parts, sizes)] + [torch.split(v, [n[s][u] for s in range(world)])
+                                                     for u, v in loose.items()]
+            back = torch.cat([x for s in range(world) for x in [*(p[s].reshape(-1) for p in by_rank), status]])
             got = exchange(comm, back, out_splits, back_splits, "pooled", "grads", anchor)
             # Cut with torch.split, not slicing: its backward is one concatenation, where each
             # slice's would be a zero tensor of the whole size.
-            for d, block in enumerate(torch.split(got, back_splits)):
+            blocks = [torch.split(b, [b.numel() - 1, 1]) for b in torch.split(got, back_splits)]
+            failed = [d for d, flag in enumerate(torch.cat([f for _, f in blocks]).tolist()) if flag]
+            if failed:
+                self._raise_failed_pieces(failed, failure)
+            for d, (block, _) in enumerate(blocks):
                 pooled = [u for u in self._units_of[d] if units[u].pooled]
                 loose_d = self._loose_of[d]
                 if loose_d:
@@ -652,6 +667,26 @@ class ShardedEmbeddingBagCollection(Module):
         if error is not None and self.comm.rank == s:
             raise cls(full) from error
         raise cls(full)
+
+    def _raise_failed_pieces(self, failed: list[int], failure: BaseException | None) -> None:
+        """Raise on every rank, after the exchange, what failed on the ranks ``failed`` while
+        their pieces looked up the ids they received (the first one's error, named)."""
+        me = self.comm.rank
+        message = b"" if failure is None else str(failure).encode("utf-8", "replace")[:4000]
+        code = 0 if failure is None else next(i for i, c in enumerate(_ERRORS)
+                                              if isinstance(failure, c) or c is RuntimeError)
+        head = self.comm.all_gather(torch.tensor([code, len(message)], dtype=torch.int64, device=self._device()),
+                                    "error").tolist()
+        buf = torch.zeros(max(h[1] for h in head), dtype=torch.uint8, device=self._device())
+        buf[:len(message)] = torch.frombuffer(bytearray(message), dtype=torch.uint8) if message else buf[:0]
+        texts = self.comm.all_gather(buf, "error").cpu()
+        s = failed[0]
+        text = bytes(texts[s, :head[s][1]].tolist()).decode("utf-8", "replace")
+        others = f" (and on rank(s) {failed[1:]})" if len(failed) > 1 else ""
+        full = f"{_WHERE}: rank {s}'s pieces failed to look up the ids they received{others}: {text}"
+        if failure is not None and me == s:
+            raise _ERRORS[head[s][0]](full) from failure
+        raise _ERRORS[head[s][0]](full)
 
     def _prepare(self, features: Any) -> tuple[int, list[Feature], dict[int, _Routed]]:
         """This rank's batch checked, ids resolved and routed: (batch size, local features, routed features)."""
