@@ -487,3 +487,9 @@ def test_a_row_init_of_the_wrong_shape_is_refused_when_the_table_is_built() -> N
         embtab.EmbeddingBagCollection([embtab.TableConfig("t", 8, 4, ids=Dynamic(init=lambda i, s, d: [0.0]))])
     table = embtab.Embedding(8, 4, ids=Dynamic(init=embtab.ids.normal_rows))  # a right one still works
     assert table(torch.tensor([5, 2**62])).shape == (2, 4)
+
+    def reads_values(ids: torch.Tensor, seed: int, dim: int) -> torch.Tensor:
+        return torch.from_numpy(ids.numpy()).to(torch.float32).unsqueeze(1).expand(-1, dim)
+
+    # a collection built on "meta" (for ed.shard): the init is tried on CPU ids, not meta ones
+    embtab.EmbeddingBagCollection([embtab.TableConfig("t", 8, 4, ids=Dynamic(init=reads_values))], device="meta")

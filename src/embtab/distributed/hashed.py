@@ -44,6 +44,12 @@ __all__ = ["HashedSharding"]
 _Parts = list[tuple[None, Tensor, None]]
 
 
+def _importance_config(config: TableConfig, stage: HashedIds) -> TableConfig:
+    """The table of a hashed table's importance weights, as its pieces are built."""
+    return TableConfig(config.name, stage.importance_rows, config.ids.num_hashes,  # type: ignore[union-attr]
+                       init=torch.nn.init.ones_)
+
+
 @dataclass(frozen=True, repr=False)
 class HashedSharding(Sharding):
     """A hashed table's rows cut as ``base`` cuts a table, its importance weights as ``importance``."""
@@ -101,8 +107,7 @@ class HashedSharding(Sharding):
         """The importance weights, sharded by their own kind (see :meth:`build`)."""
         if self.importance is None:
             return {}
-        rows = table.ids.importance_rows or table.num_embeddings  # type: ignore[union-attr]
-        return size.table(TableConfig(table.name, rows, table.ids.num_hashes), self.importance)  # type: ignore[union-attr]
+        return size.table(_importance_config(table, HashedIds(table.ids, table.num_embeddings)), self.importance)  # type: ignore[arg-type]
 
     def sub_tables(self, table: Any) -> list[Any]:
         return [table.ids.importance] if self.importance is not None else []
@@ -114,8 +119,7 @@ class HashedSharding(Sharding):
         table.add_module("ids", stage)
         if self.importance is not None:
             weights = source.ids.importance
-            imp = TableConfig(config.name, stage.importance_rows, config.ids.num_hashes, init=torch.nn.init.ones_)
-            stage.importance = make(config.name, imp, self.importance, weights)
+            stage.importance = make(config.name, _importance_config(config, stage), self.importance, weights)
 
     def split(self, table: Any, ids: Tensor, ends: Tensor, psw: Tensor | None, where: str) -> Any:
         from .sharded import _Routed

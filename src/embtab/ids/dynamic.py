@@ -243,7 +243,9 @@ class DynamicIds(IdStage, Module):
             self._row_init = init
             # Tried once here, on every rank alike: a wrong shape found only when an id is first
             # admitted would fail on its owner alone, and a sharded table's other ranks would wait.
-            self._call_row_init(torch.tensor([0, -1, 2**62], device=w.device), w.shape[1])
+            # (On the CPU for a table on "meta": the values are not kept, only their shape checked.)
+            probe = torch.tensor([0, -1, 2**62], device="cpu" if w.device.type == "meta" else w.device)
+            self._call_row_init(probe, w.shape[1])
         else:
             self._row_init = ("normal", float(init), None)
 
