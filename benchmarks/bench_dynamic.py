@@ -77,22 +77,26 @@ def _lfu_kernel():  # type: ignore[no-untyped-def]
         def less(a, b):  # type: ignore[no-untyped-def]
             return count[a] < count[b] or (count[a] == count[b] and a < b)
 
+        def sift_down(p, item, size):  # type: ignore[no-untyped-def]
+            """The slot for ``item`` at or below ``p``; the smaller children move up on its way."""
+            while True:
+                c = 2 * p + 1
+                if c >= size:
+                    return p
+                if c + 1 < size and less(heap[c + 1], heap[c]):
+                    c += 1
+                if not less(heap[c], item):
+                    return p
+                heap[p] = heap[c]
+                pos[heap[p]] = p
+                p = c
+
         for i in ids:
             p = pos[i]
             if p >= 0:
                 hits += 1
                 count[i] += 1
-                while True:  # sift down
-                    c = 2 * p + 1
-                    if c >= size:
-                        break
-                    if c + 1 < size and less(heap[c + 1], heap[c]):
-                        c += 1
-                    if not less(heap[c], i):
-                        break
-                    heap[p] = heap[c]
-                    pos[heap[p]] = p
-                    p = c
+                p = sift_down(p, i, size)
                 heap[p] = i
                 pos[i] = p
                 continue
@@ -102,18 +106,7 @@ def _lfu_kernel():  # type: ignore[no-untyped-def]
                 count[old] = 0
                 size -= 1
                 last = heap[size]
-                p = 0
-                while True:
-                    c = 2 * p + 1
-                    if c >= size:
-                        break
-                    if c + 1 < size and less(heap[c + 1], heap[c]):
-                        c += 1
-                    if not less(heap[c], last):
-                        break
-                    heap[p] = heap[c]
-                    pos[heap[p]] = p
-                    p = c
+                p = sift_down(0, last, size)
                 if size:
                     heap[p] = last
                     pos[last] = p

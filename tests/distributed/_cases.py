@@ -360,12 +360,15 @@ def other_plan(world: int) -> ed.ShardingPlan:
     })
 
 
-def _train(sharded: Any, tables: list[TableConfig], world: int, rank: int, steps: int, seed: int,
-           reference: Any = None) -> None:
+def train_steps(sharded: Any, tables: list[TableConfig], world: int, rank: int, steps: int, seed: int,
+                reference: Any = None, draw: Callable[..., Batch] | None = None) -> None:
+    """``steps`` steps of 1 to 3 bags a rank (``draw(tables, size, gen)``: default
+    :func:`draw_batch`), and of ``reference`` on the ranks' batches together."""
     gen = torch.Generator().manual_seed(seed)
     for _ in range(steps):
         sizes = torch.randint(1, 4, (world,), generator=gen).tolist()
-        batches = [draw_batch(tables, b, gen, world, psw=False, dtype=torch.float64) for b in sizes]
+        batches = [draw_batch(tables, b, gen, world, psw=False, dtype=torch.float64) if draw is None
+                   else draw(tables, b, gen) for b in sizes]
         sharded(batches[rank]).concat().pow(2).sum().backward()
         if reference is not None:
             (reference(concat_batches(batches)).concat().pow(2).sum() / world).backward()
@@ -380,7 +383,7 @@ def ckpt_save(rank: int, world: int, folder: str) -> None:
     torch.manual_seed(3)
     ebc = embtab.EmbeddingBagCollection(tables, optimizer=embtab.optim.Adam(lr=0.05), dtype=torch.float64)
     sharded = ed.shard(ebc, ed.ShardingPlan({**mixed_plan(world), "m": ed.row_wise()}))
-    _train(sharded, tables, world, rank, 2, seed=1)
+    train_steps(sharded, tables, world, rank, 2, seed=1)
     state = sharded.state_dict()
     assert list(state) == list(ebc.state_dict())  # the plain collection's keys
     dcp.save(state, checkpoint_id=f"{folder}/ckpt")
@@ -405,7 +408,7 @@ def ckpt_load(rank: int, world: int, folder: str, plan: str) -> None:
     whole = torch.load(f"{folder}/whole.pt")
     ebc.load_state_dict(whole)
     assert_state_equal(sharded, ebc, torch.float64, rank, f"loaded at W={world} ({plan})")
-    _train(sharded, tables, world, rank, 1, seed=2, reference=oracle(ebc))
+    train_steps(sharded, tables, world, rank, 1, seed=2, reference=oracle(ebc))
     assert_state_equal(sharded, ebc, torch.float64, rank, f"trained on after loading at W={world}")
     # a whole (plain) state_dict loads too
     torch.manual_seed(5)

@@ -21,7 +21,7 @@ from embtab.ids import LFU, LRU, TTL, Dynamic, Hashed, MinCount
 from tests.ids.dynamic_model import DynamicModel
 
 from ._cases import (TOL, Batch, assert_state_equal, clip_and_step, concat_batches, oracle,
-                     same_pooled_and_weight_grads)
+                     same_pooled_and_weight_grads, train_steps)
 
 # Raw ids spread over int64 (negative, huge, small): 24 distinct values, so that the dynamic tables'
 # capacities below hold every one of them on every rank (no eviction unless a test wants some).
@@ -279,13 +279,8 @@ def ckpt_plan(world: int, other: bool = False) -> ed.ShardingPlan:
 
 def _train(sharded: Any, tables: list[TableConfig], world: int, rank: int, steps: int, seed: int,
            reference: Any = None) -> None:
-    gen = torch.Generator().manual_seed(seed)
-    for _ in range(steps):
-        sizes = torch.randint(1, 4, (world,), generator=gen).tolist()
-        batches = [draw(tables, b, gen, psw=False, dtype=torch.float64) for b in sizes]
-        sharded(batches[rank]).concat().pow(2).sum().backward()
-        if reference is not None:
-            (reference(concat_batches(batches)).concat().pow(2).sum() / world).backward()
+    train_steps(sharded, tables, world, rank, steps, seed, reference,
+                draw=lambda t, b, g: draw(t, b, g, psw=False, dtype=torch.float64))
 
 
 def ckpt_save(rank: int, world: int, folder: str) -> None:

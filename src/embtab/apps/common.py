@@ -329,6 +329,15 @@ def release_run_dir(path: str | os.PathLike[str] | None = None) -> None:
             os.close(fd)  # (closing the descriptor drops its flock)
 
 
+def take_run_dir(cfg: Any, app: str, resume: Any, run_dir: Path) -> Path:
+    """The run folder this process trains in, held (:func:`hold_run_dir`): ``run_dir`` when
+    resuming, else the new one :func:`create_run_dir` makes now."""
+    if resume is None:
+        return create_run_dir(cfg, app)
+    hold_run_dir(run_dir)
+    return run_dir
+
+
 def create_run_dir(cfg: Any, app: str) -> Path:
     """Create the new run folder ``cfg.out`` (chosen by :func:`start_run`) with its config.
 

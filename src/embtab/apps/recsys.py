@@ -43,7 +43,7 @@ import embtab
 from . import data as data_mod
 from .common import (
     AppError, Bags, Resume, format_seconds, log, warn,
-    create_run_dir, hold_run_dir, read_json, release_run_dir, run_outputs, start_run, write_json,
+    read_json, release_run_dir, run_outputs, start_run, take_run_dir, write_json,
 )
 from .metrics import regression_metrics
 from .train import LoopConfig, fit
@@ -688,10 +688,8 @@ def train(cfg: RecsysConfig, *, resume: str | Resume | None = None) -> dict[str,
     train_idx, val_idx = rest[tr_pos], rest[val_pos]
     if min(len(train_idx), len(val_idx), len(test_idx)) == 0:
         raise AppError(f"{n} ratings are too few to split into train, validation and test")
-    if resume is None and rank == 0:
-        run_dir = create_run_dir(cfg, APP)
-    elif rank == 0:
-        hold_run_dir(run_dir)
+    if rank == 0:
+        run_dir = take_run_dir(cfg, APP, resume, run_dir)
     log(f"movie recommender -> {run_dir}" + (f" ({world} processes)" if world > 1 else ""), quiet=quiet)
 
     resuming = resume is not None

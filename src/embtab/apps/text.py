@@ -35,7 +35,7 @@ import embtab
 from . import data as data_mod
 from .common import (
     Bags, AppError, Resume, format_seconds, log, warn,
-    create_run_dir, hold_run_dir, read_json, release_run_dir, run_outputs, start_run, write_json,
+    read_json, release_run_dir, run_outputs, start_run, take_run_dir, write_json,
 )
 from .metrics import classification_metrics
 from .train import LoopConfig, fit
@@ -424,10 +424,7 @@ def train(cfg: TextConfig, *, resume: str | Resume | None = None) -> dict[str, A
             vectors = embtab.vectors.load(cfg.vectors, on_bad_line=cfg.on_bad_line)
         except embtab.vectors.VectorsFormatError as e:  # its hint names --on-bad-line, not the keyword
             raise AppError(e.cli_message(available={"on_bad_line"})) from e
-    if resume is None:
-        run_dir = create_run_dir(cfg, APP)
-    else:
-        hold_run_dir(run_dir)
+    run_dir = take_run_dir(cfg, APP, resume, run_dir)
     log(f"text classifier -> {run_dir}", quiet=quiet)
     log(f"data: {data.source}: {len(data.texts):,} texts, {len(classes)} classes; "
         f"train {len(train_idx):,} / val {len(val_idx):,} / test {len(test_idx):,}", quiet=quiet)

@@ -73,6 +73,14 @@ _ERRORS: tuple[type[BaseException], ...] = (
 )
 
 
+def _told(error: BaseException | None) -> tuple[int, bytes]:
+    """What a rank tells the others of its error: (its class's index in ``_ERRORS``, its message)."""
+    if error is None:
+        return 0, b""
+    code = next(i for i, c in enumerate(_ERRORS) if isinstance(error, c) or c is RuntimeError)
+    return code, str(error).encode("utf-8", "replace")[:4000]
+
+
 class _ScaleGrad(torch.autograd.Function):
     """Identity forward; backward multiplies the gradient by ``scale``."""
 
@@ -508,9 +516,7 @@ class ShardedEmbeddingBagCollection(Module):
             psw = r.parts[0][2] if r.parts else None
             if psw is not None:
                 psw_flags[fi] = 2 if psw.requires_grad else 1
-        message = b"" if error is None else str(error).encode("utf-8", "replace")[:4000]
-        code = 0 if error is None else next(i for i, c in enumerate(_ERRORS)
-                                            if isinstance(error, c) or c is RuntimeError)
+        code, message = _told(error)
         counts = [0] * len(self._units)
         for fi, r in routed.items():
             for u in self._units_of_feature[fi]:
@@ -653,40 +659,34 @@ class ShardedEmbeddingBagCollection(Module):
                 f"mode, or the backward exchange would wait for ranks that never take part"
             )
         failed = [s for s, r in enumerate(rows) if r[0]]
-        if not failed:
-            return
-        longest = max(r[2] for r in rows)
-        buf = torch.zeros(longest, dtype=torch.uint8, device=self._device())
-        buf[:len(message)] = torch.frombuffer(bytearray(message), dtype=torch.uint8) if message else buf[:0]
-        texts = self.comm.all_gather(buf, "error").cpu()
-        s = failed[0]
-        text = bytes(texts[s, :rows[s][2]].tolist()).decode("utf-8", "replace")
-        cls = _ERRORS[rows[s][1]]
-        others = f" (rank(s) {failed[1:]} refused theirs too)" if len(failed) > 1 else ""
-        full = f"{_WHERE}: rank {s}'s batch was refused{others}: {text}"
-        if error is not None and self.comm.rank == s:
-            raise cls(full) from error
-        raise cls(full)
+        if failed:
+            self._raise_on_every_rank(failed, [(r[1], r[2]) for r in rows], message, error,
+                                      "batch was refused", "refused theirs too")
 
     def _raise_failed_pieces(self, failed: list[int], failure: BaseException | None) -> None:
         """Raise on every rank, after the exchange, what failed on the ranks ``failed`` while
         their pieces looked up the ids they received (the first one's error, named)."""
-        me = self.comm.rank
-        message = b"" if failure is None else str(failure).encode("utf-8", "replace")[:4000]
-        code = 0 if failure is None else next(i for i, c in enumerate(_ERRORS)
-                                              if isinstance(failure, c) or c is RuntimeError)
-        head = self.comm.all_gather(torch.tensor([code, len(message)], dtype=torch.int64, device=self._device()),
-                                    "error").tolist()
-        buf = torch.zeros(max(h[1] for h in head), dtype=torch.uint8, device=self._device())
+        code, message = _told(failure)
+        heads = self.comm.all_gather(torch.tensor([code, len(message)], dtype=torch.int64, device=self._device()),
+                                     "error").tolist()
+        self._raise_on_every_rank(failed, heads, message, failure,
+                                  "pieces failed to look up the ids they received", "failed too")
+
+    def _raise_on_every_rank(self, failed: list[int], heads: Sequence[Sequence[int]], message: bytes,
+                             error: BaseException | None, what: str, also: str) -> None:
+        """Raise the first failed rank's error on every rank, its message gathered from it.
+        ``heads``: each rank's ``_told`` (class index, message length)."""
+        buf = torch.zeros(max(h[1] for h in heads), dtype=torch.uint8, device=self._device())
         buf[:len(message)] = torch.frombuffer(bytearray(message), dtype=torch.uint8) if message else buf[:0]
         texts = self.comm.all_gather(buf, "error").cpu()
         s = failed[0]
-        text = bytes(texts[s, :head[s][1]].tolist()).decode("utf-8", "replace")
-        others = f" (and on rank(s) {failed[1:]})" if len(failed) > 1 else ""
-        full = f"{_WHERE}: rank {s}'s pieces failed to look up the ids they received{others}: {text}"
-        if failure is not None and me == s:
-            raise _ERRORS[head[s][0]](full) from failure
-        raise _ERRORS[head[s][0]](full)
+        text = bytes(texts[s, :heads[s][1]].tolist()).decode("utf-8", "replace")
+        cls = _ERRORS[heads[s][0]]
+        others = f" (rank(s) {failed[1:]} {also})" if len(failed) > 1 else ""
+        full = f"{_WHERE}: rank {s}'s {what}{others}: {text}"
+        if error is not None and self.comm.rank == s:
+            raise cls(full) from error
+        raise cls(full)
 
     def _prepare(self, features: Any) -> tuple[int, list[Feature], dict[int, _Routed]]:
         """This rank's batch checked, ids resolved and routed: (batch size, local features, routed features)."""

@@ -10,7 +10,7 @@ from ..init import Init
 from ..optim.specs import FusedSpec
 from ..tables import pipeline
 from ..tables.spec import TableSpec
-from .table import Table, _spec_property, check_trainable, pretrained_weight
+from .table import Table, spec_property, check_trainable, pretrained_weight
 
 
 class EmbeddingBag(Table, torch.nn.EmbeddingBag):
@@ -67,8 +67,8 @@ class EmbeddingBag(Table, torch.nn.EmbeddingBag):
         self._setup_table(spec, _weight, True, device, dtype, init, "EmbeddingBag")
         self._setup_optimizer(optimizer, "EmbeddingBag")
 
-    mode = _spec_property("mode", "The bag reduction: 'sum', 'mean' or 'max'.")
-    include_last_offset = _spec_property("include_last_offset", "Offsets hold B + 1 entries, the last the end.")
+    mode = spec_property("mode", "The bag reduction: 'sum', 'mean' or 'max'.")
+    include_last_offset = spec_property("include_last_offset", "Offsets hold B + 1 entries, the last the end.")
 
     def forward(
         self, input: Tensor, offsets: Tensor | None = None, per_sample_weights: Tensor | None = None

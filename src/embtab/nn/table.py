@@ -26,14 +26,15 @@ from ..tables.spec import TableSpec
 STATE_PREFIX = "optim_"
 
 
-def _spec_property(name: str, doc: str) -> property:
-    def get(self: "Table") -> Any:
+def spec_property(name: str, doc: str, *, settable: bool = True) -> property:
+    """A table module's attribute read from its spec (set: a new spec, checked)."""
+    def get(self: Any) -> Any:
         return getattr(self.spec, name)
 
-    def set(self: "Table", value: Any) -> None:
+    def set(self: Any, value: Any) -> None:
         self.spec = self.spec.replace(type(self).__name__, **{name: value})
 
-    return property(get, set, doc=doc)
+    return property(get, set if settable else None, doc=doc)
 
 
 class Table(Module):
@@ -44,16 +45,16 @@ class Table(Module):
     optimizer: FusedOptimizer | None
     init: Init
 
-    num_embeddings = _spec_property("num_embeddings", "In-vocabulary rows.")
-    embedding_dim = _spec_property("embedding_dim", "Size of each vector.")
-    padding_idx = _spec_property("padding_idx", "The padding row (normalised to [0, num_embeddings)), or None.")
-    max_norm = _spec_property("max_norm", "Renormalise looked-up rows to this norm (None: off).")
-    norm_type = _spec_property("norm_type", "The p of the p-norm for max_norm.")
-    scale_grad_by_freq = _spec_property("scale_grad_by_freq", "Divide gradients by the id's count.")
-    sparse = _spec_property("sparse", "Sparse COO weight gradients.")
-    oov = _spec_property("oov", "The out-of-vocabulary policy.")
-    num_oov_buckets = _spec_property("num_oov_buckets", "Hash rows after the vocabulary (oov='hash').")
-    backend = _spec_property("backend", "'auto' or a backend name (see embtab.backends()).")
+    num_embeddings = spec_property("num_embeddings", "In-vocabulary rows.")
+    embedding_dim = spec_property("embedding_dim", "Size of each vector.")
+    padding_idx = spec_property("padding_idx", "The padding row (normalised to [0, num_embeddings)), or None.")
+    max_norm = spec_property("max_norm", "Renormalise looked-up rows to this norm (None: off).")
+    norm_type = spec_property("norm_type", "The p of the p-norm for max_norm.")
+    scale_grad_by_freq = spec_property("scale_grad_by_freq", "Divide gradients by the id's count.")
+    sparse = spec_property("sparse", "Sparse COO weight gradients.")
+    oov = spec_property("oov", "The out-of-vocabulary policy.")
+    num_oov_buckets = spec_property("num_oov_buckets", "Hash rows after the vocabulary (oov='hash').")
+    backend = spec_property("backend", "'auto' or a backend name (see embtab.backends()).")
 
     def __init__(self) -> None:
         # Module's, not torch's Embedding/EmbeddingBag's (a subclass's other base): the spec

@@ -40,7 +40,7 @@ from ..configs import TableConfig
 from ..nn.collection import EmbeddingBagCollection
 from ..nn.embedding import Embedding
 from ..nn.embedding_bag import EmbeddingBag
-from ..nn.table import Table
+from ..nn.table import Table, spec_property
 from ..ops import reference as dense_reference
 from ..tables import pipeline
 from ..tables.spec import TableSpec
@@ -56,22 +56,18 @@ FORMAT_NAME = "embtab.quantized"
 FORMAT_VERSION = 1
 
 
-def _spec_attr(name: str, doc: str) -> property:
-    return property(lambda self: getattr(self.spec, name), doc=doc)
-
-
 class QuantizedTable(Module):
     """Base of the quantized table modules: the byte rows, the spec, an out-of-range counter."""
 
     spec: TableSpec
     weight: Tensor
 
-    num_embeddings = _spec_attr("num_embeddings", "In-vocabulary rows.")
-    embedding_dim = _spec_attr("embedding_dim", "Values per row.")
-    padding_idx = _spec_attr("padding_idx", "The padding row, or None.")
-    oov = _spec_attr("oov", "The out-of-vocabulary policy.")
-    num_oov_buckets = _spec_attr("num_oov_buckets", "Hash rows after the vocabulary (oov='hash').")
-    backend = _spec_attr("backend", "'auto' or a backend name (see embtab.backends()).")
+    num_embeddings = spec_property("num_embeddings", "In-vocabulary rows.", settable=False)
+    embedding_dim = spec_property("embedding_dim", "Values per row.", settable=False)
+    padding_idx = spec_property("padding_idx", "The padding row, or None.", settable=False)
+    oov = spec_property("oov", "The out-of-vocabulary policy.", settable=False)
+    num_oov_buckets = spec_property("num_oov_buckets", "Hash rows after the vocabulary (oov='hash').", settable=False)
+    backend = spec_property("backend", "'auto' or a backend name (see embtab.backends()).", settable=False)
 
     def _setup(self, spec: TableSpec, data: Tensor | None, device: Any, where: str) -> None:
         self.spec = spec
@@ -211,8 +207,8 @@ class QuantizedEmbeddingBag(QuantizedTable):
                                        layout=layout_of(dtype, where).name)
         self._setup(spec, _weight, device, where)
 
-    mode = _spec_attr("mode", "The bag reduction: 'sum', 'mean' or 'max'.")
-    include_last_offset = _spec_attr("include_last_offset", "Offsets hold B + 1 entries.")
+    mode = spec_property("mode", "The bag reduction: 'sum', 'mean' or 'max'.", settable=False)
+    include_last_offset = spec_property("include_last_offset", "Offsets hold B + 1 entries.", settable=False)
 
     @classmethod
     def from_float(cls, module: EmbeddingBag, dtype: str = "int8", method: str = "minmax") -> "QuantizedEmbeddingBag":
