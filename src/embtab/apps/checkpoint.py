@@ -47,10 +47,21 @@ def _write(path: str | os.PathLike[str], tensors: dict[str, Tensor], metadata: d
     write_safetensors(path, entries, metadata, checksum=True)
 
 
+# Files whose tensors matched their checksum, by (inode, size, mtime): a resume checks the last
+# checkpoint before any slow work and then loads it; the file is hashed once. (A checkpoint is
+# replaced by a rename, so a new one is a new inode.)
+_verified: set[tuple[int, int, int]] = set()
+
+
 def _check_data(path: Path, meta: dict[str, str], what: str) -> None:
+    st = path.stat()
+    key = (st.st_ino, st.st_size, st.st_mtime_ns)
+    if key in _verified:
+        return
     problem = check_safetensors_data(path, meta)
     if problem is not None:
         raise AppError(f"{what} {str(path)!r} is corrupt: {problem}")
+    _verified.add(key)
 
 
 @dataclass
