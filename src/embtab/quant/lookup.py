@@ -112,29 +112,33 @@ def kernels_for(name: str, device: torch.device) -> ModuleType:
     if name in ("reference", "torch"):
         return reference
     if name == "numba" or (name == "auto" and device.type == "cpu"):
-        cpu = _optional("embtab.quant.cpu") if device.type == "cpu" else None
-        if cpu is not None:
-            return cpu
-        if name == "numba":
-            raise RuntimeError(f"embtab: backend='numba' runs quantized lookups on CPU with numba installed "
-                               f"(pip install 'embtab[jit]'), got a table on {device}")
-        _warn_once("numba", "embtab: numba is not available; quantized lookups on CPU take the slower torch-ops "
-                            "path. Install it: pip install 'embtab[jit]'")
-        return reference
+        return _family(name, "numba", "embtab.quant.cpu", device.type == "cpu", device,
+                       "on CPU with numba installed (pip install 'embtab[jit]')",
+                       "numba is not available; quantized lookups on CPU take the slower torch-ops path. "
+                       "Install it: pip install 'embtab[jit]'")
     if name == "triton" or (name == "auto" and device.type == "cuda"):
         runs = device.type == "cuda" or (device.type == "cpu" and os.environ.get("TRITON_INTERPRET") == "1")
-        triton = _optional("embtab.quant.triton") if runs else None
-        if triton is not None:
-            return triton
-        if name == "triton":
-            raise RuntimeError(f"embtab: backend='triton' runs quantized lookups on CUDA (or on CPU under "
-                               f"TRITON_INTERPRET=1) with Triton installed, got a table on {device}")
-        _warn_once("triton", "embtab: Triton is not available; quantized lookups on CUDA take the torch-ops "
-                             "path. Install it: pip install 'embtab[triton]'")
+        return _family(name, "triton", "embtab.quant.triton", runs, device,
+                       "on CUDA (or on CPU under TRITON_INTERPRET=1) with Triton installed",
+                       "Triton is not available; quantized lookups on CUDA take the torch-ops path. "
+                       "Install it: pip install 'embtab[triton]'")
+    return reference
+
+
+def _family(name: str, family: str, module: str, runs: bool, device: torch.device, needs: str,
+            fallback: str) -> ModuleType:
+    """The kernels of ``family`` where they run; else an error when ``name`` asked for them,
+    or the reference with a one-time warning when ``"auto"`` chose them."""
+    kernels = _optional(module) if runs else None
+    if kernels is not None:
+        return kernels
+    if name == family:
+        raise RuntimeError(f"embtab: backend={family!r} runs quantized lookups {needs}, got a table on {device}")
+    _warn_once(family, f"embtab: {fallback}")
     return reference
 
 
 def _warn_once(key: str, message: str) -> None:
     if key not in _warned:
         _warned.add(key)
-        warnings.warn(message, RuntimeWarning, stacklevel=6)
+        warnings.warn(message, RuntimeWarning, stacklevel=7)  # (the caller of the lookup)
